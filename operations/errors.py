@@ -1,0 +1,65 @@
+"""Domain errors that carry a FHIR issue code, a human text and FHIRPath expressions.
+
+Raised anywhere in ``operations/``; rendered once, as an OperationOutcome, by ``plugin/``.
+The class says which HTTP status family applies; ``code`` is the FHIR ``issue.code``.
+"""
+
+from __future__ import annotations
+
+
+class SchedulingError(Exception):
+    """Base class: one OperationOutcome issue."""
+
+    status: int = 400
+    default_code: str = "invalid"
+
+    def __init__(
+        self,
+        diagnostics: str,
+        *,
+        code: str | None = None,
+        expression: str | list[str] | None = None,
+    ) -> None:
+        super().__init__(diagnostics)
+        self.diagnostics = diagnostics
+        self.code = code or self.default_code
+        if expression is None:
+            self.expression: list[str] = []
+        elif isinstance(expression, str):
+            self.expression = [expression]
+        else:
+            self.expression = list(expression)
+
+
+class InvalidRequest(SchedulingError):
+    """400: the request itself is malformed (missing/unparseable parameter, bad range, ...)."""
+
+    status = 400
+    default_code = "invalid"
+
+
+class NotFound(SchedulingError):
+    """404: the resource addressed in the URL does not exist."""
+
+    status = 404
+    default_code = "not-found"
+
+
+class Unprocessable(SchedulingError):
+    """422: well formed, but cannot be honoured (missing/inactive references, bad stored config, ...)."""
+
+    status = 422
+    default_code = "business-rule"
+
+
+class InvalidConfiguration(Unprocessable):
+    """422: configuration stored on the upstream (Schedule, HealthcareService, actor) is invalid."""
+
+    default_code = "processing"
+
+
+class Conflict(SchedulingError):
+    """409: the time is already taken, or concurrent changes did not settle."""
+
+    status = 409
+    default_code = "conflict"

@@ -1,0 +1,385 @@
+"""Use case: ``$find`` -- propose appointment times (SPEC §3, §4).
+
+Reads the Schedules with their actors, the HealthcareService and the Slots through the
+store (three searches, whatever the number of schedules), computes free time and renders
+a searchset Bundle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from operations.alignment import Grid, aligned_starts
+from operations.availability import joint_windows, schedule_windows
+from operations.errors import InvalidRequest, NotFound, SchedulingError, Unprocessable
+from operations.fhir_values import format_instant, parse_instant, reference_id
+from operations.model import Interval, ResolvedParameters, Schedule, Service, SlotOverlay
+from operations.parameters import parse_schedule, parse_service, parse_slot, resolve_parameters
+from operations.rendering import outcome_entry, proposed_appointment, searchset, synthetic_free_slot
+from operations.store import SchedulingStore
+
+DEFAULT_COUNT = 20
+MAX_COUNT = 1000
+
+
+@dataclass(frozen=True)
+class FindRequest:
+    """A validated ``$find`` request."""
+
+    start: datetime
+    end: datetime
+    service_id: str | None
+    schedule_ids: tuple[str, ...]
+    count: int
+    now: datetime
+    schedule_in_url: bool = False
+    """True for ``Schedule/<id>/$find``: an unknown schedule is then 404, not 422."""
+
+    @classmethod
+    def from_parameters(
+        cls,
+        params: Sequence[tuple[str, str]],
+        *,
+        now: datetime,
+        max_range_days: int,
+        schedule_id: str | None = None,
+    ) -> FindRequest:
+        """Validate ``(name, value)`` pairs (query string or Parameters, values as strings).
+
+        Raises ``InvalidRequest`` (400) with ``expression`` like ``Parameters.schedule[1]``.
+        Unknown parameter names are ignored, as FHIR servers ignore unknown search parameters
+        they are not asked to be strict about.
+        """
+        by_name: dict[str, list[str]] = {}
+        for name, value in params:
+            by_name.setdefault(name, []).append(value)
+
+        start = _single_instant(by_name, "start")
+        end = _single_instant(by_name, "end")
+        if start >= end:
+            raise InvalidRequest(
+                "start must be before end",
+                code="invalid",
+                expression=["Parameters.start", "Parameters.end"],
+            )
+        if end - start > timedelta(days=max_range_days):
+            raise InvalidRequest(
+                f"The range from start to end is longer than {max_range_days} days",
+                code="value",
+                expression="Parameters.end",
+            )
+
+        service_id = None
+        service_values = by_name.get("service-type-reference", [])
+        if len(service_values) > 1:
+            raise InvalidRequest(
+                "service-type-reference may be given only once",
+                code="value",
+                expression="Parameters.service-type-reference[1]",
+            )
+        if service_values:
+            service_id = _reference(
+                service_values[0], "HealthcareService", "Parameters.service-type-reference"
+            )
+        elif schedule_id is None:
+            raise InvalidRequest(
+                "service-type-reference is required (HealthcareService/<id>)",
+                code="required",
+                expression="Parameters.service-type-reference",
+            )
+
+        if schedule_id is not None:
+            schedule_ids: tuple[str, ...] = (schedule_id,)
+        else:
+            found: list[str] = []
+            for index, value in enumerate(by_name.get("schedule", [])):
+                for part in value.split(","):
+                    found.append(_reference(part, "Schedule", f"Parameters.schedule[{index}]"))
+            if not found:
+                raise InvalidRequest(
+                    "At least one schedule (Schedule/<id>) is required",
+                    code="required",
+                    expression="Parameters.schedule",
+                )
+            schedule_ids = tuple(dict.fromkeys(found))
+
+        count = DEFAULT_COUNT
+        count_values = by_name.get("_count", [])
+        if len(count_values) > 1:
+            raise InvalidRequest(
+                "_count may be given only once", code="value", expression="Parameters._count[1]"
+            )
+        if count_values:
+            try:
+                count = int(count_values[0].strip())
+            except ValueError:
+                raise InvalidRequest(
+                    f"_count {count_values[0]!r} is not an integer",
+                    code="value",
+                    expression="Parameters._count",
+                ) from None
+            if not 1 <= count <= MAX_COUNT:
+                raise InvalidRequest(
+                    f"_count must be between 1 and {MAX_COUNT}",
+                    code="value",
+                    expression="Parameters._count",
+                )
+
+        return cls(
+            start=start,
+            end=end,
+            service_id=service_id,
+            schedule_ids=schedule_ids,
+            count=count,
+            now=now,
+            schedule_in_url=schedule_id is not None,
+        )
+
+
+def _single_instant(by_name: dict[str, list[str]], name: str) -> datetime:
+    values = by_name.get(name, [])
+    if not values:
+        raise InvalidRequest(
+            f"{name} is required", code="required", expression=f"Parameters.{name}"
+        )
+    if len(values) > 1:
+        raise InvalidRequest(
+            f"{name} may be given only once", code="value", expression=f"Parameters.{name}[1]"
+        )
+    try:
+        return parse_instant(values[0])
+    except ValueError as exc:
+        raise InvalidRequest(
+            f"{name}: {exc}", code="value", expression=f"Parameters.{name}"
+        ) from None
+
+
+def _reference(value: str, resource_type: str, expression: str) -> str:
+    try:
+        return reference_id(value, resource_type)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), code="value", expression=expression) from None
+
+
+@dataclass(frozen=True)
+class Leg:
+    """One Schedule of a request with the parameters in force for the requested service."""
+
+    schedule: Schedule
+    params: ResolvedParameters
+    expression: str
+
+
+@dataclass
+class Availability:
+    """What ``$find`` computed: the legs, the grid, and the proposed visit starts."""
+
+    service: Service
+    legs: list[Leg]
+    duration: timedelta
+    zone: ZoneInfo
+    starts: list[datetime]
+    notices: list[tuple[str, str]] = field(default_factory=list)
+    """(diagnostics, expression) for schedules that can offer nothing, for a known reason."""
+
+
+def load_legs(
+    store: SchedulingStore,
+    schedule_ids: Sequence[str],
+    service_id: str | None,
+    *,
+    schedule_in_url: bool = False,
+) -> tuple[Service, list[Leg]]:
+    """Read and check the Schedules and the service; resolve each Schedule's parameters.
+
+    Shared by ``$find`` and the booking operations: the same rules, the same errors.
+    """
+    schedules, actors = store.read_schedules(schedule_ids)
+    by_id = {str(s.get("id")): s for s in schedules}
+    parsed: list[tuple[Schedule, str]] = []
+    for index, schedule_id in enumerate(schedule_ids):
+        expression = f"Parameters.schedule[{index}]"
+        resource = by_id.get(schedule_id)
+        if resource is None:
+            if schedule_in_url:
+                raise NotFound(f"Schedule/{schedule_id} does not exist", expression="Schedule")
+            raise Unprocessable(
+                f"Schedule/{schedule_id} does not exist", code="not-found", expression=expression
+            )
+        parsed.append((parse_schedule(resource, actors), expression))
+
+    if service_id is None:
+        offered = parsed[0][0].offered_service_ids
+        if len(offered) != 1:
+            raise InvalidRequest(
+                f"Schedule/{parsed[0][0].id} offers {len(offered)} services: "
+                "service-type-reference is required",
+                code="required",
+                expression="Parameters.service-type-reference",
+            )
+        service_id = offered[0]
+
+    service_resource = store.read_service(service_id)
+    if service_resource is None:
+        raise Unprocessable(
+            f"HealthcareService/{service_id} does not exist",
+            code="not-found",
+            expression="Parameters.service-type-reference",
+        )
+    service = parse_service(service_resource)
+    if not service.active:
+        raise Unprocessable(
+            f"HealthcareService/{service_id} is not active",
+            expression="Parameters.service-type-reference",
+        )
+    legs = []
+    for schedule, expression in parsed:
+        if service.id not in schedule.offered_service_ids:
+            raise Unprocessable(
+                f"Schedule/{schedule.id} does not offer HealthcareService/{service.id}",
+                expression=expression,
+            )
+        try:
+            params = resolve_parameters(schedule, service)
+        except SchedulingError as exc:
+            exc.diagnostics = f"{exc.diagnostics} (for {expression})"
+            raise
+        legs.append(Leg(schedule, params, expression))
+    return service, legs
+
+
+def agreed_grid(legs: Sequence[Leg]) -> tuple[timedelta, Grid]:
+    """The duration and alignment grid every Schedule of the request agrees on (SPEC §3)."""
+    first = legs[0]
+    zones = [(leg, leg.params.alignment_timezone) for leg in legs if leg.params.alignment_timezone]
+    for leg in legs[1:]:
+        for label, mine, theirs in (
+            ("duration", leg.params.duration, first.params.duration),
+            ("alignmentInterval", leg.params.alignment_interval, first.params.alignment_interval),
+            ("alignmentOffset", leg.params.alignment_offset, first.params.alignment_offset),
+        ):
+            if mine != theirs:
+                raise Unprocessable(
+                    f"The schedules disagree on {label}: Schedule/{first.schedule.id} has "
+                    f"{_minutes(theirs)}, Schedule/{leg.schedule.id} has {_minutes(mine)}",
+                    expression=leg.expression,
+                )
+    for leg, zone in zones[1:]:
+        if zone != zones[0][1]:
+            raise Unprocessable(
+                f"The schedules disagree on alignmentTimezone: {zones[0][1]} and {zone}",
+                expression=leg.expression,
+            )
+    zone = zones[0][1] if zones else first.params.timezone
+    assert zone is not None
+    return first.params.duration, Grid(
+        first.params.alignment_interval, first.params.alignment_offset, zone
+    )
+
+
+def _minutes(value: timedelta) -> str:
+    return f"{value.total_seconds() / 60:g} min"
+
+
+def compute(
+    service: Service,
+    legs: Sequence[Leg],
+    slot_resources: Sequence[dict[str, Any]],
+    request: Interval,
+    now: datetime,
+    count: int,
+) -> Availability:
+    """The pure heart of ``$find``: free time of every leg, intersected, on the grid."""
+    duration, grid = agreed_grid(legs)
+    slots = [s for s in (parse_slot(r) for r in slot_resources) if s is not None]
+    notices: list[tuple[str, str]] = []
+    per_schedule = []
+    for leg in legs:
+        schedule = leg.schedule
+        if not schedule.active:
+            notices.append(
+                (f"Schedule/{schedule.id} is not active: it offers no time", leg.expression)
+            )
+        elif schedule.planning_horizon is not None and (
+            schedule.planning_horizon.end <= request.start
+            or schedule.planning_horizon.start >= request.end
+        ):
+            notices.append(
+                (
+                    f"The requested range lies outside the planning horizon of Schedule/{schedule.id}",
+                    leg.expression,
+                )
+            )
+        span = widened(request, leg.params)
+        per_schedule.append(
+            schedule_windows(schedule, service, leg.params, slots_of(slots, schedule.id), span, now)
+        )
+    windows = joint_windows(per_schedule, duration)
+    starts = aligned_starts(windows, duration, grid, request, now, count)
+    return Availability(service, list(legs), duration, grid.zone, starts, notices)
+
+
+def widened(request: Interval, params: ResolvedParameters) -> Interval:
+    """The span whose availability matters: the request plus room for the buffers."""
+    return Interval(request.start - params.buffer_before, request.end + params.buffer_after)
+
+
+def slots_of(slots: Sequence[SlotOverlay], schedule_id: str) -> list[SlotOverlay]:
+    return [s for s in slots if s.schedule_id == schedule_id]
+
+
+def slot_search_span(request: Interval, legs: Sequence[Leg]) -> Interval:
+    """One Slot search covers every leg's widened span."""
+    spans = [widened(request, leg.params) for leg in legs]
+    return Interval(min(s.start for s in spans), max(s.end for s in spans))
+
+
+def find_availability(store: SchedulingStore, request: FindRequest) -> Availability:
+    """Read what ``$find`` needs (bounded round trips) and compute the proposals."""
+    service, legs = load_legs(
+        store, request.schedule_ids, request.service_id, schedule_in_url=request.schedule_in_url
+    )
+    window = Interval(request.start, request.end)
+    span = slot_search_span(window, legs)
+    slot_resources = store.search_slots([leg.schedule.id for leg in legs], span.start, span.end)
+    return compute(service, legs, slot_resources, window, request.now, request.count)
+
+
+def find_appointments(store: SchedulingStore, request: FindRequest) -> dict[str, Any]:
+    """``Appointment/$find``: a searchset Bundle of proposed Appointments."""
+    found = find_availability(store, request)
+    resources = [
+        proposed_appointment(found.service, found.legs, Interval(s, s + found.duration), found.zone)
+        for s in found.starts
+    ]
+    return searchset(resources, [outcome_entry(text, expr) for text, expr in found.notices])
+
+
+def find_slots(store: SchedulingStore, request: FindRequest) -> dict[str, Any]:
+    """``Schedule/<id>/$find``: a searchset Bundle of synthetic free Slots."""
+    found = find_availability(store, request)
+    leg = found.legs[0]
+    resources = [
+        synthetic_free_slot(
+            found.service, leg.schedule, Interval(s, s + found.duration), found.zone
+        )
+        for s in found.starts
+    ]
+    return searchset(resources, [outcome_entry(text, expr) for text, expr in found.notices])
+
+
+__all__ = [
+    "Availability",
+    "FindRequest",
+    "Leg",
+    "compute",
+    "find_appointments",
+    "find_availability",
+    "find_slots",
+    "format_instant",
+    "load_legs",
+]

@@ -1,0 +1,496 @@
+"""FHIR JSON -> scheduling model, with field-by-field inheritance and precise errors (SPEC §2).
+
+Stored configuration that cannot be read raises ``InvalidConfiguration`` (422) whose
+``expression`` points at the culprit, e.g. ``Schedule.extension[0].extension[2]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, time, timedelta
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
+
+from operations.errors import InvalidConfiguration
+from operations.fhir_values import (
+    parse_duration,
+    parse_instant,
+    parse_positive_int,
+    parse_time,
+    parse_timezone,
+    reference_id,
+)
+from operations.model import (
+    BUFFER_AFTER_COMMENT,
+    BUFFER_BEFORE_COMMENT,
+    DEFAULT_ALIGNMENT_INTERVAL,
+    HOLD_EXPIRES_URL,
+    SCHEDULING_PARAMETERS_URL,
+    SERVICE_TYPE_REFERENCE_URL,
+    SLOT_CAPACITY_URL,
+    TIMEZONE_URL,
+    Actor,
+    Coding,
+    Interval,
+    ParameterBlock,
+    ResolvedParameters,
+    Schedule,
+    Service,
+    SlotOverlay,
+    WeeklyWindow,
+)
+from operations.store import Resource
+
+T = TypeVar("T")
+
+DAY_CODES = {"mon": 0, "tue": 1, "wed": 2, "thu": 3, "fri": 4, "sat": 5, "sun": 6}
+ALL_DAYS = frozenset(range(7))
+FAR_PAST = datetime.min.replace(tzinfo=UTC)
+FAR_FUTURE = datetime.max.replace(tzinfo=UTC)
+
+# Sub-extension url -> (ParameterBlock field, parser of the extension element).
+_DURATION_FIELDS = {
+    "duration": "duration",
+    "bufferBefore": "buffer_before",
+    "bufferAfter": "buffer_after",
+    "alignmentInterval": "alignment_interval",
+    "alignmentOffset": "alignment_offset",
+}
+_FIELD_NAMES = {
+    **_DURATION_FIELDS,
+    "service": "service_id",
+    "alignmentTimezone": "alignment_timezone",
+    "slotCapacity": "slot_capacity",
+}
+
+
+def _config_error(what: str, expression: str, reason: str) -> InvalidConfiguration:
+    return InvalidConfiguration(f"{what}: {reason}", expression=expression)
+
+
+def _parse(what: str, expression: str, parser: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``parser(*args, **kwargs)``, its ``ValueError`` turned into a configuration error."""
+    try:
+        return parser(*args, **kwargs)
+    except ValueError as exc:
+        raise _config_error(what, expression, str(exc)) from None
+
+
+def _list(resource: Resource, key: str, what: str, expression: str) -> list[Any]:
+    value = resource.get(key, [])
+    if not isinstance(value, list):
+        raise _config_error(what, f"{expression}.{key}", f"{key} must be a list")
+    return value
+
+
+def _indexed(resource: Resource, key: str, what: str) -> list[tuple[Any, str]]:
+    """The elements of a list-valued field with their FHIRPath (``HealthcareService.key[i]``)."""
+    root = str(resource.get("resourceType", "Resource"))
+    return [(item, f"{root}.{key}[{i}]") for i, item in enumerate(_list(resource, key, what, root))]
+
+
+def _codings(concepts: Iterable[Any]) -> frozenset[Coding]:
+    found: set[Coding] = set()
+    for concept in concepts:
+        if not isinstance(concept, dict):
+            continue
+        for coding in concept.get("coding", []) or []:
+            if isinstance(coding, dict) and (coding.get("code") or coding.get("system")):
+                found.add(Coding(coding.get("system"), coding.get("code")))
+    return frozenset(found)
+
+
+def service_references(concepts: Iterable[Any]) -> list[str]:
+    """The ``reference`` strings of service-type-reference extensions on CodeableConcepts."""
+    refs: list[str] = []
+    for concept in concepts:
+        if not isinstance(concept, dict):
+            continue
+        for ext in concept.get("extension", []) or []:
+            if isinstance(ext, dict) and ext.get("url") == SERVICE_TYPE_REFERENCE_URL:
+                ref = (ext.get("valueReference") or {}).get("reference")
+                if isinstance(ref, str):
+                    refs.append(ref)
+    return refs
+
+
+def _service_ids(concepts: Iterable[Any]) -> frozenset[str]:
+    ids: set[str] = set()
+    for ref in service_references(concepts):
+        try:
+            ids.add(reference_id(ref, "HealthcareService"))
+        except ValueError:
+            continue
+    return frozenset(ids)
+
+
+def parse_available_times(entries: list[tuple[Any, str]], what: str) -> tuple[WeeklyWindow, ...]:
+    """Windows from ``(availableTime element, its path)`` pairs: native R4 (``daysOfWeek``
+    list) or nested extensions (SPEC §2.2). Each window is keyed to the day it starts."""
+    windows = []
+    for entry, path in entries:
+        if not isinstance(entry, dict):
+            raise _config_error(what, path, "availableTime must be an object")
+        if "url" in entry:  # nested-extension form
+            fields: dict[str, list[tuple[Any, str]]] = {}
+            for sub_index, sub in enumerate(entry.get("extension", []) or []):
+                if not isinstance(sub, dict):
+                    raise _config_error(what, f"{path}.extension[{sub_index}]", "not an extension")
+                value = next((v for k, v in sub.items() if k.startswith("value")), None)
+                fields.setdefault(str(sub.get("url")), []).append(
+                    (value, f"{path}.extension[{sub_index}]")
+                )
+            days = fields.get("daysOfWeek", [])
+            start = fields.get("availableStartTime", [])
+            end = fields.get("availableEndTime", [])
+            all_day = fields.get("allDay", [])
+            for name, given in (
+                ("availableStartTime", start),
+                ("availableEndTime", end),
+                ("allDay", all_day),
+            ):
+                if len(given) > 1:
+                    raise _config_error(what, given[1][1], f"{name} is given twice")
+        else:  # native R4 BackboneElement
+            days = [
+                (d, f"{path}.daysOfWeek[{i}]")
+                for i, d in enumerate(entry.get("daysOfWeek", []) or [])
+            ]
+            start = (
+                [(entry["availableStartTime"], f"{path}.availableStartTime")]
+                if "availableStartTime" in entry
+                else []
+            )
+            end = (
+                [(entry["availableEndTime"], f"{path}.availableEndTime")]
+                if "availableEndTime" in entry
+                else []
+            )
+            all_day = [(entry["allDay"], f"{path}.allDay")] if "allDay" in entry else []
+        weekdays: set[int] = set()
+        for code, day_path in days:
+            if code not in DAY_CODES:
+                raise _config_error(what, day_path, f"{code!r} is not a day code (mon..sun)")
+            weekdays.add(DAY_CODES[code])
+        is_all_day = bool(all_day) and all_day[0][0] is True
+        if is_all_day:
+            start_time, end_time = time(0), time(0)
+        elif start and end:
+            start_time = _parse(what, start[0][1], parse_time, start[0][0])
+            end_time = _parse(what, end[0][1], parse_time, end[0][0])
+        elif start:
+            raise _config_error(
+                what, start[0][1], "availableStartTime is given without availableEndTime"
+            )
+        elif end:
+            raise _config_error(
+                what, end[0][1], "availableEndTime is given without availableStartTime"
+            )
+        else:
+            raise _config_error(what, path, "availableTime needs allDay or a start and an end time")
+        windows.append(WeeklyWindow(frozenset(weekdays) or ALL_DAYS, start_time, end_time))
+    return tuple(windows)
+
+
+def _parse_period(value: Any, what: str, expression: str) -> Interval:
+    if not isinstance(value, dict):
+        raise _config_error(what, expression, "expected a Period")
+    start = (
+        _parse(what, f"{expression}.start", parse_instant, value["start"])
+        if "start" in value
+        else FAR_PAST
+    )
+    end = (
+        _parse(what, f"{expression}.end", parse_instant, value["end"])
+        if "end" in value
+        else FAR_FUTURE
+    )
+    return Interval(start, end)
+
+
+def _parse_not_available(entries: list[tuple[Any, str]], what: str) -> tuple[Interval, ...]:
+    periods = []
+    for entry, path in entries:
+        if not isinstance(entry, dict):
+            continue
+        if "url" in entry:
+            during = [
+                (sub.get("valuePeriod"), f"{path}.extension[{i}]")
+                for i, sub in enumerate(entry.get("extension", []) or [])
+                if isinstance(sub, dict) and sub.get("url") == "during"
+            ]
+        else:
+            during = [(entry["during"], f"{path}.during")] if "during" in entry else []
+        for period, period_path in during:
+            periods.append(_parse_period(period, what, period_path))
+    return tuple(periods)
+
+
+def parse_parameter_block(
+    extension: Resource, what: str, expression: str, *, on_schedule: bool
+) -> ParameterBlock:
+    """One SchedulingParameters extension (on a Schedule or a HealthcareService)."""
+    values: dict[str, Any] = {}
+    paths: dict[str, str] = {}
+    seen: dict[str, str] = {}
+    for index, sub in enumerate(extension.get("extension", []) or []):
+        path = f"{expression}.extension[{index}]"
+        if not isinstance(sub, dict):
+            raise _config_error(what, path, "not an extension")
+        url = sub.get("url")
+        if url in seen:
+            raise _config_error(
+                what, path, f"the sub-extension {url!r} is given twice (first at {seen[url]})"
+            )
+        seen[str(url)] = path
+        if url == "service":
+            if not on_schedule:
+                raise _config_error(what, path, "'service' is not allowed on a HealthcareService")
+            ref = (sub.get("valueReference") or {}).get("reference")
+            values["service_id"] = _parse(what, path, reference_id, ref, "HealthcareService")
+        elif url in _DURATION_FIELDS:
+            name = _DURATION_FIELDS[url]
+            negative_ok = url == "alignmentOffset"
+            values[name] = _parse(
+                what,
+                path,
+                parse_duration,
+                sub.get("valueDuration"),
+                allow_negative=negative_ok,
+            )
+            if name == "duration" and values[name] <= timedelta(0):
+                raise _config_error(what, path, "duration must be longer than zero")
+        elif url in ("alignmentTimezone", "timezone"):
+            name = "alignment_timezone" if url == "alignmentTimezone" else "timezone"
+            values[name] = _parse(what, path, parse_timezone, sub.get("valueCode"))
+        elif url == "slotCapacity":
+            values["slot_capacity"] = _parse(
+                what, path, parse_positive_int, sub.get("valuePositiveInt")
+            )
+        elif url == "availability":
+            if not on_schedule:
+                raise _config_error(
+                    what,
+                    path,
+                    "'availability' is not allowed on a HealthcareService (use availableTime)",
+                )
+            nested = [
+                (entry, f"{path}.extension[{i}]")
+                for i, entry in enumerate(sub.get("extension", []) or [])
+                if isinstance(entry, dict)
+            ]
+            values["availability"] = parse_available_times(
+                [(e, p) for e, p in nested if e.get("url") == "availableTime"], what
+            )
+            values["not_available"] = _parse_not_available(
+                [(e, p) for e, p in nested if e.get("url") == "notAvailableTime"], what
+            )
+        else:
+            continue  # unknown sub-extensions are ignored, as FHIR allows for extensions
+        paths[_FIELD_NAMES.get(str(url), str(url))] = path
+    if on_schedule and "service_id" not in values:
+        raise _config_error(
+            what, expression, "a SchedulingParameters block on a Schedule needs 'service'"
+        )
+    return ParameterBlock(expression=expression, field_expressions=paths, **values)
+
+
+def _scheduling_blocks(
+    resource: Resource, what: str, root: str, *, on_schedule: bool
+) -> list[ParameterBlock]:
+    blocks = []
+    for index, ext in enumerate(_list(resource, "extension", what, root)):
+        if isinstance(ext, dict) and ext.get("url") == SCHEDULING_PARAMETERS_URL:
+            blocks.append(
+                parse_parameter_block(
+                    ext, what, f"{root}.extension[{index}]", on_schedule=on_schedule
+                )
+            )
+    return blocks
+
+
+def parse_service(resource: Resource) -> Service:
+    """A HealthcareService: its type, its one optional parameters block and its hours."""
+    service_id = str(resource.get("id"))
+    what = f"HealthcareService/{service_id}"
+    blocks = _scheduling_blocks(resource, what, "HealthcareService", on_schedule=False)
+    if len(blocks) > 1:
+        raise _config_error(what, blocks[1].expression, "has two SchedulingParameters extensions")
+    available = None
+    if resource.get("availableTime"):
+        available = parse_available_times(_indexed(resource, "availableTime", what), what)
+    not_available = _parse_not_available(_indexed(resource, "notAvailable", what), what)
+    concepts = tuple(
+        c for c in _list(resource, "type", what, "HealthcareService") if isinstance(c, dict)
+    )
+    return Service(
+        id=service_id,
+        active=resource.get("active", True) is not False,
+        name=resource.get("name") if isinstance(resource.get("name"), str) else None,
+        type_concepts=concepts,
+        type_codings=_codings(concepts),
+        parameters=blocks[0] if blocks else None,
+        available_times=available,
+        not_available=not_available,
+    )
+
+
+def parse_actor_timezone(resource: Resource | None, what: str) -> ZoneInfo | None:
+    """The actor's timezone extension, if any."""
+    if not resource:
+        return None
+    for index, ext in enumerate(resource.get("extension", []) or []):
+        if isinstance(ext, dict) and ext.get("url") == TIMEZONE_URL:
+            return _parse(
+                what,
+                f"{resource.get('resourceType')}.extension[{index}]",
+                parse_timezone,
+                ext.get("valueCode"),
+            )
+    return None
+
+
+def parse_schedule(resource: Resource, actors: dict[str, Resource]) -> Schedule:
+    """A Schedule with its single actor (looked up in ``actors`` by relative reference)."""
+    schedule_id = str(resource.get("id"))
+    what = f"Schedule/{schedule_id}"
+    actor_refs = _list(resource, "actor", what, "Schedule")
+    if len(actor_refs) != 1:
+        raise InvalidConfiguration(
+            f"{what} must have exactly one actor, it has {len(actor_refs)}",
+            expression="Schedule.actor",
+        )
+    actor_ref = actor_refs[0] if isinstance(actor_refs[0], dict) else {}
+    reference = actor_ref.get("reference")
+    if not isinstance(reference, str) or "/" not in reference:
+        raise InvalidConfiguration(
+            f"{what}: the actor has no reference", expression="Schedule.actor[0]"
+        )
+    parts = reference.split("/")
+    relative = "/".join(parts[-2:]) if "_history" not in parts else "/".join(parts[-4:-2])
+    actor_resource = actors.get(relative)
+    actor = Actor(
+        reference=relative,
+        display=actor_ref.get("display") if isinstance(actor_ref.get("display"), str) else None,
+        timezone=parse_actor_timezone(actor_resource, relative),
+    )
+    blocks: dict[str, ParameterBlock] = {}
+    for block in _scheduling_blocks(resource, what, "Schedule", on_schedule=True):
+        assert block.service_id is not None
+        if block.service_id in blocks:
+            raise _config_error(
+                what,
+                block.expression,
+                f"has two SchedulingParameters blocks for HealthcareService/{block.service_id}",
+            )
+        blocks[block.service_id] = block
+    horizon = None
+    if resource.get("planningHorizon"):
+        horizon = _parse_period(resource["planningHorizon"], what, "Schedule.planningHorizon")
+    concepts = _list(resource, "serviceType", what, "Schedule")
+    offered = []
+    for ref in service_references(concepts):
+        try:
+            offered.append(reference_id(ref, "HealthcareService"))
+        except ValueError:
+            continue
+    return Schedule(
+        id=schedule_id,
+        active=resource.get("active", True) is not False,
+        actor=actor,
+        offered_service_ids=tuple(dict.fromkeys(offered)),
+        parameter_blocks=blocks,
+        planning_horizon=horizon,
+    )
+
+
+def _pick(field: str, *blocks: ParameterBlock | None) -> Any:
+    for block in blocks:
+        if block is not None and getattr(block, field) is not None:
+            return getattr(block, field)
+    return None
+
+
+def resolve_parameters(schedule: Schedule, service: Service) -> ResolvedParameters:
+    """Field-by-field inheritance: the Schedule's block for the service, then the service's
+    block, then the defaults (SPEC §2.2)."""
+    own = schedule.parameter_blocks.get(service.id)
+    inherited = service.parameters
+    duration = _pick("duration", own, inherited)
+    if duration is None:
+        raise InvalidConfiguration(
+            f"No duration is set for HealthcareService/{service.id}, "
+            f"neither on Schedule/{schedule.id} nor on the service",
+            expression="HealthcareService.extension",
+        )
+    zone = _pick("timezone", own, inherited) or schedule.actor.timezone
+    if zone is None:
+        raise InvalidConfiguration(
+            f"Schedule/{schedule.id}: its actor {schedule.actor.reference} has no timezone "
+            "extension and no timezone is set in the scheduling parameters",
+            expression="Schedule.actor[0]",
+        )
+    interval = _pick("alignment_interval", own, inherited)
+    if interval is None or interval <= timedelta(0):
+        interval = DEFAULT_ALIGNMENT_INTERVAL
+    offset = _pick("alignment_offset", own, inherited) or timedelta(0)
+    # A Schedule's availability replaces the service hours (and the service's closures) whole.
+    if own is not None and own.availability is not None:
+        availability: tuple[WeeklyWindow, ...] | None = own.availability
+        not_available = own.not_available or ()
+    else:
+        availability, not_available = service.available_times, service.not_available
+    return ResolvedParameters(
+        duration=duration,
+        buffer_before=_pick("buffer_before", own, inherited) or timedelta(0),
+        buffer_after=_pick("buffer_after", own, inherited) or timedelta(0),
+        alignment_interval=interval,
+        alignment_offset=offset % interval,
+        alignment_timezone=_pick("alignment_timezone", own, inherited),
+        timezone=zone,
+        slot_capacity=_pick("slot_capacity", own, inherited) or 1,
+        availability=availability,
+        not_available=tuple(not_available),
+    )
+
+
+def parse_slot(resource: Resource) -> SlotOverlay | None:
+    """A stored Slot as an overlay; ``None`` for Slots that cannot matter (no times, bad status)."""
+    status = resource.get("status")
+    if status not in ("busy", "busy-tentative", "busy-unavailable", "free"):
+        return None
+    try:
+        start = parse_instant(resource["start"])
+        end = parse_instant(resource["end"])
+        schedule_id = reference_id((resource.get("schedule") or {}).get("reference"), "Schedule")
+    except (KeyError, ValueError, TypeError):
+        return None
+    if end <= start:
+        return None
+    concepts = [c for c in resource.get("serviceType", []) or [] if isinstance(c, dict)]
+    capacity = None
+    expires = None
+    for ext in resource.get("extension", []) or []:
+        if not isinstance(ext, dict):
+            continue
+        if ext.get("url") == SLOT_CAPACITY_URL and isinstance(ext.get("valuePositiveInt"), int):
+            capacity = ext["valuePositiveInt"]
+        elif ext.get("url") == HOLD_EXPIRES_URL and isinstance(
+            ext.get("valueInstant") or ext.get("valueDateTime"), str
+        ):
+            try:
+                expires = parse_instant(ext.get("valueInstant") or ext.get("valueDateTime"))
+            except ValueError:
+                expires = None
+    return SlotOverlay(
+        id=resource.get("id"),
+        schedule_id=schedule_id,
+        status=str(status),
+        interval=Interval(start, end),
+        service_codings=_codings(concepts) if concepts else None,
+        service_ids=_service_ids(concepts),
+        capacity=capacity,
+        hold_expires=expires,
+        is_buffer=status == "busy-unavailable"
+        and resource.get("comment") in (BUFFER_BEFORE_COMMENT, BUFFER_AFTER_COMMENT),
+    )
