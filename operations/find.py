@@ -320,7 +320,8 @@ def compute(
         )
     windows = joint_windows(per_schedule, duration)
     starts = aligned_starts(windows, duration, grid, request, now, count)
-    return Availability(service, list(legs), duration, grid.zone, starts, notices)
+    # Times are written in the first Schedule's zone: what its staff read on the wall clock.
+    return Availability(service, list(legs), duration, legs[0].params.timezone, starts, notices)
 
 
 def widened(request: Interval, params: ResolvedParameters) -> Interval:
