@@ -39,9 +39,7 @@ def local_days(span: Interval, zone: ZoneInfo) -> list[date]:
     return [first + timedelta(days=n) for n in range((last - first).days + 1)]
 
 
-def expand_weekly(
-    windows: Iterable[WeeklyWindow], zone: ZoneInfo, span: Interval
-) -> list[Interval]:
+def expand_weekly(windows: Iterable[WeeklyWindow], zone: ZoneInfo, span: Interval) -> list[Interval]:
     """The instants of the weekly windows that overlap ``span`` (merged, not clipped)."""
     found: list[Interval] = []
     windows = tuple(windows)
@@ -152,9 +150,7 @@ def busy_time(slots: Iterable[SlotOverlay], capacity: int, now: datetime) -> lis
     return merge([*hard, *_over_capacity(footprints, capacity)])
 
 
-def _over_capacity(
-    footprints: list[tuple[datetime, datetime, int]], capacity: int
-) -> list[Interval]:
+def _over_capacity(footprints: list[tuple[datetime, datetime, int]], capacity: int) -> list[Interval]:
     """Sweep over footprint boundaries, counting what covers each elementary segment."""
     bounds = sorted({t for s, e, _ in footprints for t in (s, e)})
     ordered = sorted(footprints)

@@ -63,3 +63,11 @@ class Conflict(SchedulingError):
 
     status = 409
     default_code = "conflict"
+
+
+class ConcurrentChange(Exception):
+    """Raised by a store when the upstream refused a write for a version conflict (409/412).
+
+    Not shown to callers as such: the booking use cases re-read and decide again, and only
+    when the deadline passes does a ``Conflict`` reach the caller.
+    """

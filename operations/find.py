@@ -143,9 +143,7 @@ class FindRequest:
 def _single_instant(by_name: dict[str, list[str]], name: str) -> datetime:
     values = by_name.get(name, [])
     if not values:
-        raise InvalidRequest(
-            f"{name} is required", code="required", expression=f"Parameters.{name}"
-        )
+        raise InvalidRequest(f"{name} is required", code="required", expression=f"Parameters.{name}")
     if len(values) > 1:
         raise InvalidRequest(
             f"{name} may be given only once", code="value", expression=f"Parameters.{name}[1]"
@@ -153,9 +151,7 @@ def _single_instant(by_name: dict[str, list[str]], name: str) -> datetime:
     try:
         return parse_instant(values[0])
     except ValueError as exc:
-        raise InvalidRequest(
-            f"{name}: {exc}", code="value", expression=f"Parameters.{name}"
-        ) from None
+        raise InvalidRequest(f"{name}: {exc}", code="value", expression=f"Parameters.{name}") from None
 
 
 def _reference(value: str, resource_type: str, expression: str) -> str:
@@ -276,9 +272,7 @@ def agreed_grid(legs: Sequence[Leg]) -> tuple[timedelta, Grid]:
             )
     zone = zones[0][1] if zones else first.params.timezone
     assert zone is not None
-    return first.params.duration, Grid(
-        first.params.alignment_interval, first.params.alignment_offset, zone
-    )
+    return first.params.duration, Grid(first.params.alignment_interval, first.params.alignment_offset, zone)
 
 
 def _minutes(value: timedelta) -> str:
@@ -301,12 +295,9 @@ def compute(
     for leg in legs:
         schedule = leg.schedule
         if not schedule.active:
-            notices.append(
-                (f"Schedule/{schedule.id} is not active: it offers no time", leg.expression)
-            )
+            notices.append((f"Schedule/{schedule.id} is not active: it offers no time", leg.expression))
         elif schedule.planning_horizon is not None and (
-            schedule.planning_horizon.end <= request.start
-            or schedule.planning_horizon.start >= request.end
+            schedule.planning_horizon.end <= request.start or schedule.planning_horizon.start >= request.end
         ):
             notices.append(
                 (
@@ -365,9 +356,7 @@ def find_slots(store: SchedulingStore, request: FindRequest) -> dict[str, Any]:
     found = find_availability(store, request)
     leg = found.legs[0]
     resources = [
-        synthetic_free_slot(
-            found.service, leg.schedule, Interval(s, s + found.duration), found.zone
-        )
+        synthetic_free_slot(found.service, leg.schedule, Interval(s, s + found.duration), found.zone)
         for s in found.starts
     ]
     return searchset(resources, [outcome_entry(text, expr) for text, expr in found.notices])

@@ -137,9 +137,7 @@ def parse_available_times(entries: list[tuple[Any, str]], what: str) -> tuple[We
                 if not isinstance(sub, dict):
                     raise _config_error(what, f"{path}.extension[{sub_index}]", "not an extension")
                 value = next((v for k, v in sub.items() if k.startswith("value")), None)
-                fields.setdefault(str(sub.get("url")), []).append(
-                    (value, f"{path}.extension[{sub_index}]")
-                )
+                fields.setdefault(str(sub.get("url")), []).append((value, f"{path}.extension[{sub_index}]"))
             days = fields.get("daysOfWeek", [])
             start = fields.get("availableStartTime", [])
             end = fields.get("availableEndTime", [])
@@ -152,10 +150,7 @@ def parse_available_times(entries: list[tuple[Any, str]], what: str) -> tuple[We
                 if len(given) > 1:
                     raise _config_error(what, given[1][1], f"{name} is given twice")
         else:  # native R4 BackboneElement
-            days = [
-                (d, f"{path}.daysOfWeek[{i}]")
-                for i, d in enumerate(entry.get("daysOfWeek", []) or [])
-            ]
+            days = [(d, f"{path}.daysOfWeek[{i}]") for i, d in enumerate(entry.get("daysOfWeek", []) or [])]
             start = (
                 [(entry["availableStartTime"], f"{path}.availableStartTime")]
                 if "availableStartTime" in entry
@@ -179,13 +174,9 @@ def parse_available_times(entries: list[tuple[Any, str]], what: str) -> tuple[We
             start_time = _parse(what, start[0][1], parse_time, start[0][0])
             end_time = _parse(what, end[0][1], parse_time, end[0][0])
         elif start:
-            raise _config_error(
-                what, start[0][1], "availableStartTime is given without availableEndTime"
-            )
+            raise _config_error(what, start[0][1], "availableStartTime is given without availableEndTime")
         elif end:
-            raise _config_error(
-                what, end[0][1], "availableEndTime is given without availableStartTime"
-            )
+            raise _config_error(what, end[0][1], "availableEndTime is given without availableStartTime")
         else:
             raise _config_error(what, path, "availableTime needs allDay or a start and an end time")
         windows.append(WeeklyWindow(frozenset(weekdays) or ALL_DAYS, start_time, end_time))
@@ -196,15 +187,9 @@ def _parse_period(value: Any, what: str, expression: str) -> Interval:
     if not isinstance(value, dict):
         raise _config_error(what, expression, "expected a Period")
     start = (
-        _parse(what, f"{expression}.start", parse_instant, value["start"])
-        if "start" in value
-        else FAR_PAST
+        _parse(what, f"{expression}.start", parse_instant, value["start"]) if "start" in value else FAR_PAST
     )
-    end = (
-        _parse(what, f"{expression}.end", parse_instant, value["end"])
-        if "end" in value
-        else FAR_FUTURE
-    )
+    end = _parse(what, f"{expression}.end", parse_instant, value["end"]) if "end" in value else FAR_FUTURE
     return Interval(start, end)
 
 
@@ -264,9 +249,7 @@ def parse_parameter_block(
             name = "alignment_timezone" if url == "alignmentTimezone" else "timezone"
             values[name] = _parse(what, path, parse_timezone, sub.get("valueCode"))
         elif url == "slotCapacity":
-            values["slot_capacity"] = _parse(
-                what, path, parse_positive_int, sub.get("valuePositiveInt")
-            )
+            values["slot_capacity"] = _parse(what, path, parse_positive_int, sub.get("valuePositiveInt"))
         elif url == "availability":
             if not on_schedule:
                 raise _config_error(
@@ -289,9 +272,7 @@ def parse_parameter_block(
             continue  # unknown sub-extensions are ignored, as FHIR allows for extensions
         paths[_FIELD_NAMES.get(str(url), str(url))] = path
     if on_schedule and "service_id" not in values:
-        raise _config_error(
-            what, expression, "a SchedulingParameters block on a Schedule needs 'service'"
-        )
+        raise _config_error(what, expression, "a SchedulingParameters block on a Schedule needs 'service'")
     return ParameterBlock(expression=expression, field_expressions=paths, **values)
 
 
@@ -302,9 +283,7 @@ def _scheduling_blocks(
     for index, ext in enumerate(_list(resource, "extension", what, root)):
         if isinstance(ext, dict) and ext.get("url") == SCHEDULING_PARAMETERS_URL:
             blocks.append(
-                parse_parameter_block(
-                    ext, what, f"{root}.extension[{index}]", on_schedule=on_schedule
-                )
+                parse_parameter_block(ext, what, f"{root}.extension[{index}]", on_schedule=on_schedule)
             )
     return blocks
 
@@ -320,9 +299,7 @@ def parse_service(resource: Resource) -> Service:
     if resource.get("availableTime"):
         available = parse_available_times(_indexed(resource, "availableTime", what), what)
     not_available = _parse_not_available(_indexed(resource, "notAvailable", what), what)
-    concepts = tuple(
-        c for c in _list(resource, "type", what, "HealthcareService") if isinstance(c, dict)
-    )
+    concepts = tuple(c for c in _list(resource, "type", what, "HealthcareService") if isinstance(c, dict))
     return Service(
         id=service_id,
         active=resource.get("active", True) is not False,
@@ -363,9 +340,7 @@ def parse_schedule(resource: Resource, actors: dict[str, Resource]) -> Schedule:
     actor_ref = actor_refs[0] if isinstance(actor_refs[0], dict) else {}
     reference = actor_ref.get("reference")
     if not isinstance(reference, str) or "/" not in reference:
-        raise InvalidConfiguration(
-            f"{what}: the actor has no reference", expression="Schedule.actor[0]"
-        )
+        raise InvalidConfiguration(f"{what}: the actor has no reference", expression="Schedule.actor[0]")
     parts = reference.split("/")
     relative = "/".join(parts[-2:]) if "_history" not in parts else "/".join(parts[-4:-2])
     actor_resource = actors.get(relative)

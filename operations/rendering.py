@@ -42,9 +42,7 @@ def service_type_concept(service: Service) -> Resource:
     }
     if codings:
         concept["coding"] = codings
-    text = next(
-        (c.get("text") for c in service.type_concepts if isinstance(c.get("text"), str)), None
-    )
+    text = next((c.get("text") for c in service.type_concepts if isinstance(c.get("text"), str)), None)
     if text or service.name:
         concept["text"] = text or service.name
     return concept
@@ -92,9 +90,7 @@ def leg_slots(leg: Leg, visit: Interval, zone: ZoneInfo, index: int) -> list[Res
     return slots
 
 
-def proposed_appointment(
-    service: Service, legs: Sequence[Leg], visit: Interval, zone: ZoneInfo
-) -> Resource:
+def proposed_appointment(service: Service, legs: Sequence[Leg], visit: Interval, zone: ZoneInfo) -> Resource:
     """A proposed Appointment as ``$find`` returns it (SPEC §4): no id, nothing stored."""
     contained: list[Resource] = []
     participants: list[Resource] = []
@@ -119,9 +115,7 @@ def proposed_appointment(
     return appointment
 
 
-def synthetic_free_slot(
-    service: Service, schedule: Schedule, visit: Interval, zone: ZoneInfo
-) -> Resource:
+def synthetic_free_slot(service: Service, schedule: Schedule, visit: Interval, zone: ZoneInfo) -> Resource:
     """An unsaved ``free`` Slot for ``Schedule/<id>/$find``."""
     return {
         "resourceType": "Slot",

@@ -1,0 +1,49 @@
+# Two entry points (see README): `make run` and `make test`. Everything else is a step of theirs.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test install hapi lint typecheck unit api integration bench clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) is required"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+hapi:
+	scripts/hapi.sh build
+
+# Starts HAPI (:8080) and the sidecar (:8090), loads the sample clinic, prints a $find URL.
+run: install hapi
+	$(PY) scripts/run_local.py
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+# The whole suite: lint, types, unit, API and integration tests against a real HAPI FHIR server.
+test: install hapi lint typecheck
+	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+unit: install
+	$(VENV)/bin/pytest -q tests/unit
+
+api: install
+	$(VENV)/bin/pytest -q tests/api
+
+integration: install hapi
+	$(VENV)/bin/pytest -q tests/integration
+
+bench: install
+	$(PY) bench/find.py
+
+clean:
+	rm -rf build $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

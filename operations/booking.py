@@ -1,0 +1,641 @@
+"""Use cases ``$book`` and ``$hold``: validate a proposal, re-check it, write it in one transaction.
+
+Race freedom (docs/consistency.md): each booking transaction carries a version-checked
+(``ifMatch``) update of a per-Schedule lock resource for every Schedule it touches, read
+*before* the Slot search that decided the write. Two bookings that both saw a time as free
+both hold the same lock version; the upstream lets only one of them commit. The other gets
+409/412, re-reads and decides again, until a deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import random
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from operations.availability import schedule_windows
+from operations.errors import ConcurrentChange, Conflict, InvalidRequest, Unprocessable
+from operations.fhir_values import format_instant, parse_instant, reference_id
+from operations.find import Leg, load_legs, slot_search_span, slots_of, widened
+from operations.model import (
+    BUFFER_AFTER_COMMENT,
+    BUFFER_BEFORE_COMMENT,
+    FANONI_EXTENSION_BASE,
+    HOLD_EXPIRES_URL,
+    SLOT_CAPACITY_URL,
+    Interval,
+    Service,
+    SlotOverlay,
+    SlotStatus,
+)
+from operations.parameters import parse_slot, service_references
+from operations.store import FhirStore, Resource
+
+LOCK_COUNTER_URL = FANONI_EXTENSION_BASE + "lock-counter"
+FANONI_CODE_SYSTEM = "https://fanoni.dev/fhir/CodeSystem/fanoni"
+HOLD_TAG = {"system": FANONI_CODE_SYSTEM, "code": "hold", "display": "Held by Fanoni $hold"}
+
+
+@dataclass(frozen=True)
+class Clock:
+    """Time as the use cases see it; the plugin passes real clocks, tests fake ones."""
+
+    now: Callable[[], datetime]
+    monotonic: Callable[[], float]
+    sleep: Callable[[float], None]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long conflicting writers keep re-deciding before a 409 reaches the caller."""
+
+    deadline_seconds: float = 20.0
+    max_attempts: int = 60
+    base_backoff_seconds: float = 0.02
+    max_backoff_seconds: float = 0.5
+
+
+@dataclass(frozen=True)
+class BookingRequest:
+    """A validated proposal: one visit interval, one service, one busy Slot per Schedule."""
+
+    appointment: Resource
+    service_id: str
+    visit: Interval
+    schedule_ids: tuple[str, ...]
+    buffers: dict[str, tuple[timedelta, timedelta]]
+    """Per schedule id: the buffer lengths the proposal carries (before, after)."""
+    identifiers: tuple[tuple[str | None, str], ...]
+    root: str
+
+    @classmethod
+    def from_body(cls, body: Any) -> BookingRequest:
+        """The ``appointment`` (alias ``appointment-resource``) of a Parameters body, or a bare
+        Appointment. Raises ``InvalidRequest`` (400) naming the culprit's FHIRPath."""
+        appointment, root = _appointment_from_body(body)
+        return cls.from_appointment(appointment, root)
+
+    @classmethod
+    def from_appointment(cls, appointment: Resource, root: str) -> BookingRequest:
+        if appointment.get("status") not in (None, "proposed"):
+            raise InvalidRequest(
+                f"The appointment must be a proposal (status 'proposed'), not {appointment.get('status')!r}",
+                code="value",
+                expression=f"{root}.status",
+            )
+        if appointment.get("slot"):
+            raise InvalidRequest(
+                "The proposal must not reference stored Slots: its Slots are contained and written by the operation",
+                code="invalid",
+                expression=f"{root}.slot",
+            )
+        concepts = appointment.get("serviceType") or []
+        if not isinstance(concepts, list):
+            raise InvalidRequest(
+                "serviceType must be a list", code="structure", expression=f"{root}.serviceType"
+            )
+        refs = list(dict.fromkeys(service_references(concepts)))
+        if len(refs) != 1:
+            raise InvalidRequest(
+                f"The proposal must name exactly one HealthcareService in serviceType, it names {len(refs)}",
+                code="required" if not refs else "invalid",
+                expression=f"{root}.serviceType",
+            )
+        try:
+            service_id = reference_id(refs[0], "HealthcareService")
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), code="value", expression=f"{root}.serviceType") from None
+
+        contained = appointment.get("contained") or []
+        if not isinstance(contained, list):
+            raise InvalidRequest("contained must be a list", code="structure", expression=f"{root}.contained")
+        visits: dict[str, tuple[Interval, str]] = {}
+        buffer_slots: list[tuple[str, Interval, str]] = []
+        for index, resource in enumerate(contained):
+            path = f"{root}.contained[{index}]"
+            if not isinstance(resource, dict) or resource.get("resourceType") != "Slot":
+                continue
+            schedule_id, interval = _contained_slot(resource, path)
+            status = resource.get("status")
+            if status == SlotStatus.BUSY:
+                if schedule_id in visits:
+                    raise InvalidRequest(
+                        f"Two busy Slots for Schedule/{schedule_id}: one visit per schedule",
+                        code="invalid",
+                        expression=path,
+                    )
+                visits[schedule_id] = (interval, path)
+            elif status == SlotStatus.BUSY_UNAVAILABLE:
+                buffer_slots.append((schedule_id, interval, path))
+            else:
+                raise InvalidRequest(
+                    f"A contained Slot of a proposal is 'busy' (the visit) or 'busy-unavailable' (a buffer), not {status!r}",
+                    code="value",
+                    expression=f"{path}.status",
+                )
+        if not visits:
+            raise InvalidRequest(
+                "The proposal has no contained busy Slot: pass the Appointment as $find returned it",
+                code="required",
+                expression=f"{root}.contained",
+            )
+        first_interval, _ = next(iter(visits.values()))
+        for interval, path in visits.values():
+            if interval != first_interval:
+                raise InvalidRequest(
+                    "The busy Slots of the proposal do not all have the same start and end",
+                    code="invalid",
+                    expression=path,
+                )
+        for field, value in (("start", first_interval.start), ("end", first_interval.end)):
+            if field in appointment:
+                try:
+                    given = parse_instant(appointment[field])
+                except ValueError as exc:
+                    raise InvalidRequest(str(exc), code="value", expression=f"{root}.{field}") from None
+                if given != value:
+                    raise InvalidRequest(
+                        f"Appointment.{field} does not match its contained busy Slots",
+                        code="invalid",
+                        expression=f"{root}.{field}",
+                    )
+        buffers: dict[str, list[timedelta]] = {sid: [timedelta(0), timedelta(0)] for sid in visits}
+        for schedule_id, interval, path in buffer_slots:
+            if schedule_id not in visits:
+                raise InvalidRequest(
+                    f"A buffer Slot names Schedule/{schedule_id}, which has no visit in this proposal",
+                    code="invalid",
+                    expression=f"{path}.schedule",
+                )
+            if interval.end == first_interval.start:
+                side = 0
+            elif interval.start == first_interval.end:
+                side = 1
+            else:
+                raise InvalidRequest(
+                    "A buffer Slot must end where the visit starts or start where it ends",
+                    code="invalid",
+                    expression=path,
+                )
+            if buffers[schedule_id][side]:
+                raise InvalidRequest(
+                    f"Two buffer Slots on the same side of the visit for Schedule/{schedule_id}",
+                    code="invalid",
+                    expression=path,
+                )
+            buffers[schedule_id][side] = interval.duration
+        identifiers = []
+        for index, identifier in enumerate(appointment.get("identifier") or []):
+            if not isinstance(identifier, dict) or not isinstance(identifier.get("value"), str):
+                raise InvalidRequest(
+                    "An identifier needs a value",
+                    code="value",
+                    expression=f"{root}.identifier[{index}]",
+                )
+            identifiers.append((identifier.get("system"), identifier["value"]))
+        return cls(
+            appointment=appointment,
+            service_id=service_id,
+            visit=first_interval,
+            schedule_ids=tuple(visits),
+            buffers={sid: (b[0], b[1]) for sid, b in buffers.items()},
+            identifiers=tuple(identifiers),
+            root=root,
+        )
+
+
+def _appointment_from_body(body: Any) -> tuple[Resource, str]:
+    if not isinstance(body, dict):
+        raise InvalidRequest("The body must be a FHIR Parameters or Appointment resource", code="structure")
+    if body.get("resourceType") == "Appointment":
+        return body, "Appointment"
+    if body.get("resourceType") != "Parameters":
+        raise InvalidRequest(
+            f"The body must be a Parameters or Appointment resource, not {body.get('resourceType')!r}",
+            code="structure",
+        )
+    found = [
+        p
+        for p in body.get("parameter") or []
+        if isinstance(p, dict) and p.get("name") in ("appointment", "appointment-resource")
+    ]
+    if not found:
+        raise InvalidRequest(
+            "The 'appointment' parameter (an Appointment resource) is required",
+            code="required",
+            expression="Parameters.appointment",
+        )
+    if len(found) > 1:
+        raise InvalidRequest(
+            "'appointment' may be given only once",
+            code="value",
+            expression="Parameters.appointment[1]",
+        )
+    resource = found[0].get("resource")
+    if not isinstance(resource, dict) or resource.get("resourceType") != "Appointment":
+        raise InvalidRequest(
+            "The 'appointment' parameter must carry an Appointment resource",
+            code="structure",
+            expression="Parameters.appointment",
+        )
+    return resource, "Parameters.appointment"
+
+
+def _contained_slot(resource: Resource, path: str) -> tuple[str, Interval]:
+    try:
+        schedule_id = reference_id((resource.get("schedule") or {}).get("reference"), "Schedule")
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), code="value", expression=f"{path}.schedule") from None
+    times = []
+    for field in ("start", "end"):
+        if field not in resource:
+            raise InvalidRequest(f"The Slot has no {field}", code="required", expression=f"{path}.{field}")
+        try:
+            times.append(parse_instant(resource[field]))
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), code="value", expression=f"{path}.{field}") from None
+    if times[0] >= times[1]:
+        raise InvalidRequest("The Slot ends before it starts", code="invalid", expression=path)
+    return schedule_id, Interval(times[0], times[1])
+
+
+def check_against_parameters(request: BookingRequest, legs: Sequence[Leg]) -> None:
+    """Duration and buffers of the proposal must be those the parameters say (422)."""
+    for leg in legs:
+        if request.visit.duration != leg.params.duration:
+            raise Unprocessable(
+                f"The visit lasts {request.visit.duration}, but the duration for Schedule/{leg.schedule.id} "
+                f"is {leg.params.duration}",
+                expression=f"{request.root}.contained",
+            )
+        before, after = request.buffers[leg.schedule.id]
+        for label, given, wanted in (
+            ("before", before, leg.params.buffer_before),
+            ("after", after, leg.params.buffer_after),
+        ):
+            if given != wanted:
+                raise Unprocessable(
+                    f"The buffer {label} the visit on Schedule/{leg.schedule.id} is {given}, "
+                    f"the parameters say {wanted}",
+                    expression=f"{request.root}.contained",
+                )
+
+
+def decide(
+    service: Service,
+    legs: Sequence[Leg],
+    slot_resources: Sequence[Resource],
+    visit: Interval,
+    now: datetime,
+    root: str,
+) -> None:
+    """Is the visit (with each Schedule's buffers) bookable right now? Raises when not:
+    422 when it lies outside availability or in the past, 409 when it is taken."""
+    if visit.start < now:
+        raise Unprocessable("The visit starts in the past", expression=f"{root}.start")
+    slots = [s for s in (parse_slot(r) for r in slot_resources) if s is not None]
+    for leg in legs:
+        if not leg.schedule.active:
+            raise Unprocessable(f"Schedule/{leg.schedule.id} is not active", expression=leg.expression)
+        span = widened(visit, leg.params)
+        own = slots_of(slots, leg.schedule.id)
+        free_only = [s for s in own if s.status == SlotStatus.FREE]
+        if not _fits(schedule_windows(leg.schedule, service, leg.params, free_only, span, now), visit):
+            raise Unprocessable(
+                f"The time (with its buffers) lies outside the availability of Schedule/{leg.schedule.id}",
+                expression=f"{root}.start",
+            )
+        if not _fits(schedule_windows(leg.schedule, service, leg.params, own, span, now), visit):
+            raise Conflict(
+                f"The time (or its buffers) is already booked or held on Schedule/{leg.schedule.id}",
+                expression=f"{root}.start",
+            )
+
+
+def _fits(windows: Sequence[Interval], visit: Interval) -> bool:
+    return any(w.start <= visit.start and visit.end <= w.end for w in windows)
+
+
+def lock_id(schedule_id: str) -> str:
+    """The id of a Schedule's lock resource (a ``Basic``), within FHIR's 64-character limit."""
+    candidate = f"fanoni-lock-{schedule_id}"
+    if len(candidate) <= 64:
+        return candidate
+    return "fanoni-lock-" + hashlib.sha256(schedule_id.encode()).hexdigest()[:52]
+
+
+def lock_resource(schedule_id: str, counter: int) -> Resource:
+    return {
+        "resourceType": "Basic",
+        "id": lock_id(schedule_id),
+        "code": {"coding": [{"system": FANONI_CODE_SYSTEM, "code": "schedule-lock"}]},
+        "subject": {"reference": f"Schedule/{schedule_id}"},
+        "extension": [{"url": LOCK_COUNTER_URL, "valueInteger": counter}],
+    }
+
+
+def _lock_counter(resource: Resource) -> int:
+    for ext in resource.get("extension") or []:
+        if (
+            isinstance(ext, dict)
+            and ext.get("url") == LOCK_COUNTER_URL
+            and isinstance(ext.get("valueInteger"), int)
+        ):
+            return int(ext["valueInteger"])
+    return 0
+
+
+def read_locks(store: FhirStore, schedule_ids: Sequence[str]) -> dict[str, tuple[str, int]]:
+    """``{schedule id: (version, counter)}``, creating missing locks first (one transaction).
+
+    Creating a lock concurrently from two processes is harmless: both then read a version
+    before their Slot search, which is all the protocol needs.
+    """
+    wanted = {lock_id(s): s for s in schedule_ids}
+    found = _search_locks(store, wanted)
+    missing = [s for s in schedule_ids if s not in found]
+    if missing:
+        entries = [
+            {
+                "fullUrl": f"Basic/{lock_id(s)}",
+                "resource": lock_resource(s, 0),
+                "request": {"method": "PUT", "url": f"Basic/{lock_id(s)}"},
+            }
+            for s in missing
+        ]
+        with contextlib.suppress(ConcurrentChange):  # another process created them just now
+            store.transaction({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+        found = _search_locks(store, wanted)
+        if any(s not in found for s in schedule_ids):
+            raise Conflict("Could not create the per-Schedule lock resources on the upstream")
+    return found
+
+
+def _search_locks(store: FhirStore, wanted: dict[str, str]) -> dict[str, tuple[str, int]]:
+    found = {}
+    for resource in store.search("Basic", [("_id", ",".join(wanted))]):
+        schedule_id = wanted.get(str(resource.get("id")))
+        version = (resource.get("meta") or {}).get("versionId")
+        if schedule_id is not None and version is not None:
+            found[schedule_id] = (str(version), _lock_counter(resource))
+    return found
+
+
+def lock_entries(locks: dict[str, tuple[str, int]]) -> list[Resource]:
+    """Version-checked updates of the locks: the heart of race freedom."""
+    return [
+        {
+            "fullUrl": f"Basic/{lock_id(schedule_id)}",
+            "resource": lock_resource(schedule_id, counter + 1),
+            "request": {
+                "method": "PUT",
+                "url": f"Basic/{lock_id(schedule_id)}",
+                "ifMatch": f'W/"{version}"',
+            },
+        }
+        for schedule_id, (version, counter) in locks.items()
+    ]
+
+
+@dataclass(frozen=True)
+class BookingResult:
+    """What the plugin returns: 201 for a new booking, 200 for an idempotent replay."""
+
+    status: int
+    bundle: Resource
+    expires: datetime | None = None
+
+
+def _written_slots(leg: Leg, visit: Interval, hold: bool, expires: datetime | None) -> list[Resource]:
+    zone = leg.params.timezone
+    extensions: list[Resource] = [{"url": SLOT_CAPACITY_URL, "valuePositiveInt": leg.params.slot_capacity}]
+    if expires is not None:
+        extensions.append({"url": HOLD_EXPIRES_URL, "valueInstant": format_instant(expires)})
+    base = {"resourceType": "Slot", "schedule": {"reference": f"Schedule/{leg.schedule.id}"}}
+    slots = []
+    if leg.params.buffer_before:
+        slots.append(
+            base
+            | {
+                "extension": list(extensions),
+                "status": SlotStatus.BUSY_UNAVAILABLE,
+                "start": format_instant(visit.start - leg.params.buffer_before, zone),
+                "end": format_instant(visit.start, zone),
+                "comment": BUFFER_BEFORE_COMMENT,
+            }
+        )
+    slots.append(
+        base
+        | {
+            "extension": list(extensions),
+            "status": SlotStatus.BUSY_TENTATIVE if hold else SlotStatus.BUSY,
+            "start": format_instant(visit.start, zone),
+            "end": format_instant(visit.end, zone),
+        }
+    )
+    if leg.params.buffer_after:
+        slots.append(
+            base
+            | {
+                "extension": list(extensions),
+                "status": SlotStatus.BUSY_UNAVAILABLE,
+                "start": format_instant(visit.end, zone),
+                "end": format_instant(visit.end + leg.params.buffer_after, zone),
+                "comment": BUFFER_AFTER_COMMENT,
+            }
+        )
+    return slots
+
+
+def booking_bundle(
+    request: BookingRequest,
+    legs: Sequence[Leg],
+    locks: dict[str, tuple[str, int]],
+    *,
+    hold: bool,
+    expires: datetime | None,
+) -> Resource:
+    """The one transaction: lock updates, the Slots (visit + buffers), the Appointment."""
+    slot_entries = []
+    for leg in legs:
+        for slot in _written_slots(leg, request.visit, hold, expires):
+            slot_entries.append(
+                {
+                    "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                    "resource": slot,
+                    "request": {"method": "POST", "url": "Slot"},
+                }
+            )
+    appointment = {
+        k: v for k, v in request.appointment.items() if k not in ("id", "meta", "contained", "slot", "text")
+    }
+    zone = legs[0].params.timezone
+    appointment.update(
+        {
+            "resourceType": "Appointment",
+            "status": "pending" if hold else "booked",
+            "start": format_instant(request.visit.start, zone),
+            "end": format_instant(request.visit.end, zone),
+            "slot": [{"reference": e["fullUrl"]} for e in slot_entries],
+        }
+    )
+    participants = list(appointment.get("participant") or [])
+    present = {((p.get("actor") or {}).get("reference")) for p in participants if isinstance(p, dict)}
+    for leg in legs:
+        if leg.schedule.actor.reference not in present:
+            participants.append(
+                {
+                    "actor": {"reference": leg.schedule.actor.reference},
+                    "required": "required",
+                    "status": "needs-action",
+                }
+            )
+    appointment["participant"] = participants
+    extensions = [
+        e
+        for e in appointment.get("extension") or []
+        if not (isinstance(e, dict) and e.get("url") == HOLD_EXPIRES_URL)
+    ]
+    if expires is not None:
+        extensions.append({"url": HOLD_EXPIRES_URL, "valueInstant": format_instant(expires)})
+        appointment["meta"] = {"tag": [HOLD_TAG]}
+    if extensions:
+        appointment["extension"] = extensions
+    entries = [
+        *lock_entries(locks),
+        *slot_entries,
+        {
+            "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+            "resource": appointment,
+            "request": {"method": "POST", "url": "Appointment"},
+        },
+    ]
+    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+
+
+def response_bundle(response: Resource, status_text: str | None = None) -> Resource:
+    """The caller's view of a booking transaction-response: the Appointment first, then its
+    Slots; the lock updates are an implementation detail and left out."""
+    entries = [e for e in response.get("entry") or [] if isinstance(e, dict)]
+    appointments = [e for e in entries if (e.get("resource") or {}).get("resourceType") == "Appointment"]
+    slots = [e for e in entries if (e.get("resource") or {}).get("resourceType") == "Slot"]
+    ordered = [*appointments, *slots]
+    if status_text is not None:
+        ordered = [{**e, "response": {**(e.get("response") or {}), "status": status_text}} for e in ordered]
+    return {"resourceType": "Bundle", "type": "transaction-response", "entry": ordered}
+
+
+def existing_booking(store: FhirStore, request: BookingRequest) -> BookingResult | None:
+    """An Appointment already written for one of the caller's identifiers (idempotent retry)."""
+    for system, value in request.identifiers:
+        token = f"{system}|{value}" if system else value
+        found = store.search("Appointment", [("identifier", token)])
+        if found:
+            return BookingResult(200, replay_bundle(store, found[0]), _hold_expiry(found[0]))
+    return None
+
+
+def replay_bundle(store: FhirStore, appointment: Resource) -> Resource:
+    """The stored Appointment and its Slots as a transaction-response-shaped Bundle."""
+    slot_ids = []
+    for ref in appointment.get("slot") or []:
+        try:
+            slot_ids.append(reference_id((ref or {}).get("reference"), "Slot"))
+        except ValueError:
+            continue
+    slots = store.search("Slot", [("_id", ",".join(slot_ids))]) if slot_ids else []
+    by_id = {s.get("id"): s for s in slots}
+    ordered = [appointment, *(by_id[i] for i in slot_ids if i in by_id)]
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction-response",
+        "entry": [
+            {
+                "fullUrl": f"{r['resourceType']}/{r.get('id')}",
+                "resource": r,
+                "response": {
+                    "status": "200 OK",
+                    "location": f"{r['resourceType']}/{r.get('id')}/_history/{(r.get('meta') or {}).get('versionId', '1')}",
+                },
+            }
+            for r in ordered
+        ],
+    }
+
+
+def _hold_expiry(appointment: Resource) -> datetime | None:
+    for ext in appointment.get("extension") or []:
+        if isinstance(ext, dict) and ext.get("url") == HOLD_EXPIRES_URL:
+            try:
+                return parse_instant(ext.get("valueInstant") or ext.get("valueDateTime"))
+            except ValueError:
+                return None
+    return None
+
+
+def hold_expiry(appointment: Resource) -> datetime | None:
+    """The recorded expiry of a hold, if any."""
+    return _hold_expiry(appointment)
+
+
+def retrying(policy: RetryPolicy, clock: Clock, attempt: Callable[[], BookingResult]) -> BookingResult:
+    """Run ``attempt`` until it stops raising ``ConcurrentChange`` or the deadline passes."""
+    started = clock.monotonic()
+    for tries in range(1, policy.max_attempts + 1):
+        try:
+            return attempt()
+        except ConcurrentChange:
+            elapsed = clock.monotonic() - started
+            if elapsed >= policy.deadline_seconds or tries == policy.max_attempts:
+                break
+            backoff = min(policy.max_backoff_seconds, policy.base_backoff_seconds * (2 ** min(tries, 10)))
+            clock.sleep(random.uniform(0, backoff))  # jitter, not security
+    raise Conflict("Concurrent changes to the same schedules did not settle before the deadline; try again")
+
+
+def book(
+    store: FhirStore,
+    request: BookingRequest,
+    *,
+    hold: bool,
+    hold_ttl: timedelta,
+    clock: Clock,
+    policy: RetryPolicy | None = None,
+) -> BookingResult:
+    """``$book`` (``hold=False``) or ``$hold``: 201 with the transaction-response, or a replay."""
+    service, legs = load_legs(store, request.schedule_ids, request.service_id)
+    legs = [Leg(leg.schedule, leg.params, f"{request.root}.contained") for leg in legs]
+    check_against_parameters(request, legs)
+
+    def attempt() -> BookingResult:
+        replay = existing_booking(store, request)
+        if replay is not None:
+            return replay
+        now = clock.now()
+        locks = read_locks(store, request.schedule_ids)  # read BEFORE the deciding Slot search
+        span = slot_search_span(request.visit, legs)
+        slot_resources = store.search_slots(request.schedule_ids, span.start, span.end)
+        decide(service, legs, slot_resources, request.visit, now, request.root)
+        expires = now + hold_ttl if hold else None
+        bundle = booking_bundle(request, legs, locks, hold=hold, expires=expires)
+        response = store.transaction(bundle)
+        return BookingResult(201, response_bundle(response), expires)
+
+    return retrying(policy or RetryPolicy(), clock, attempt)
+
+
+__all__ = [
+    "BookingRequest",
+    "BookingResult",
+    "Clock",
+    "RetryPolicy",
+    "SlotOverlay",
+    "book",
+    "hold_expiry",
+    "replay_bundle",
+]
