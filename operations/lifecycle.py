@@ -101,16 +101,12 @@ def confirm(
             )
         ids = slot_ids(appointment)
         slots = store.search("Slot", [("_id", ",".join(ids))]) if ids else []
-        entries = [
-            _put(_without_expiry(appointment) | {"status": "booked", "meta": appointment.get("meta", {})})
-        ]
+        entries = [_put(_without_expiry(appointment) | {"status": "booked"}, _version(appointment))]
         for slot in slots:
-            updated = _without_expiry(slot) | {"meta": slot.get("meta", {})}
+            updated = _without_expiry(slot)
             if updated.get("status") == SlotStatus.BUSY_TENTATIVE:
                 updated["status"] = SlotStatus.BUSY
-            entries.append(_put(updated))
-        for entry in entries:
-            entry["resource"] = {k: v for k, v in entry["resource"].items() if k != "meta"}
+            entries.append(_put(updated, _version(slot)))
         response = store.transaction({"resourceType": "Bundle", "type": "transaction", "entry": entries})
         return OperationResult(200, _ordered(response))
 
