@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+import json
+import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from operations.errors import ConcurrentChange
 from operations.fhir_values import parse_instant
 
 Resource = dict[str, Any]
@@ -52,3 +56,106 @@ class FakeStore:
             and parse_instant(r["start"]) < end
             and parse_instant(r["end"]) > start
         ]
+
+
+class FakeFhirStore(FakeStore):
+    """A ``FhirStore``: versioned resources, searches by a few parameters, atomic transactions
+    with ``ifMatch`` checks that raise ``ConcurrentChange`` like the upstream's 409/412."""
+
+    def __init__(self, *resources: Resource) -> None:
+        super().__init__()
+        self.transactions: list[Resource] = []
+        self.before_transaction: list[Any] = []
+        """Callables run just before the next transaction (to interleave a concurrent writer)."""
+        for resource in resources:
+            self.add(resource)
+
+    def add(self, resource: Resource) -> Resource:
+        stored = super().add(resource)
+        meta = dict(stored.get("meta") or {})
+        meta.setdefault("versionId", "1")
+        stored = {**stored, "meta": meta}
+        self.resources[f"{stored['resourceType']}/{stored['id']}"] = stored
+        return stored
+
+    def read(self, resource_type: str, resource_id: str) -> Resource | None:
+        self.calls.append(f"read {resource_type}")
+        found = self.resources.get(f"{resource_type}/{resource_id}")
+        return copy.deepcopy(found) if found else None
+
+    def search(self, resource_type: str, params: Sequence[tuple[str, str]]) -> list[Resource]:
+        self.calls.append(f"search {resource_type}")
+        results = []
+        for resource in self.resources.values():
+            if resource["resourceType"] != resource_type:
+                continue
+            if all(self._matches(resource, name, value) for name, value in params):
+                results.append(copy.deepcopy(resource))
+        return results
+
+    @staticmethod
+    def _matches(resource: Resource, name: str, value: str) -> bool:
+        if name == "_id":
+            return resource.get("id") in value.split(",")
+        if name == "status":
+            return resource.get("status") in value.split(",")
+        if name == "identifier":
+            system, _, code = value.rpartition("|")
+            return any(
+                i.get("value") == code and (not system or i.get("system") == system)
+                for i in resource.get("identifier", [])
+            )
+        if name == "_tag":
+            system, _, code = value.rpartition("|")
+            return any(
+                t.get("code") == code and t.get("system") == system
+                for t in (resource.get("meta") or {}).get("tag", [])
+            )
+        raise AssertionError(f"the fake does not search by {name}")
+
+    def transaction(self, bundle: Resource) -> Resource:
+        self.calls.append("transaction")
+        pending, self.before_transaction = self.before_transaction, []
+        for interleaved in pending:
+            interleaved()
+        staged = dict(self.resources)
+        ids: dict[str, str] = {}
+        out = []
+        for entry in bundle["entry"]:
+            request = entry["request"]
+            method, url = request["method"], request["url"]
+            if method == "DELETE":
+                staged.pop(url, None)
+                out.append({"response": {"status": "204 No Content"}})
+                continue
+            resource = copy.deepcopy(entry["resource"])
+            if method == "POST":
+                resource["id"] = str(uuid.uuid4())
+                ids[entry["fullUrl"]] = f"{resource['resourceType']}/{resource['id']}"
+                version = 1
+            else:
+                current = staged.get(url)
+                if "ifMatch" in request:
+                    if current is None or f'W/"{current["meta"]["versionId"]}"' != request["ifMatch"]:
+                        raise ConcurrentChange(f"version conflict on {url}")
+                version = int(current["meta"]["versionId"]) + 1 if current else 1
+            old_meta = (staged.get(f"{resource['resourceType']}/{resource['id']}") or {}).get("meta", {})
+            resource["meta"] = {**old_meta, **(resource.get("meta") or {}), "versionId": str(version)}
+            staged[f"{resource['resourceType']}/{resource['id']}"] = resource
+            out.append(
+                {
+                    "resource": resource,
+                    "response": {"status": "201 Created" if method == "POST" else "200 OK"},
+                }
+            )
+        text = json.dumps([e.get("resource") for e in out])
+        for placeholder, real in ids.items():
+            text = text.replace(placeholder, real)
+        resolved = json.loads(text)
+        for entry, resource in zip(out, resolved, strict=True):
+            if resource is not None:
+                entry["resource"] = resource
+                staged[f"{resource['resourceType']}/{resource['id']}"] = resource
+        self.resources = staged
+        self.transactions.append(bundle)
+        return {"resourceType": "Bundle", "type": "transaction-response", "entry": out}
