@@ -113,7 +113,10 @@ def schedule(
             {
                 "coding": [{"code": s}],
                 "extension": [
-                    {"url": SERVICE_TYPE_REFERENCE_URL, "valueReference": {"reference": f"HealthcareService/{s}"}}
+                    {
+                        "url": SERVICE_TYPE_REFERENCE_URL,
+                        "valueReference": {"reference": f"HealthcareService/{s}"},
+                    }
                 ],
             }
             for s in services

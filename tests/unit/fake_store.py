@@ -135,9 +135,9 @@ class FakeFhirStore(FakeStore):
                 version = 1
             else:
                 current = staged.get(url)
-                if "ifMatch" in request:
-                    if current is None or f'W/"{current["meta"]["versionId"]}"' != request["ifMatch"]:
-                        raise ConcurrentChange(f"version conflict on {url}")
+                expected = request.get("ifMatch")
+                if expected and (current is None or f'W/"{current["meta"]["versionId"]}"' != expected):
+                    raise ConcurrentChange(f"version conflict on {url}")
                 version = int(current["meta"]["versionId"]) + 1 if current else 1
             old_meta = (staged.get(f"{resource['resourceType']}/{resource['id']}") or {}).get("meta", {})
             resource["meta"] = {**old_meta, **(resource.get("meta") or {}), "versionId": str(version)}

@@ -218,7 +218,8 @@ def test_malformed_proposals_are_400_and_write_nothing(case: str, change: Any, e
 
 
 def test_body_must_be_parameters_or_appointment() -> None:
-    for body in ([], {"resourceType": "Patient"}, {"resourceType": "Parameters", "parameter": []}):
+    bodies: list[Any] = [[], {"resourceType": "Patient"}, {"resourceType": "Parameters", "parameter": []}]
+    for body in bodies:
         with pytest.raises(InvalidRequest):
             BookingRequest.from_body(body)
     proposal = proposals(clinic())[0]

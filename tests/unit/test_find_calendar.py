@@ -72,7 +72,11 @@ def clinic(*extra: dict[str, Any], tz: str = NY, **block: Any) -> FakeStore:
 class TestWeeklyHours:
     def test_hourly_grid_by_default(self) -> None:
         bundle = find(clinic(), f"{MONDAY}T00:00:00-05:00", f"{TUESDAY}T00:00:00-05:00", ["alice"])
-        assert starts(bundle) == ["2026-12-07T09:00-05:00", "2026-12-07T10:00-05:00", "2026-12-07T11:00-05:00"]
+        assert starts(bundle) == [
+            "2026-12-07T09:00-05:00",
+            "2026-12-07T10:00-05:00",
+            "2026-12-07T11:00-05:00",
+        ]
         assert bundle["total"] == 3
         assert bundle["type"] == "searchset"
 
@@ -82,7 +86,9 @@ class TestWeeklyHours:
         assert starts(bundle) == ["2026-12-07T09:10-05:00", "2026-12-07T09:25-05:00"]
 
     def test_zero_interval_means_sixty_minutes(self) -> None:
-        bundle = find(clinic(alignmentInterval=0), f"{MONDAY}T00:00:00-05:00", f"{TUESDAY}T00:00:00-05:00", ["alice"])
+        bundle = find(
+            clinic(alignmentInterval=0), f"{MONDAY}T00:00:00-05:00", f"{TUESDAY}T00:00:00-05:00", ["alice"]
+        )
         assert len(starts(bundle)) == 3
 
     def test_other_days_offer_nothing(self) -> None:
@@ -123,7 +129,9 @@ class TestWeeklyHours:
 
     def test_no_hours_anywhere_means_always_available(self) -> None:
         store = FakeStore(
-            practitioner("alice", NY), service(duration=60), schedule("alice", "Practitioner/alice", ["checkup"])
+            practitioner("alice", NY),
+            service(duration=60),
+            schedule("alice", "Practitioner/alice", ["checkup"]),
         )
         bundle = find(store, f"{MONDAY}T00:00:00-05:00", f"{TUESDAY}T00:00:00-05:00", ["alice"])
         assert len(starts(bundle)) == 24
@@ -145,9 +153,15 @@ class TestWeeklyHours:
     def test_quarter_past_five_thirty_zone(self) -> None:
         store = clinic(tz="Asia/Kolkata")
         bundle = find(store, f"{MONDAY}T00:00:00+05:30", f"{TUESDAY}T00:00:00+05:30", ["alice"])
-        assert starts(bundle) == ["2026-12-07T09:00+05:30", "2026-12-07T10:00+05:30", "2026-12-07T11:00+05:30"]
+        assert starts(bundle) == [
+            "2026-12-07T09:00+05:30",
+            "2026-12-07T10:00+05:30",
+            "2026-12-07T11:00+05:30",
+        ]
         first = bundle["entry"][0]["resource"]
-        assert datetime.fromisoformat(first["start"]).astimezone(UTC) == datetime(2026, 12, 7, 3, 30, tzinfo=UTC)
+        assert datetime.fromisoformat(first["start"]).astimezone(UTC) == datetime(
+            2026, 12, 7, 3, 30, tzinfo=UTC
+        )
 
 
 class TestDaylightSaving:
@@ -190,7 +204,11 @@ class TestDaylightSaving:
         store = self._night_store("01:00", "03:00", "sun", duration=60)
         bundle = find(store, "2026-11-01T00:00:00-04:00", "2026-11-02T00:00:00-05:00", ["alice"])
         # 01:00 is ambiguous: the window starts at the earlier one (EDT) and is 3 real hours.
-        assert starts(bundle) == ["2026-11-01T01:00-04:00", "2026-11-01T01:00-05:00", "2026-11-01T02:00-05:00"]
+        assert starts(bundle) == [
+            "2026-11-01T01:00-04:00",
+            "2026-11-01T01:00-05:00",
+            "2026-11-01T02:00-05:00",
+        ]
 
     def test_working_hours_on_dst_days_keep_their_wall_clock(self) -> None:
         store = FakeStore(
@@ -213,7 +231,11 @@ class TestSlotsAsOverrides:
     def test_long_block_that_began_before_the_range_still_counts(self) -> None:
         vacation = slot("alice", "busy-unavailable", "2026-11-20T00:00:00-05:00", "2026-12-11T00:00:00-05:00")
         bundle = find(clinic(vacation), f"{MONDAY}T00:00:00-05:00", "2026-12-15T00:00:00-05:00", ["alice"])
-        assert starts(bundle) == ["2026-12-14T09:00-05:00", "2026-12-14T10:00-05:00", "2026-12-14T11:00-05:00"]
+        assert starts(bundle) == [
+            "2026-12-14T09:00-05:00",
+            "2026-12-14T10:00-05:00",
+            "2026-12-14T11:00-05:00",
+        ]
 
     def test_free_slot_adds_time_outside_the_hours_and_touching_ones_merge(self) -> None:
         store = clinic(
@@ -233,7 +255,9 @@ class TestSlotsAsOverrides:
         assert starts(bundle) == ["2026-12-08T15:00-05:00"]
 
     def test_entered_in_error_is_ignored(self) -> None:
-        store = clinic(slot("alice", "entered-in-error", f"{MONDAY}T09:00:00-05:00", f"{MONDAY}T12:00:00-05:00"))
+        store = clinic(
+            slot("alice", "entered-in-error", f"{MONDAY}T09:00:00-05:00", f"{MONDAY}T12:00:00-05:00")
+        )
         bundle = find(store, f"{MONDAY}T00:00:00-05:00", f"{TUESDAY}T00:00:00-05:00", ["alice"])
         assert len(starts(bundle)) == 3
 
@@ -242,9 +266,17 @@ class TestSlotsAsOverrides:
         same = {"coding": [{"system": "http://example.org/visit-type", "code": "checkup"}]}
         code_only = {"coding": [{"code": "checkup"}]}  # no system: not the same coding
         store = clinic(
-            slot("alice", "busy", f"{MONDAY}T09:00:00-05:00", f"{MONDAY}T09:30:00-05:00", serviceType=[other]),
+            slot(
+                "alice", "busy", f"{MONDAY}T09:00:00-05:00", f"{MONDAY}T09:30:00-05:00", serviceType=[other]
+            ),
             slot("alice", "busy", f"{MONDAY}T10:00:00-05:00", f"{MONDAY}T10:30:00-05:00", serviceType=[same]),
-            slot("alice", "busy", f"{MONDAY}T11:00:00-05:00", f"{MONDAY}T11:30:00-05:00", serviceType=[code_only]),
+            slot(
+                "alice",
+                "busy",
+                f"{MONDAY}T11:00:00-05:00",
+                f"{MONDAY}T11:30:00-05:00",
+                serviceType=[code_only],
+            ),
         )
         bundle = find(store, f"{MONDAY}T00:00:00-05:00", f"{TUESDAY}T00:00:00-05:00", ["alice"])
         assert starts(bundle) == ["2026-12-07T09:00-05:00", "2026-12-07T11:00-05:00"]
@@ -286,7 +318,10 @@ class TestBuffers:
         store = clinic(bufferBefore=10, bufferAfter=5, alignmentInterval=15)
         bundle = find(store, f"{MONDAY}T09:00:00-05:00", f"{MONDAY}T10:00:00-05:00", ["alice"], count=1)
         appointment = bundle["entry"][0]["resource"]
-        assert [(s["status"], s["start"][11:16], s["end"][11:16], s.get("comment")) for s in appointment["contained"]] == [
+        assert [
+            (s["status"], s["start"][11:16], s["end"][11:16], s.get("comment"))
+            for s in appointment["contained"]
+        ] == [
             ("busy-unavailable", "09:05", "09:15", "buffer before appointment"),
             ("busy", "09:15", "09:45", None),
             ("busy-unavailable", "09:45", "09:50", "buffer after appointment"),
@@ -310,7 +345,9 @@ class TestCapacity:
 
     def test_group_visit_admits_until_full(self) -> None:
         one = clinic(self._visit(2), slotCapacity=2)
-        assert "2026-12-07T09:00-05:00" in starts(find(one, f"{MONDAY}T09:00:00-05:00", f"{MONDAY}T10:00:00-05:00", ["alice"]))
+        assert "2026-12-07T09:00-05:00" in starts(
+            find(one, f"{MONDAY}T09:00:00-05:00", f"{MONDAY}T10:00:00-05:00", ["alice"])
+        )
         two = clinic(self._visit(2), self._visit(2), slotCapacity=2)
         assert starts(find(two, f"{MONDAY}T09:00:00-05:00", f"{MONDAY}T10:00:00-05:00", ["alice"])) == []
 
@@ -362,7 +399,9 @@ class TestJointSchedules:
         )
 
     def test_both_must_be_free_and_the_grid_follows_the_first_schedule(self) -> None:
-        bundle = find(self._store(), f"{MONDAY}T00:00:00-05:00", f"{TUESDAY}T00:00:00-05:00", ["alice", "room"])
+        bundle = find(
+            self._store(), f"{MONDAY}T00:00:00-05:00", f"{TUESDAY}T00:00:00-05:00", ["alice", "room"]
+        )
         assert starts(bundle) == [
             "2026-12-07T09:00-05:00",
             "2026-12-07T10:00-05:00",
@@ -370,7 +409,10 @@ class TestJointSchedules:
             "2026-12-07T12:00-05:00",
         ]
         participants = bundle["entry"][0]["resource"]["participant"]
-        assert [p["actor"]["reference"] for p in participants] == ["Practitioner/alice", "Location/room-london"]
+        assert [p["actor"]["reference"] for p in participants] == [
+            "Practitioner/alice",
+            "Location/room-london",
+        ]
         contained = bundle["entry"][0]["resource"]["contained"]
         assert [(s["schedule"]["reference"], s["status"]) for s in contained] == [
             ("Schedule/alice", "busy"),
@@ -386,7 +428,11 @@ class TestJointSchedules:
         store = self._store()
         store.add(slot("room", "busy", f"{MONDAY}T15:00:00+00:00", f"{MONDAY}T16:00:00+00:00"))  # 10:00 NY
         bundle = find(store, f"{MONDAY}T00:00:00-05:00", f"{TUESDAY}T00:00:00-05:00", ["alice", "room"])
-        assert starts(bundle) == ["2026-12-07T09:00-05:00", "2026-12-07T11:00-05:00", "2026-12-07T12:00-05:00"]
+        assert starts(bundle) == [
+            "2026-12-07T09:00-05:00",
+            "2026-12-07T11:00-05:00",
+            "2026-12-07T12:00-05:00",
+        ]
 
     def test_schedules_must_agree_on_duration(self) -> None:
         store = self._store()
@@ -451,7 +497,9 @@ class TestWhatCannotBeOffered:
         assert missing.value.code == "not-found"
         assert missing.value.expression == ["Parameters.schedule[1]"]
         with pytest.raises(Unprocessable) as not_offered:
-            find(store, f"{MONDAY}T00:00:00-05:00", f"{TUESDAY}T00:00:00-05:00", ["alice"], service_id="dental")
+            find(
+                store, f"{MONDAY}T00:00:00-05:00", f"{TUESDAY}T00:00:00-05:00", ["alice"], service_id="dental"
+            )
         assert not_offered.value.code == "business-rule"
 
     def test_actor_without_time_zone_is_a_configuration_error(self) -> None:

@@ -36,7 +36,9 @@ class TestInheritance:
 
     def test_field_by_field(self) -> None:
         svc = service(duration=30, bufferBefore=5, bufferAfter=5, alignmentInterval=15)
-        params = resolved(svc, params_block(service="checkup", duration=45, bufferAfter=0, timezone="Europe/Paris"))
+        params = resolved(
+            svc, params_block(service="checkup", duration=45, bufferAfter=0, timezone="Europe/Paris")
+        )
         assert params.duration == timedelta(minutes=45)  # schedule
         assert params.buffer_before == timedelta(minutes=5)  # service
         assert params.buffer_after == timedelta(0)  # schedule's explicit zero wins
@@ -113,7 +115,11 @@ SERVICE_ERRORS = [
     ),
     (
         "start without end",
-        {"resourceType": "HealthcareService", "id": "x", "availableTime": [{"availableStartTime": "09:00:00"}]},
+        {
+            "resourceType": "HealthcareService",
+            "id": "x",
+            "availableTime": [{"availableStartTime": "09:00:00"}],
+        },
         "HealthcareService.availableTime[0].availableStartTime",
     ),
     (
@@ -128,7 +134,9 @@ SERVICE_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize(("case", "resource", "expression"), SERVICE_ERRORS, ids=[c[0] for c in SERVICE_ERRORS])
+@pytest.mark.parametrize(
+    ("case", "resource", "expression"), SERVICE_ERRORS, ids=[c[0] for c in SERVICE_ERRORS]
+)
 def test_service_configuration_errors(case: str, resource: dict[str, Any], expression: str) -> None:
     with pytest.raises(InvalidConfiguration) as caught:
         parse_service(resource)
@@ -177,7 +185,12 @@ def test_slots_that_cannot_matter_are_skipped() -> None:
     base = {"resourceType": "Slot", "schedule": {"reference": "Schedule/a"}, "status": "busy"}
     assert parse_slot({**base, "start": "2026-12-07T09:00:00Z"}) is None  # no end
     assert parse_slot({**base, "start": "2026-12-07T09:00:00Z", "end": "2026-12-07T08:00:00Z"}) is None
-    assert parse_slot({**base, "status": "weird", "start": "2026-12-07T09:00:00Z", "end": "2026-12-07T10:00:00Z"}) is None
+    assert (
+        parse_slot(
+            {**base, "status": "weird", "start": "2026-12-07T09:00:00Z", "end": "2026-12-07T10:00:00Z"}
+        )
+        is None
+    )
     parsed = parse_slot({**base, "start": "2026-12-07T09:00:00Z", "end": "2026-12-07T10:00:00Z"})
     assert parsed is not None
     assert parsed.service_codings is None
@@ -198,7 +211,12 @@ REQUEST_ERRORS = [
     ("garbage", [("start", "tomorrow"), *OK[1:]], "value", "Parameters.start"),
     ("start after end", [("start", "2026-12-09T00:00:00Z"), *OK[1:]], "invalid", "Parameters.start"),
     ("range too long", [OK[0], ("end", "2027-02-01T00:00:00Z"), *OK[2:]], "value", "Parameters.end"),
-    ("no service", [p for p in OK if p[0] != "service-type-reference"], "required", "Parameters.service-type-reference"),
+    (
+        "no service",
+        [p for p in OK if p[0] != "service-type-reference"],
+        "required",
+        "Parameters.service-type-reference",
+    ),
     (
         "service of wrong type",
         [*OK[:2], ("service-type-reference", "Practitioner/x"), OK[3]],
@@ -214,7 +232,9 @@ REQUEST_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize(("case", "params", "code", "expression"), REQUEST_ERRORS, ids=[c[0] for c in REQUEST_ERRORS])
+@pytest.mark.parametrize(
+    ("case", "params", "code", "expression"), REQUEST_ERRORS, ids=[c[0] for c in REQUEST_ERRORS]
+)
 def test_request_errors(case: str, params: list[tuple[str, str]], code: str, expression: str) -> None:
     with pytest.raises(InvalidRequest) as caught:
         FindRequest.from_parameters(params, now=NOW, max_range_days=31)
