@@ -1,0 +1,143 @@
+"""The HTTP endpoints: FHIR parameters in → use case → Bundle or OperationOutcome out.
+
+Each route is a few lines; errors are raised (``SchedulingError``, ``UpstreamError``) and
+rendered once by the handlers in ``app.py``. The use cases are reached through their module
+(``find.find_appointments``) so tests can substitute them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, g, request
+
+from operations import find
+from operations.errors import NotFound
+from plugin import version
+from plugin.context import request_store, sidecar
+from plugin.fhir_http import check_format, fhir_response, operation_outcome, operation_parameters
+from plugin.upstream import UpstreamError
+
+READY_READ_TIMEOUT = 5.0
+"""Seconds ``/readyz`` waits for the upstream's ``/metadata``; probes must not hang."""
+
+fhir = Blueprint("fhir", __name__)
+"""Everything under ``BASE_PATH``: mirrors the upstream's URLs."""
+
+health = Blueprint("health", __name__)
+"""``/livez`` and ``/readyz``, at the root whatever ``BASE_PATH`` is."""
+
+fhir.before_request(check_format)
+
+
+# ---- $find (SPEC §4) -------------------------------------------------------------------------
+
+
+@fhir.route("/Appointment/$find", methods=["GET", "POST"])
+def appointment_find() -> Response:
+    g.operation = "Appointment/$find"
+    return fhir_response(find.find_appointments(request_store(), _find_request()))
+
+
+@fhir.route("/Schedule/<schedule_id>/$find", methods=["GET", "POST"])
+def schedule_find(schedule_id: str) -> Response:
+    g.operation = "Schedule/$find"
+    return fhir_response(find.find_slots(request_store(), _find_request(schedule_id)))
+
+
+def _find_request(schedule_id: str | None = None) -> find.FindRequest:
+    state = sidecar()
+    return find.FindRequest.from_parameters(
+        operation_parameters(),
+        now=state.clock(),
+        max_range_days=state.settings.max_range_days,
+        schedule_id=schedule_id,
+    )
+
+
+# $hold, $book (POST Appointment/$hold|$book), $confirm and $cancel (POST Appointment/<id>/...)
+# join here, one route each, when their use cases exist; until then they answer 404 like any
+# unknown endpoint. Their OperationDefinitions go in plugin/resources/ and /metadata follows.
+
+
+# ---- discovery ---------------------------------------------------------------------------------
+
+
+@fhir.get("/metadata")
+def metadata() -> Response:
+    g.operation = "metadata"
+    return fhir_response(capability_statement(request.host_url.rstrip("/") + request.script_root))
+
+
+def capability_statement(server_url: str) -> dict[str, Any]:
+    """The sidecar's CapabilityStatement: the operations it serves, nothing else (resource
+    reads and searches belong to the upstream)."""
+    state = sidecar()
+    operations_by_type: dict[str, list[dict[str, str]]] = {}
+    for definition in state.operation_definitions.values():
+        for resource_type in definition.get("resource", []):
+            operations_by_type.setdefault(resource_type, []).append(
+                {"name": definition["code"], "definition": definition["url"]}
+            )
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": state.started_at.isoformat(timespec="seconds"),
+        "publisher": "Fanoni Scheduling",
+        "kind": "instance",
+        "software": {"name": "Fanoni Scheduling", "version": version()},
+        "implementation": {
+            "description": "Fanoni Scheduling sidecar: scheduling operations for a FHIR R4 server",
+            "url": server_url + state.settings.base_path,
+        },
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "rest": [
+            {
+                "mode": "server",
+                "documentation": (
+                    "Only the scheduling operations are served here; every resource is read "
+                    "from and written to the upstream FHIR server."
+                ),
+                "resource": [
+                    {"type": resource_type, "operation": operations}
+                    for resource_type, operations in sorted(operations_by_type.items())
+                ],
+            }
+        ],
+    }
+
+
+@fhir.get("/OperationDefinition/<definition_id>")
+def operation_definition(definition_id: str) -> Response:
+    g.operation = "OperationDefinition/read"
+    definition = sidecar().operation_definitions.get(definition_id)
+    if definition is None:
+        raise NotFound(f"OperationDefinition/{definition_id} is not known to this server")
+    return fhir_response(definition)
+
+
+# ---- health ------------------------------------------------------------------------------------
+
+
+@health.get("/livez")
+def livez() -> Response:
+    """Alive means the process answers; it deliberately ignores the upstream, so an upstream
+    outage does not make the orchestrator restart every sidecar."""
+    return fhir_response(operation_outcome("informational", "alive", severity="information"))
+
+
+@health.get("/readyz")
+def readyz() -> Response:
+    """Ready means the upstream's ``/metadata`` answers (with the configured credentials)."""
+    g.operation = "readyz"
+    state = sidecar()
+    store = state.upstream.background(g.get("request_id"))
+    g.upstream = store
+    try:
+        store.capabilities(read_timeout=min(state.settings.upstream_read_timeout, READY_READ_TIMEOUT))
+    except UpstreamError as exc:
+        return fhir_response(operation_outcome("transient", f"not ready: {exc.diagnostics}"), status=503)
+    return fhir_response(
+        operation_outcome("informational", "ready: the upstream FHIR server answers", severity="information")
+    )

@@ -1,0 +1,421 @@
+"""The store over FHIR REST (``plugin/upstream.py``) against a mocked upstream."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
+
+import pytest
+import requests
+import responses
+from responses import matchers
+
+from operations.errors import ConcurrentChange
+from operations.store import FhirStore
+from plugin.config import Settings
+from plugin.upstream import (
+    SLOT_END_CACHE_SECONDS,
+    FhirUpstream,
+    UpstreamAccessDenied,
+    UpstreamBadResponse,
+    UpstreamClient,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from tests.api.conftest import BASE, bundle, outcome
+
+START = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+END = datetime(2026, 12, 8, 9, 0, tzinfo=UTC)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def client(settings: Settings, clock: Clock) -> UpstreamClient:
+    return UpstreamClient(settings, clock=clock)
+
+
+@pytest.fixture
+def store(client: UpstreamClient) -> FhirUpstream:
+    return client.for_request("Bearer caller-token", "req-42")
+
+
+def test_it_is_the_store_the_use_cases_expect(client: UpstreamClient) -> None:
+    store: FhirStore = client.for_request(None)  # checked by mypy against the protocol
+    assert store is not None
+
+
+def query(call: responses.Call) -> list[tuple[str, str]]:
+    return parse_qsl(urlsplit(str(call.request.url)).query)
+
+
+def slot(n: int, schedule: str = "a") -> dict[str, object]:
+    return {"resourceType": "Slot", "id": f"s{n}", "schedule": {"reference": f"Schedule/{schedule}"}}
+
+
+# ---- the SchedulingStore reads ---------------------------------------------------------------
+
+
+def test_read_schedules_is_one_search_with_actors_included(
+    upstream: responses.RequestsMock, store: FhirUpstream
+) -> None:
+    practitioner = {"resourceType": "Practitioner", "id": "p1"}
+    location = {"resourceType": "Location", "id": "room"}
+    upstream.get(
+        f"{BASE}/Schedule",
+        json={
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "entry": [
+                {"resource": {"resourceType": "Schedule", "id": "b"}, "search": {"mode": "match"}},
+                {"resource": {"resourceType": "Schedule", "id": "a"}, "search": {"mode": "match"}},
+                {"resource": practitioner, "search": {"mode": "include"}},
+                {"resource": location, "search": {"mode": "include"}},
+                {"resource": outcome("warning"), "search": {"mode": "outcome"}},
+            ],
+        },
+    )
+    schedules, actors = store.read_schedules(["a", "b", "a", "missing"])
+    assert [s["id"] for s in schedules] == ["a", "b"]  # in the order asked, missing ones absent
+    assert actors == {"Practitioner/p1": practitioner, "Location/room": location}
+    assert len(upstream.calls) == 1 and store.round_trips == 1
+    assert query(upstream.calls[0]) == [
+        ("_id", "a,b,missing"),
+        ("_include", "Schedule:actor"),
+        ("_count", "1000"),
+    ]
+
+
+def test_search_returns_matches_only(upstream: responses.RequestsMock, store: FhirUpstream) -> None:
+    upstream.get(
+        f"{BASE}/Appointment",
+        json={
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "entry": [
+                {"resource": {"resourceType": "Appointment", "id": "1"}, "search": {"mode": "match"}},
+                {"resource": {"resourceType": "Slot", "id": "s"}, "search": {"mode": "include"}},
+                {"resource": {"resourceType": "Appointment", "id": "2"}},  # no mode given
+                {"resource": {"resourceType": "Slot", "id": "t"}},
+                {"resource": outcome("too many"), "search": {"mode": "outcome"}},
+            ],
+        },
+    )
+    found = store.search("Appointment", [("identifier", "urn:x|1"), ("_include", "Appointment:slot")])
+    assert [r["id"] for r in found] == ["1", "2"]
+
+
+def test_ids_that_cannot_exist_are_not_sent(upstream: responses.RequestsMock, store: FhirUpstream) -> None:
+    assert store.read_schedules(["a,b", "x/../y", ""]) == ([], {})
+    assert store.search_slots(["bad id"], START, END) == []
+    assert store.read_service("../Patient/1") is None
+    assert store.round_trips == 0
+
+
+def test_every_call_carries_the_callers_credentials_and_no_cache(
+    upstream: responses.RequestsMock, store: FhirUpstream, settings: Settings
+) -> None:
+    upstream.get(f"{BASE}/HealthcareService/svc", json={"resourceType": "HealthcareService"})
+    store.read_service("svc")
+    sent = upstream.calls[0].request
+    assert sent.headers["Authorization"] == "Bearer caller-token"
+    assert sent.headers["Cache-Control"] == "no-cache"
+    assert sent.headers["Accept"] == "application/fhir+json"
+    assert sent.headers["X-Request-ID"] == "req-42"
+    assert sent.req_kwargs["timeout"] == settings.upstream_timeout  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("status", [404, 410])
+def test_missing_service_is_none(upstream: responses.RequestsMock, store: FhirUpstream, status: int) -> None:
+    upstream.get(f"{BASE}/HealthcareService/gone", status=status, json=outcome("gone"))
+    assert store.read_service("gone") is None
+
+
+def test_anonymous_callers_stay_anonymous_even_with_a_netrc(
+    upstream: responses.RequestsMock,
+    client: UpstreamClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine hapi.test login admin password secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    upstream.get(f"{BASE}/HealthcareService/svc", json={"resourceType": "HealthcareService"})
+    client.for_request(None).read_service("svc")
+    assert "Authorization" not in upstream.calls[0].request.headers
+
+
+def test_cookies_from_one_caller_never_reach_another(
+    upstream: responses.RequestsMock, client: UpstreamClient
+) -> None:
+    upstream.get(
+        f"{BASE}/HealthcareService/svc",
+        json={"resourceType": "HealthcareService"},
+        headers={"Set-Cookie": "JSESSIONID=alice; Path=/"},
+    )
+    client.for_request("Bearer alice").read_service("svc")
+    client.for_request("Bearer bob").read_service("svc")
+    assert "Cookie" not in upstream.calls[1].request.headers
+
+
+def test_one_session_per_process(client: UpstreamClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = client.session()
+    assert client.session() is first
+    monkeypatch.setattr("os.getpid", lambda: 999_999)  # as in a forked gunicorn worker
+    assert client.session() is not first
+
+
+# ---- paging ----------------------------------------------------------------------------------
+
+
+def test_search_follows_next_links_to_the_end_without_a_1000_slot_limit(
+    upstream: responses.RequestsMock, store: FhirUpstream
+) -> None:
+    pages = [
+        [slot(n) for n in range(1000)],
+        [slot(n) for n in range(1000, 2000)],
+        [slot(n) for n in range(2000, 2005)],
+    ]
+    page2 = f"{BASE}?_getpages=abc&_getpagesoffset=1000&_count=1000&_bundletype=searchset"
+    page3 = f"{BASE}?_getpages=abc&_getpagesoffset=2000&_count=1000&_bundletype=searchset"
+    upstream.get(f"{BASE}/Slot", json=bundle(pages[0], next_url=page2))
+    upstream.get(
+        BASE,
+        json=bundle(pages[1], next_url=page3),
+        match=[matchers.query_param_matcher({"_getpagesoffset": "1000"}, strict_match=False)],
+    )
+    upstream.get(
+        BASE,
+        json=bundle(pages[2]),
+        match=[matchers.query_param_matcher({"_getpagesoffset": "2000"}, strict_match=False)],
+    )
+    slots = store.search_slots(["a"], START, END)
+    assert [s["id"] for s in slots] == [f"s{n}" for n in range(2005)]
+    assert store.round_trips == 3
+    assert [call.request.url for call in upstream.calls][1:] == [page2, page3]
+    for call in upstream.calls:  # every page, not just the first, is uncached and authorised
+        assert call.request.headers["Cache-Control"] == "no-cache"
+        assert call.request.headers["Authorization"] == "Bearer caller-token"
+
+
+def test_next_link_with_the_public_host_is_rebased_onto_the_configured_base(
+    upstream: responses.RequestsMock, store: FhirUpstream
+) -> None:
+    upstream.get(
+        f"{BASE}/Slot",
+        json=bundle([slot(1)], next_url="https://fhir.example.org/fhir?_getpages=abc"),
+    )
+    upstream.get(BASE, json=bundle([slot(2)]))
+    assert [s["id"] for s in store.search("Slot", [])] == ["s1", "s2"]
+    assert upstream.calls[1].request.url == f"{BASE}?_getpages=abc"
+
+
+def test_next_link_elsewhere_is_refused_without_sending_credentials(
+    upstream: responses.RequestsMock, store: FhirUpstream
+) -> None:
+    upstream.get(f"{BASE}/Slot", json=bundle([slot(1)], next_url="https://evil.example/x?p=2"))
+    with pytest.raises(UpstreamBadResponse):
+        store.search("Slot", [])
+    assert len(upstream.calls) == 1
+
+
+def test_paging_loop_is_an_error(upstream: responses.RequestsMock, store: FhirUpstream) -> None:
+    loop = f"{BASE}?_getpages=same"
+    upstream.get(f"{BASE}/Slot", json=bundle([slot(1)], next_url=loop))
+    upstream.get(BASE, json=bundle([slot(2)], next_url=loop))
+    with pytest.raises(UpstreamBadResponse, match="loop"):
+        store.search("Slot", [])
+
+
+# ---- the Slot query and the end search parameter ---------------------------------------------
+
+
+def hapi_without_slot_end(request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
+    """Answers Slot searches like HAPI without the SearchParameter: 400 for ``end``."""
+    if any(name == "end" for name, _ in parse_qsl(urlsplit(str(request.url)).query)):
+        text = 'HAPI-1223: Unknown search parameter "end" for resource type "Slot"'
+        return 400, {}, json.dumps(outcome(text))
+    return 200, {}, json.dumps(bundle([slot(1), slot(2)]))
+
+
+def test_slot_query_uses_end_when_supported_and_remembers_it(
+    upstream: responses.RequestsMock, client: UpstreamClient, clock: Clock
+) -> None:
+    upstream.get(f"{BASE}/Slot", json=bundle([slot(1)]))
+    store = client.for_request(None)
+    assert [s["id"] for s in store.search_slots(["a", "b"], START, END)] == ["s1"]
+    assert query(upstream.calls[0]) == [
+        ("schedule", "Schedule/a,Schedule/b"),
+        ("start", "lt2026-12-08T09:00:00Z"),
+        ("end", "gt2026-12-01T08:59:59Z"),
+        ("_count", "1000"),
+    ]
+    assert upstream.calls[0].request.headers["Prefer"] == "handling=strict"
+    assert store.round_trips == 1
+    assert client.slot_end_supported() is True
+    clock.now += SLOT_END_CACHE_SECONDS + 1
+    assert client.slot_end_supported() is None  # probed again after the cache lapses
+
+
+def test_slot_query_falls_back_when_the_upstream_answers_400(
+    upstream: responses.RequestsMock, client: UpstreamClient, clock: Clock
+) -> None:
+    upstream.add_callback(responses.GET, f"{BASE}/Slot", callback=hapi_without_slot_end)
+    store = client.for_request(None)
+    assert len(store.search_slots(["a"], START, END)) == 2
+    assert store.round_trips == 2
+    assert query(upstream.calls[1]) == [
+        ("schedule", "Schedule/a"),
+        ("start", "lt2026-12-08T09:00:00Z"),
+        ("start", "ge2026-09-30T09:00:00Z"),  # 62 days of look-back
+        ("_count", "1000"),
+    ]
+    assert client.slot_end_supported() is False
+
+    again = client.for_request(None)
+    again.search_slots(["a"], START, END)
+    assert again.round_trips == 1  # the answer is cached: no second probe
+    assert ("start", "ge2026-09-30T09:00:00Z") in query(upstream.calls[2])
+
+    clock.now += SLOT_END_CACHE_SECONDS + 1
+    later = client.for_request(None)
+    later.search_slots(["a"], START, END)
+    assert later.round_trips == 2  # probed again, refused again, fell back
+
+
+def test_slot_end_search_on_never_falls_back(upstream: responses.RequestsMock, settings: Settings) -> None:
+    forced = Settings(fhir_base_url=settings.fhir_base_url, slot_end_search="on")
+    upstream.get(f"{BASE}/Slot", status=400, json=outcome("unknown parameter end"))
+    with pytest.raises(UpstreamRejected) as caught:
+        UpstreamClient(forced).for_request(None).search_slots(["a"], START, END)
+    assert caught.value.status == 502 and caught.value.upstream_status == 400
+    assert len(upstream.calls) == 1
+
+
+def test_slot_end_search_off_uses_the_look_back(upstream: responses.RequestsMock, settings: Settings) -> None:
+    off = Settings(fhir_base_url=settings.fhir_base_url, slot_end_search="off", slot_lookback_days=7)
+    upstream.get(f"{BASE}/Slot", json=bundle([]))
+    UpstreamClient(off).for_request(None).search_slots(["a"], START, END)
+    assert ("start", "ge2026-11-24T09:00:00Z") in query(upstream.calls[0])
+    assert not any(name == "end" for name, _ in query(upstream.calls[0]))
+
+
+def test_search_bounds_round_outward(upstream: responses.RequestsMock, store: FhirUpstream) -> None:
+    upstream.get(f"{BASE}/Slot", json=bundle([]))
+    store.search_slots(
+        ["a"],
+        START + timedelta(microseconds=500),
+        END.astimezone(UTC) + timedelta(microseconds=1),
+    )
+    assert ("start", "lt2026-12-08T09:00:01Z") in query(upstream.calls[0])
+    assert ("end", "gt2026-12-01T08:59:59Z") in query(upstream.calls[0])
+
+
+# ---- failures --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("failure", "error", "status", "code"),
+    [
+        (requests.ConnectionError("refused"), UpstreamUnavailable, 503, "transient"),
+        (requests.ConnectTimeout("slow"), UpstreamTimeout, 504, "timeout"),
+        (requests.ReadTimeout("slow"), UpstreamTimeout, 504, "timeout"),
+    ],
+)
+def test_transport_failures(
+    upstream: responses.RequestsMock,
+    store: FhirUpstream,
+    failure: Exception,
+    error: type[Exception],
+    status: int,
+    code: str,
+) -> None:
+    upstream.get(f"{BASE}/HealthcareService/svc", body=failure)
+    with pytest.raises(error) as caught:
+        store.read_service("svc")
+    assert (caught.value.status, caught.value.code) == (status, code)  # type: ignore[attr-defined]
+    assert store.round_trips == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "error"),
+    [
+        (500, outcome("boom"), UpstreamBadResponse),
+        (502, None, UpstreamBadResponse),
+        (200, None, UpstreamBadResponse),  # not JSON
+        (200, {"resourceType": "Patient", "id": "svc"}, UpstreamBadResponse),  # wrong type
+        (302, None, UpstreamBadResponse),  # redirects are not followed
+        (429, outcome("slow down"), UpstreamUnavailable),
+        (422, outcome("nope"), UpstreamRejected),
+    ],
+)
+def test_unusable_answers(
+    upstream: responses.RequestsMock,
+    store: FhirUpstream,
+    status: int,
+    body: dict[str, object] | None,
+    error: type[Exception],
+) -> None:
+    if body is None:
+        upstream.get(
+            f"{BASE}/HealthcareService/svc",
+            status=status,
+            body="<html>oops</html>",
+            headers={"Location": "http://elsewhere/"},
+        )
+    else:
+        upstream.get(f"{BASE}/HealthcareService/svc", status=status, json=body)
+    with pytest.raises(error):
+        store.read_service("svc")
+    assert len(upstream.calls) == 1
+
+
+@pytest.mark.parametrize(("status", "code"), [(401, "security"), (403, "forbidden")])
+def test_access_refusals_keep_their_status(
+    upstream: responses.RequestsMock, store: FhirUpstream, status: int, code: str
+) -> None:
+    upstream.get(
+        f"{BASE}/HealthcareService/svc",
+        status=status,
+        json=outcome("HAPI-0333: Access denied by rule"),
+        headers={"WWW-Authenticate": 'Bearer realm="hapi"'},
+    )
+    with pytest.raises(UpstreamAccessDenied) as caught:
+        store.read_service("svc")
+    assert (caught.value.status, caught.value.code) == (status, code)
+    assert "Access denied by rule" in caught.value.diagnostics
+    assert caught.value.headers == {"WWW-Authenticate": 'Bearer realm="hapi"'}
+
+
+# ---- writes the booking operations will use --------------------------------------------------
+
+
+def test_transaction_posts_the_bundle_and_reports_conflicts(
+    upstream: responses.RequestsMock, store: FhirUpstream
+) -> None:
+    request = {"resourceType": "Bundle", "type": "transaction", "entry": []}
+    upstream.post(BASE, json={"resourceType": "Bundle", "type": "transaction-response"})
+    assert store.transaction(request)["type"] == "transaction-response"
+    sent = upstream.calls[0].request
+    assert sent.headers["Content-Type"].startswith("application/fhir+json")
+    assert sent.headers["Authorization"] == "Bearer caller-token"
+    assert sent.headers["Prefer"] == "return=representation"
+
+    upstream.replace(responses.POST, BASE, status=412, json=outcome("version conflict"))
+    with pytest.raises(ConcurrentChange, match="version conflict"):
+        store.transaction(request)
