@@ -21,6 +21,7 @@ from plugin.config import Settings
 from plugin.context import EXTENSION_KEY, Sidecar
 from plugin.definitions import operation_definitions
 from plugin.fhir_http import fhir_response, operation_outcome
+from plugin.holds import start_sweeper
 from plugin.logs import configure_logging
 from plugin.routes import fhir, health
 from plugin.upstream import FhirUpstream, UpstreamClient, UpstreamError
@@ -67,9 +68,20 @@ def create_app(
     )
     app.register_blueprint(fhir, url_prefix=settings.base_path or None)
     app.register_blueprint(health)
+    _register_hold_sweeper(app)
     _register_request_log(app)
     _register_error_handlers(app)
     return app
+
+
+def _register_hold_sweeper(app: Flask) -> None:
+    """Start the lapsed-hold sweeper with the first request of each worker process (after any
+    fork), not at import or app creation: no side effects until the app really serves."""
+    state: Sidecar = app.extensions[EXTENSION_KEY]
+
+    @app.before_request
+    def ensure_sweeper() -> None:
+        start_sweeper(state.upstream, state.settings.hold_sweep_seconds, state.clock)
 
 
 def _register_request_log(app: Flask) -> None:

@@ -45,6 +45,11 @@ class Settings:
     slot_end_search: SlotEndSearch = "auto"
     slot_lookback_days: int = 62
     log_level: str = "INFO"
+    booking_deadline_seconds: float = 20.0
+    """How long ``$book``/``$hold``/``$confirm``/``$cancel`` keep re-deciding after version
+    conflicts before answering 409."""
+    hold_sweep_seconds: int = 60
+    """Period of the background clean-up of lapsed holds in each worker; 0 turns it off."""
 
     def __post_init__(self) -> None:
         # Normalise here as well as in from_env, so directly-built settings (tests, embedding)
@@ -56,6 +61,8 @@ class Settings:
         _positive(self.upstream_connect_timeout, "UPSTREAM_CONNECT_TIMEOUT")
         _positive(self.upstream_read_timeout, "UPSTREAM_READ_TIMEOUT")
         _at_least(self.slot_lookback_days, 0, "SLOT_LOOKBACK_DAYS")
+        _positive(self.booking_deadline_seconds, "BOOKING_DEADLINE_SECONDS")
+        _at_least(self.hold_sweep_seconds, 0, "HOLD_SWEEP_SECONDS")
         if self.slot_end_search not in _SLOT_END_SEARCH_VALUES:
             raise ConfigError(
                 f"SLOT_END_SEARCH must be one of {', '.join(_SLOT_END_SEARCH_VALUES)}, "
@@ -115,6 +122,8 @@ class Settings:
             slot_end_search=cast(SlotEndSearch, (get("SLOT_END_SEARCH") or "auto").lower()),
             slot_lookback_days=typed("SLOT_LOOKBACK_DAYS", int, 62, "a whole number of days"),
             log_level=get("LOG_LEVEL") or "INFO",
+            booking_deadline_seconds=typed("BOOKING_DEADLINE_SECONDS", float, 20.0, "a number of seconds"),
+            hold_sweep_seconds=typed("HOLD_SWEEP_SECONDS", int, 60, "a whole number of seconds"),
         )
 
 

@@ -68,6 +68,23 @@ def operation_parameters() -> list[tuple[str, str]]:
     return parameters_from_body(request.get_data(cache=True)) + query
 
 
+def json_body(raw: bytes, *, required: bool = True) -> object:
+    """The request body as JSON; 400 ``structure`` when it is missing (and required) or not JSON."""
+    if not raw.strip():
+        if not required:
+            return None
+        raise InvalidRequest(
+            "the request body is empty: POST a FHIR resource as application/fhir+json", code="structure"
+        )
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        raise InvalidRequest(
+            "the request body is not valid JSON: POST a FHIR resource as application/fhir+json",
+            code="structure",
+        ) from None
+
+
 def parameters_from_body(raw: bytes) -> list[tuple[str, str]]:
     """A ``Parameters`` resource in JSON → ``(name, value)`` pairs; 400 ``structure``/``invalid``
     with an expression such as ``Parameters.schedule[1]`` when it cannot be read."""
@@ -76,13 +93,7 @@ def parameters_from_body(raw: bytes) -> list[tuple[str, str]]:
             "the request body is empty: POST a FHIR Parameters resource (or use GET with query parameters)",
             code="structure",
         )
-    try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError):
-        raise InvalidRequest(
-            "the request body is not valid JSON: POST a FHIR Parameters resource as application/fhir+json",
-            code="structure",
-        ) from None
+    body = json_body(raw)
     if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
         found = body.get("resourceType") if isinstance(body, dict) else None
         what = f"a {found}" if isinstance(found, str) else "not a FHIR resource"

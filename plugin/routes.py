@@ -7,19 +7,25 @@ rendered once by the handlers in ``app.py``. The use cases are reached through t
 
 from __future__ import annotations
 
+import re
+import time
+from datetime import UTC, timedelta
+from email.utils import format_datetime
 from typing import Any
 
 from flask import Blueprint, Response, g, request
 
-from operations import find
-from operations.errors import NotFound
+from operations import booking, find, lifecycle
+from operations.errors import InvalidRequest, NotFound
 from plugin import version
 from plugin.context import request_store, sidecar
-from plugin.fhir_http import check_format, fhir_response, operation_outcome, operation_parameters
+from plugin.fhir_http import check_format, fhir_response, json_body, operation_outcome, operation_parameters
 from plugin.upstream import UpstreamError
 
 READY_READ_TIMEOUT = 5.0
 """Seconds ``/readyz`` waits for the upstream's ``/metadata``; probes must not hang."""
+
+_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
 fhir = Blueprint("fhir", __name__)
 """Everything under ``BASE_PATH``: mirrors the upstream's URLs."""
@@ -55,9 +61,92 @@ def _find_request(schedule_id: str | None = None) -> find.FindRequest:
     )
 
 
-# $hold, $book (POST Appointment/$hold|$book), $confirm and $cancel (POST Appointment/<id>/...)
-# join here, one route each, when their use cases exist; until then they answer 404 like any
-# unknown endpoint. Their OperationDefinitions go in plugin/resources/ and /metadata follows.
+# ---- $book, $hold, $confirm, $cancel (SPEC §4, §5) --------------------------------------------
+
+
+@fhir.post("/Appointment/$book")
+def appointment_book() -> Response:
+    g.operation = "Appointment/$book"
+    return _book(hold=False)
+
+
+@fhir.post("/Appointment/$hold")
+def appointment_hold() -> Response:
+    g.operation = "Appointment/$hold"
+    return _book(hold=True)
+
+
+def _book(*, hold: bool) -> Response:
+    state = sidecar()
+    booking_request = booking.BookingRequest.from_body(json_body(request.get_data(cache=True)))
+    result = booking.book(
+        request_store(),
+        booking_request,
+        hold=hold,
+        hold_ttl=timedelta(seconds=state.settings.hold_ttl_seconds),
+        clock=_clock(),
+        policy=_policy(),
+    )
+    headers: dict[str, str] = {}
+    if result.expires is not None:
+        headers["Expires"] = format_datetime(result.expires.astimezone(UTC), usegmt=True)
+    first = (result.bundle.get("entry") or [{}])[0].get("resource") or {}
+    if first.get("id"):
+        headers["Location"] = (
+            f"{request.url_root.rstrip('/')}{state.settings.base_path}/Appointment/{first['id']}"
+        )
+    return fhir_response(result.bundle, status=result.status, headers=headers)
+
+
+@fhir.post("/Appointment/<appointment_id>/$confirm")
+def appointment_confirm(appointment_id: str) -> Response:
+    g.operation = "Appointment/$confirm"
+    json_body(request.get_data(cache=True), required=False)  # a body, if any, must be JSON
+    result = lifecycle.confirm(
+        request_store(), _existing_id(appointment_id), clock=_clock(), policy=_policy()
+    )
+    return fhir_response(result.bundle, status=result.status)
+
+
+@fhir.post("/Appointment/<appointment_id>/$cancel")
+def appointment_cancel(appointment_id: str) -> Response:
+    g.operation = "Appointment/$cancel"
+    reason = _cancelation_reason(json_body(request.get_data(cache=True), required=False))
+    result = lifecycle.cancel(
+        request_store(), _existing_id(appointment_id), reason=reason, clock=_clock(), policy=_policy()
+    )
+    return fhir_response(result.bundle, status=result.status)
+
+
+def _existing_id(resource_id: str) -> str:
+    """A syntactically impossible id names no resource: 404, without asking the upstream."""
+    if not _FHIR_ID.match(resource_id):
+        raise NotFound(f"Appointment/{resource_id} does not exist", expression="Appointment")
+    return resource_id
+
+
+def _cancelation_reason(body: object) -> dict[str, Any] | None:
+    """``cancelationReason`` from a Parameters body (valueCodeableConcept, valueString or
+    valueCode), or from the query string; absent is fine."""
+    pairs: list[tuple[str, Any]] = [
+        (name, value) for name, value in request.args.items(multi=True) if name == "cancelationReason"
+    ]
+    if body is not None:
+        if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
+            raise InvalidRequest("the request body must be a Parameters resource", code="structure")
+        for item in body.get("parameter") or []:
+            if isinstance(item, dict) and item.get("name") == "cancelationReason":
+                value = item.get("valueCodeableConcept", item.get("valueString", item.get("valueCode")))
+                pairs.append(("cancelationReason", value))
+    return lifecycle.cancellation_reason(pairs)
+
+
+def _clock() -> booking.Clock:
+    return booking.Clock(now=sidecar().clock, monotonic=time.monotonic, sleep=time.sleep)
+
+
+def _policy() -> booking.RetryPolicy:
+    return booking.RetryPolicy(deadline_seconds=sidecar().settings.booking_deadline_seconds)
 
 
 # ---- discovery ---------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ NOW = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
 
 @pytest.fixture
 def settings() -> Settings:
-    return Settings(fhir_base_url=BASE, upstream_authorization="Bearer admin-token")
+    return Settings(fhir_base_url=BASE, upstream_authorization="Bearer admin-token", hold_sweep_seconds=0)
 
 
 @pytest.fixture

@@ -201,7 +201,7 @@ def test_unreadable_parameters_point_at_the_parameter(
 
 
 def test_unknown_route_under_the_prefix_is_404(client: FlaskClient) -> None:
-    for path in ("/fhir/Appointment/$nope", "/fhir/Appointment/$hold", "/fhir/", "/elsewhere"):
+    for path in ("/fhir/Appointment/$nope", "/fhir/Slot/$hold", "/fhir/", "/elsewhere"):
         response = client.get(path)
         assert response.status_code == 404, path
         assert issue(response)["code"] == "not-found"

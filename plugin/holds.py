@@ -1,0 +1,63 @@
+"""Background clean-up of lapsed holds, one daemon thread per worker process.
+
+Lapsed holds already block nothing (``$find`` and ``$book`` ignore Slots whose recorded expiry
+has passed), so this is housekeeping: the Appointment becomes ``cancelled`` and its Slots are
+deleted. Every worker of every replica may sweep: each cancellation is a version-checked
+transaction (``operations.lifecycle.expire_holds``), so a hold is cancelled once and a hold
+confirmed a moment earlier is left alone. The start is jittered so workers do not sweep in step.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+from collections.abc import Callable
+from datetime import datetime
+
+from operations.lifecycle import expire_holds
+from plugin.upstream import UpstreamClient, UpstreamError
+
+logger = logging.getLogger(__name__)
+
+_started_in_pid: int | None = None
+_lock = threading.Lock()
+
+
+def start_sweeper(upstream: UpstreamClient, period_seconds: int, clock: Callable[[], datetime]) -> bool:
+    """Start the sweeper thread once per process (after a fork, again); ``False`` if off or running."""
+    global _started_in_pid  # noqa: PLW0603 - one sweeper per process, remembered by pid
+    if period_seconds <= 0:
+        return False
+    with _lock:
+        if _started_in_pid == os.getpid():
+            return False
+        _started_in_pid = os.getpid()
+    thread = threading.Thread(
+        target=_run, args=(upstream, period_seconds, clock), name="fanoni-hold-sweeper", daemon=True
+    )
+    thread.start()
+    return True
+
+
+def sweep_once(upstream: UpstreamClient, clock: Callable[[], datetime]) -> int:
+    """One pass: cancel every lapsed hold the administrator's credentials can see."""
+    store = upstream.background("hold-sweeper")
+    cancelled = expire_holds(store, clock())
+    if cancelled:
+        logger.info("expired holds cancelled", extra={"cancelled": cancelled})
+    return cancelled
+
+
+def _run(upstream: UpstreamClient, period_seconds: int, clock: Callable[[], datetime]) -> None:
+    stop = threading.Event()
+    stop.wait(random.uniform(0, period_seconds))  # jitter, not security
+    while not stop.is_set():
+        try:
+            sweep_once(upstream, clock)
+        except UpstreamError as exc:
+            logger.warning("hold sweep failed: %s", exc.diagnostics)
+        except Exception:
+            logger.exception("hold sweep failed")
+        stop.wait(period_seconds)
