@@ -1,0 +1,206 @@
+package dev.fanoni.hapi;
+
+import ca.uhn.fhir.batch2.jobs.config.Batch2JobsConfig;
+import ca.uhn.fhir.context.FhirContext;
+import ca.uhn.fhir.context.support.IValidationSupport;
+import ca.uhn.fhir.jpa.api.config.JpaStorageSettings;
+import ca.uhn.fhir.jpa.api.config.ThreadPoolFactoryConfig;
+import ca.uhn.fhir.jpa.api.dao.IFhirSystemDao;
+import ca.uhn.fhir.jpa.batch2.JpaBatch2Config;
+import ca.uhn.fhir.jpa.config.HapiJpaConfig;
+import ca.uhn.fhir.jpa.config.r4.JpaR4Config;
+import ca.uhn.fhir.jpa.config.util.HapiEntityManagerFactoryUtil;
+import ca.uhn.fhir.jpa.model.config.PartitionSettings;
+import ca.uhn.fhir.jpa.model.config.SubscriptionSettings;
+import ca.uhn.fhir.jpa.model.dialect.HapiFhirH2Dialect;
+import ca.uhn.fhir.jpa.provider.IJpaSystemProvider;
+import ca.uhn.fhir.jpa.provider.JpaCapabilityStatementProvider;
+import ca.uhn.fhir.jpa.search.DatabaseBackedPagingProvider;
+import ca.uhn.fhir.jpa.subscription.channel.config.SubscriptionChannelConfig;
+import ca.uhn.fhir.narrative2.NullNarrativeGenerator;
+import ca.uhn.fhir.rest.api.EncodingEnum;
+import ca.uhn.fhir.rest.server.RestfulServer;
+import ca.uhn.fhir.rest.server.interceptor.LoggingInterceptor;
+import ca.uhn.fhir.rest.server.provider.ResourceProviderFactory;
+import ca.uhn.fhir.rest.server.util.ISearchParamRegistry;
+import jakarta.persistence.EntityManagerFactory;
+import java.util.Properties;
+import javax.sql.DataSource;
+import org.apache.commons.dbcp2.BasicDataSource;
+import org.springframework.beans.factory.config.ConfigurableListableBeanFactory;
+import org.springframework.boot.web.servlet.ServletRegistrationBean;
+import org.springframework.context.annotation.Bean;
+import org.springframework.context.annotation.Configuration;
+import org.springframework.context.annotation.Import;
+import org.springframework.context.annotation.Primary;
+import org.springframework.core.env.Environment;
+import org.springframework.orm.jpa.JpaTransactionManager;
+import org.springframework.orm.jpa.LocalContainerEntityManagerFactoryBean;
+import org.springframework.transaction.annotation.EnableTransactionManagement;
+
+/**
+ * Wires HAPI FHIR's JPA R4 server: the HAPI configurations ({@link JpaR4Config}, {@link HapiJpaConfig})
+ * provide the DAOs, search, batch2 and scheduler beans; this class provides what HAPI expects the
+ * host application to supply (storage settings, data source, entity manager factory, transaction
+ * manager, the RestfulServer servlet).
+ *
+ * <p>Every setting below can be overridden as a Spring property: {@code --hapi.x=...} on the command
+ * line, {@code -Dhapi.x=...} as a JVM system property, or the environment variable {@code HAPI_X}.
+ */
+@Configuration
+@EnableTransactionManagement
+@Import({
+	JpaR4Config.class,
+	HapiJpaConfig.class,
+	JpaBatch2Config.class,
+	Batch2JobsConfig.class,
+	// Only the in-memory message channel infrastructure batch2 runs on; no subscription matching/delivery.
+	SubscriptionChannelConfig.class,
+	ThreadPoolFactoryConfig.class
+})
+public class FhirServerConfig {
+
+	private static final org.slf4j.Logger ourLog = org.slf4j.LoggerFactory.getLogger(FhirServerConfig.class);
+
+	@Bean
+	public JpaStorageSettings storageSettings(Environment env) {
+		JpaStorageSettings s = new JpaStorageSettings();
+		// Client-assigned ids (PUT Slot/abc). ANY also allows purely numeric ids; server ids are then UUIDs.
+		JpaStorageSettings.ClientIdStrategyEnum clientIds = JpaStorageSettings.ClientIdStrategyEnum.valueOf(
+				env.getProperty("hapi.client_id_strategy", "ANY"));
+		s.setResourceClientIdStrategy(clientIds);
+		String serverIds = env.getProperty(
+				"hapi.server_id_strategy",
+				clientIds == JpaStorageSettings.ClientIdStrategyEnum.ANY ? "UUID" : "SEQUENTIAL_NUMERIC");
+		s.setResourceServerIdStrategy(JpaStorageSettings.IdStrategyEnum.valueOf(serverIds));
+
+		s.setReuseCachedSearchResultsForMillis(
+				env.getProperty("hapi.reuse_cached_search_results_millis", Long.class, 0L));
+		s.setAllowMultipleDelete(env.getProperty("hapi.allow_multiple_delete", Boolean.class, true));
+		s.setDeleteExpungeEnabled(env.getProperty("hapi.delete_expunge_enabled", Boolean.class, false));
+		s.setExpungeEnabled(env.getProperty("hapi.expunge_enabled", Boolean.class, true));
+		s.setAllowExternalReferences(env.getProperty("hapi.allow_external_references", Boolean.class, true));
+		s.setAutoCreatePlaceholderReferenceTargets(
+				env.getProperty("hapi.auto_create_placeholder_reference_targets", Boolean.class, false));
+		s.setEnforceReferentialIntegrityOnWrite(
+				env.getProperty("hapi.enforce_referential_integrity_on_write", Boolean.class, true));
+		s.setEnforceReferentialIntegrityOnDelete(
+				env.getProperty("hapi.enforce_referential_integrity_on_delete", Boolean.class, true));
+		s.setFetchSizeDefaultMaximum(env.getProperty("hapi.max_page_size", Integer.class, 1000));
+		// Batch2 jobs (e.g. the reindex started when a SearchParameter is created) move from step to
+		// step at once instead of waiting for the next maintenance pass.
+		s.setJobFastTrackingEnabled(env.getProperty("hapi.job_fast_tracking", Boolean.class, true));
+		// Nothing here needs terminology pre-expansion or Hibernate Search.
+		s.setPreExpandValueSets(false);
+		s.setEnableTaskPreExpandValueSets(false);
+		s.setHibernateSearchIndexSearchParams(false);
+		s.setAdvancedHSearchIndexing(false);
+
+		ourLog.info(
+				"HAPI storage: clientIds={} serverIds={} reuseCachedSearchResultsMillis={} maxPageSize={}",
+				clientIds,
+				serverIds,
+				s.getReuseCachedSearchResultsForMillis(),
+				s.getFetchSizeDefaultMaximum());
+		return s;
+	}
+
+	@Bean
+	public PartitionSettings partitionSettings() {
+		return new PartitionSettings();
+	}
+
+	@Bean
+	public SubscriptionSettings subscriptionSettings() {
+		return new SubscriptionSettings();
+	}
+
+	@Bean(destroyMethod = "close")
+	public BasicDataSource dataSource(Environment env) {
+		BasicDataSource ds = new BasicDataSource();
+		ds.setDriverClassName("org.h2.Driver");
+		// A named in-memory database kept for the JVM's lifetime: every start is a clean server.
+		ds.setUrl(env.getProperty("hapi.datasource.url", "jdbc:h2:mem:hapi;DB_CLOSE_DELAY=-1"));
+		ds.setUsername(env.getProperty("hapi.datasource.username", "sa"));
+		ds.setPassword(env.getProperty("hapi.datasource.password", ""));
+		ds.setMaxTotal(env.getProperty("hapi.datasource.max_total", Integer.class, 20));
+		return ds;
+	}
+
+	@Primary
+	@Bean
+	public LocalContainerEntityManagerFactoryBean entityManagerFactory(
+			DataSource dataSource,
+			ConfigurableListableBeanFactory beanFactory,
+			FhirContext fhirContext,
+			JpaStorageSettings storageSettings,
+			Environment env) {
+		LocalContainerEntityManagerFactoryBean emf =
+				HapiEntityManagerFactoryUtil.newEntityManagerFactory(beanFactory, fhirContext, storageSettings);
+		emf.setPersistenceUnitName("HAPI_PU");
+		emf.setDataSource(dataSource);
+
+		Properties jpa = new Properties();
+		jpa.put("hibernate.dialect", HapiFhirH2Dialect.class.getName());
+		jpa.put("hibernate.hbm2ddl.auto", env.getProperty("hapi.hibernate.hbm2ddl_auto", "update"));
+		jpa.put("hibernate.format_sql", "false");
+		jpa.put("hibernate.show_sql", "false");
+		jpa.put("hibernate.jdbc.batch_size", "20");
+		jpa.put("hibernate.cache.use_query_cache", "false");
+		jpa.put("hibernate.cache.use_second_level_cache", "false");
+		jpa.put("hibernate.cache.use_structured_entries", "false");
+		jpa.put("hibernate.cache.use_minimal_puts", "false");
+		jpa.put("hibernate.search.enabled", "false");
+		emf.setJpaProperties(jpa);
+		return emf;
+	}
+
+	@Primary
+	@Bean
+	public JpaTransactionManager transactionManager(EntityManagerFactory entityManagerFactory) {
+		return new JpaTransactionManager(entityManagerFactory);
+	}
+
+	@Bean
+	public RestfulServer restfulServer(
+			IFhirSystemDao<?, ?> systemDao,
+			ResourceProviderFactory resourceProviders,
+			IJpaSystemProvider systemProvider,
+			JpaStorageSettings storageSettings,
+			ISearchParamRegistry searchParamRegistry,
+			IValidationSupport validationSupport,
+			DatabaseBackedPagingProvider pagingProvider,
+			Environment env) {
+		FhirContext ctx = systemDao.getContext();
+		ctx.setNarrativeGenerator(new NullNarrativeGenerator());
+
+		RestfulServer server = new RestfulServer(ctx);
+		server.registerProviders(resourceProviders.createProviders());
+		server.registerProvider(systemProvider);
+		server.setServerConformanceProvider(new JpaCapabilityStatementProvider(
+				server, systemDao, storageSettings, searchParamRegistry, validationSupport));
+
+		pagingProvider.setDefaultPageSize(env.getProperty("hapi.default_page_size", Integer.class, 20));
+		pagingProvider.setMaximumPageSize(env.getProperty("hapi.max_page_size", Integer.class, 1000));
+		server.setPagingProvider(pagingProvider);
+
+		server.setDefaultResponseEncoding(EncodingEnum.JSON);
+		server.setDefaultPrettyPrint(false);
+
+		LoggingInterceptor access = new LoggingInterceptor();
+		access.setLoggerName("fhir.access");
+		access.setMessageFormat("${requestVerb} ${requestUrl} ${requestParameters} -> ${processingTimeMillis}ms");
+		access.setErrorMessageFormat("ERROR ${requestVerb} ${requestUrl} ${requestParameters} -> ${exceptionMessage}");
+		access.setLogExceptions(true);
+		server.registerInterceptor(access);
+		return server;
+	}
+
+	@Bean
+	public ServletRegistrationBean<RestfulServer> fhirServlet(RestfulServer server) {
+		ServletRegistrationBean<RestfulServer> reg = new ServletRegistrationBean<>(server, "/fhir/*");
+		reg.setName("fhir");
+		reg.setLoadOnStartup(1);
+		return reg;
+	}
+}
