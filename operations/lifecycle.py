@@ -163,7 +163,9 @@ def cancel(
 
 
 def _cancel_bundle(appointment: Resource, reason: Resource | None) -> Resource:
-    cancelled = appointment | {"status": "cancelled"}
+    # The Slots are deleted, so the Appointment must stop referencing them: the upstream
+    # keeps referential integrity (HAPI refuses to delete a referenced resource).
+    cancelled = {k: v for k, v in appointment.items() if k != "slot"} | {"status": "cancelled"}
     if reason is not None:
         cancelled["cancelationReason"] = reason
     entries = [_put(cancelled, _version(appointment))]

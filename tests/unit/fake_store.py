@@ -58,6 +58,10 @@ class FakeStore:
         ]
 
 
+class ReferentialIntegrity(Exception):
+    """The upstream refused to delete a resource that something still references."""
+
+
 class FakeFhirStore(FakeStore):
     """A ``FhirStore``: versioned resources, searches by a few parameters, atomic transactions
     with ``ifMatch`` checks that raise ``ConcurrentChange`` like the upstream's 409/412."""
@@ -119,6 +123,7 @@ class FakeFhirStore(FakeStore):
         for interleaved in pending:
             interleaved()
         staged = dict(self.resources)
+        deleting: list[str] = []
         ids: dict[str, str] = {}
         out = []
         for entry in bundle["entry"]:
@@ -126,6 +131,7 @@ class FakeFhirStore(FakeStore):
             method, url = request["method"], request["url"]
             if method == "DELETE":
                 staged.pop(url, None)
+                deleting.append(url)
                 out.append({"response": {"status": "204 No Content"}})
                 continue
             resource = copy.deepcopy(entry["resource"])
@@ -156,6 +162,9 @@ class FakeFhirStore(FakeStore):
             if resource is not None:
                 entry["resource"] = resource
                 staged[f"{resource['resourceType']}/{resource['id']}"] = resource
+        for url in deleting:  # referential integrity, as HAPI keeps it
+            if any(f'"reference": "{url}"' in json.dumps(r) for r in staged.values()):
+                raise ReferentialIntegrity(f"{url} is still referenced")
         self.resources = staged
         self.transactions.append(bundle)
         return {"resourceType": "Bundle", "type": "transaction-response", "entry": out}

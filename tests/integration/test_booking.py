@@ -1,0 +1,203 @@
+"""Booking against real HAPI with many processes: the sidecar under gunicorn (4 workers) and a
+second sidecar process, both writing to the same HAPI FHIR server."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import Any
+
+import requests
+
+from tests.integration.clinic import Clinic
+from tests.integration.conftest import HOLD_SWEEP_SECONDS, HOLD_TTL_SECONDS, Sidecar
+from tests.integration.test_find import get_find, local, monday_ahead, starts
+
+FHIR_JSON = {"Content-Type": "application/fhir+json"}
+
+
+def proposals(
+    sidecar: Sidecar, clinic: Clinic, start: str, end: str, *schedules: str
+) -> list[dict[str, Any]]:
+    response = get_find(sidecar, clinic.find_params(start, end, *schedules, count=100))
+    assert response.status_code == 200, response.text
+    return [e["resource"] for e in response.json().get("entry", []) if e["search"]["mode"] == "match"]
+
+
+def post(sidecar: Sidecar, operation: str, proposal: dict[str, Any]) -> requests.Response:
+    body = {"resourceType": "Parameters", "parameter": [{"name": "appointment", "resource": proposal}]}
+    return requests.post(
+        f"{sidecar.base_url}/Appointment/${operation}", json=body, headers=FHIR_JSON, timeout=120
+    )
+
+
+def test_book_writes_one_transaction_and_the_time_is_gone(sidecar: Sidecar, hapi: Any) -> None:
+    clinic = Clinic(hapi.base_url, bufferAfter=10).load()
+    day = monday_ahead()
+    proposal = proposals(
+        sidecar, clinic, local(day, "09:00"), local(day, "12:00"), clinic.alice, clinic.room
+    )[0]
+    response = post(sidecar, "book", proposal)
+    assert response.status_code == 201, response.text
+    bundle = response.json()
+    assert bundle["type"] == "transaction-response"
+    appointment = bundle["entry"][0]["resource"]
+    assert appointment["resourceType"] == "Appointment"
+    assert appointment["status"] == "booked"
+    assert "contained" not in appointment
+    assert len(appointment["slot"]) == 4  # visit + buffer after, for each of the two schedules
+    stored = clinic.slots()
+    assert sorted(s["status"] for s in stored) == ["busy", "busy", "busy-unavailable", "busy-unavailable"]
+    assert {f"Slot/{s['id']}" for s in stored} == {r["reference"] for r in appointment["slot"]}
+    assert "09:00" not in starts(
+        get_find(sidecar, clinic.find_params(local(day, "09:00"), local(day, "12:00")))
+    )
+
+
+def test_twenty_concurrent_bookings_of_one_time_give_exactly_one(
+    sidecar: Sidecar, second_sidecar: Sidecar, hapi: Any
+) -> None:
+    clinic = Clinic(hapi.base_url).load()
+    day = monday_ahead()
+    proposal = proposals(sidecar, clinic, local(day, "09:00"), local(day, "10:00"))[0]
+    targets = [sidecar if i % 2 else second_sidecar for i in range(20)]
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        responses = list(pool.map(lambda target: post(target, "book", proposal), targets))
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [201] + [409] * 19, [r.text for r in responses if r.status_code not in (201, 409)]
+    assert all(r.json()["issue"][0]["code"] == "conflict" for r in responses if r.status_code == 409)
+    booked = [a for a in clinic.appointments() if a["status"] == "booked"]
+    assert len(booked) == 1
+    assert [s["status"] for s in clinic.slots()] == ["busy"]
+
+
+def test_twenty_concurrent_bookings_of_different_times_all_succeed(
+    sidecar: Sidecar, second_sidecar: Sidecar, hapi: Any
+) -> None:
+    clinic = Clinic(hapi.base_url, alignmentInterval=15, duration=15).load()
+    day = monday_ahead()
+    found = proposals(sidecar, clinic, local(day, "09:00"), local(day, "17:00"))
+    assert len(found) >= 20
+    chosen = found[:20]
+    targets = [sidecar if i % 2 else second_sidecar for i in range(20)]
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        responses = list(
+            pool.map(lambda pair: post(pair[0], "book", pair[1]), zip(targets, chosen, strict=True))
+        )
+    assert [r.status_code for r in responses] == [201] * 20, [
+        r.text for r in responses if r.status_code != 201
+    ]
+    assert len(clinic.appointments()) == 20
+    assert len(clinic.slots()) == 20
+
+
+def test_hold_blocks_then_lapses_and_is_cleaned_up(sidecar: Sidecar, hapi: Any) -> None:
+    clinic = Clinic(hapi.base_url).load()
+    day = monday_ahead()
+    window = (local(day, "09:00"), local(day, "10:00"))
+    proposal = proposals(sidecar, clinic, *window)[0]
+    held = post(sidecar, "hold", proposal)
+    assert held.status_code == 201, held.text
+    assert "Expires" in held.headers
+    appointment = held.json()["entry"][0]["resource"]
+    assert appointment["status"] == "pending"
+    assert starts(get_find(sidecar, clinic.find_params(*window))) == []
+    assert post(sidecar, "book", proposal).status_code == 409
+
+    time.sleep(HOLD_TTL_SECONDS + 0.5)
+    assert starts(get_find(sidecar, clinic.find_params(*window))) == ["09:00"]  # lapsed: blocks nothing
+    confirm = requests.post(f"{sidecar.base_url}/Appointment/{appointment['id']}/$confirm", timeout=60)
+    assert confirm.status_code == 422, confirm.text
+
+    deadline = time.monotonic() + HOLD_SWEEP_SECONDS * 10
+    while time.monotonic() < deadline:
+        stored = requests.get(
+            f"{hapi.base_url}/Appointment/{appointment['id']}",
+            headers={"Cache-Control": "no-cache"},
+            timeout=30,
+        ).json()
+        if stored["status"] == "cancelled" and not clinic.slots():
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError(f"the lapsed hold was not cleaned up: {stored['status']}, {clinic.slots()}")
+    assert post(sidecar, "book", proposal).status_code == 201
+
+
+def test_hold_confirm_and_cancel(sidecar: Sidecar, hapi: Any) -> None:
+    clinic = Clinic(hapi.base_url).load()
+    day = monday_ahead()
+    window = (local(day, "09:00"), local(day, "10:00"))
+    held = post(sidecar, "hold", proposals(sidecar, clinic, *window)[0])
+    appointment_id = held.json()["entry"][0]["resource"]["id"]
+    confirmed = requests.post(f"{sidecar.base_url}/Appointment/{appointment_id}/$confirm", timeout=60)
+    assert confirmed.status_code == 200, confirmed.text
+    assert confirmed.json()["entry"][0]["resource"]["status"] == "booked"
+    assert [s["status"] for s in clinic.slots()] == ["busy"]
+
+    reason = {
+        "resourceType": "Parameters",
+        "parameter": [{"name": "cancelationReason", "valueCodeableConcept": {"text": "patient request"}}],
+    }
+    cancelled = requests.post(
+        f"{sidecar.base_url}/Appointment/{appointment_id}/$cancel", json=reason, headers=FHIR_JSON, timeout=60
+    )
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["status"] == "cancelled"
+    assert cancelled.json()["cancelationReason"] == {"text": "patient request"}
+    assert clinic.slots() == []
+    assert starts(get_find(sidecar, clinic.find_params(*window))) == ["09:00"]
+    again = requests.post(f"{sidecar.base_url}/Appointment/{appointment_id}/$cancel", timeout=60)
+    assert again.status_code == 422
+    unknown = requests.post(f"{sidecar.base_url}/Appointment/{clinic.prefix}-none/$cancel", timeout=60)
+    assert unknown.status_code == 404
+
+
+def test_identifier_makes_a_retry_idempotent(sidecar: Sidecar, second_sidecar: Sidecar, hapi: Any) -> None:
+    clinic = Clinic(hapi.base_url).load()
+    day = monday_ahead()
+    proposal = proposals(sidecar, clinic, local(day, "09:00"), local(day, "10:00"))[0]
+    proposal["identifier"] = [{"system": "urn:example:booking-request", "value": clinic.prefix}]
+    first = post(sidecar, "book", proposal)
+    retry = post(second_sidecar, "book", proposal)
+    assert (first.status_code, retry.status_code) == (201, 200), retry.text
+    assert retry.json()["entry"][0]["resource"]["id"] == first.json()["entry"][0]["resource"]["id"]
+    assert len(clinic.appointments()) == 1
+
+
+def test_invalid_bookings_are_4xx_and_write_nothing(sidecar: Sidecar, hapi: Any) -> None:
+    clinic = Clinic(hapi.base_url, bufferBefore=10).load()
+    day = monday_ahead()
+    good = proposals(sidecar, clinic, local(day, "09:00"), local(day, "12:00"))[0]
+
+    def changed(**fields: Any) -> dict[str, Any]:
+        return {**good, **fields}
+
+    cases: list[tuple[str, Any, int]] = [
+        ("not json", b"{", 400),
+        ("not an appointment", {"resourceType": "Patient"}, 400),
+        ("no contained slots", changed(contained=[]), 400),
+        ("slot references", changed(slot=[{"reference": "Slot/abc"}]), 400),
+        ("mismatched start", changed(start=local(day, "09:05")), 400),
+        ("missing buffer", changed(contained=[c for c in good["contained"] if c["status"] == "busy"]), 422),
+    ]
+    past = {**good, "contained": [dict(c) for c in good["contained"]]}
+    for item in [past, *past["contained"]]:
+        for key in ("start", "end"):
+            item[key] = item[key].replace(str(day.year), "2020", 1)
+    cases.append(("in the past", past, 422))
+    before = (len(clinic.slots()), len(clinic.appointments()))
+    for name, body, status in cases:
+        if isinstance(body, bytes):
+            response = requests.post(
+                f"{sidecar.base_url}/Appointment/$book", data=body, headers=FHIR_JSON, timeout=60
+            )
+        else:
+            response = requests.post(
+                f"{sidecar.base_url}/Appointment/$book", json=body, headers=FHIR_JSON, timeout=60
+            )
+        assert response.status_code == status, (name, response.text)
+        assert response.json()["resourceType"] == "OperationOutcome", name
+    assert (len(clinic.slots()), len(clinic.appointments())) == before == (0, 0)
+    _ = datetime  # the module's times are all local() strings
