@@ -104,6 +104,7 @@ def registered(hapi: HapiServer) -> str:
     env = {**os.environ, "FHIR_BASE_URL": hapi.base_url}
     result = subprocess.run(
         [sys.executable, "-m", "plugin", "register"],
+        check=False,
         cwd=REPO,
         env=env,
         capture_output=True,
