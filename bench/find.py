@@ -1,0 +1,268 @@
+"""Compute-only benchmark of ``$find``: FHIR JSON dicts in, searchset Bundle out, no I/O.
+
+Workload: 50 Schedules whose actors are spread over 5 time zones, one HealthcareService
+(30-minute visits, 10-minute buffers before and after, 15-minute grid, Mon-Fri 08:00-18:00
+plus Saturday 08:00-12:00), 200 busy Slots per Schedule over 31 days (``random.Random(seed)``).
+Timed: 50 single-schedule ``Appointment/$find`` requests over 31 days (``_count=1000``), and
+one joint request of two Schedules in different zones. Each timed call goes from the request
+parameters through ``FindRequest.from_parameters`` and ``find_appointments`` to the Bundle,
+reading from an in-memory store that only hands out the stored dicts.
+
+    python bench/find.py [--runs N] [--seed S] [--profile]
+    python -m bench.find [--runs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from operations.find import FindRequest, find_appointments, find_availability
+
+Resource = dict[str, Any]
+
+SCHEDULING_PARAMETERS = "https://medplum.com/fhir/StructureDefinition/SchedulingParameters"
+SERVICE_TYPE_REFERENCE = "https://medplum.com/fhir/service-type-reference"
+TIMEZONE = "http://hl7.org/fhir/StructureDefinition/timezone"
+
+ZONES = ["America/New_York", "Europe/London", "Asia/Kolkata", "Australia/Sydney", "UTC"]
+SCHEDULES = 50
+SLOTS_PER_SCHEDULE = 200
+DAYS = 31
+COUNT = 1000
+# A range that crosses the 2025 spring-forward in New York (Mar 9) and London (Mar 30).
+RANGE_START = datetime(2025, 3, 3, tzinfo=UTC)
+RANGE_END = RANGE_START + timedelta(days=DAYS)
+NOW = RANGE_START - timedelta(days=1)
+SERVICE_ID = "consult"
+
+
+class MemoryStore:
+    """A ``SchedulingStore`` over pre-indexed dicts: the cost of a read is a dict lookup."""
+
+    def __init__(self, resources: Sequence[Resource]) -> None:
+        self.by_reference: dict[str, Resource] = {}
+        self.slots_by_schedule: dict[str, list[Resource]] = {}
+        for resource in resources:
+            self.by_reference[f"{resource['resourceType']}/{resource['id']}"] = resource
+            if resource["resourceType"] == "Slot":
+                schedule_id = resource["schedule"]["reference"].split("/")[-1]
+                self.slots_by_schedule.setdefault(schedule_id, []).append(resource)
+
+    def read_schedules(self, ids: Sequence[str]) -> tuple[list[Resource], dict[str, Resource]]:
+        schedules = [self.by_reference[f"Schedule/{i}"] for i in ids]
+        actors = {a["reference"]: self.by_reference[a["reference"]] for s in schedules for a in s["actor"]}
+        return schedules, actors
+
+    def read_service(self, service_id: str) -> Resource | None:
+        return self.by_reference.get(f"HealthcareService/{service_id}")
+
+    def search_slots(self, schedule_ids: Sequence[str], start: datetime, end: datetime) -> list[Resource]:
+        # Every Slot of the schedules lies in the range: the engine filters nothing away.
+        return [slot for i in schedule_ids for slot in self.slots_by_schedule.get(i, [])]
+
+
+def _minutes(n: int) -> Resource:
+    return {"value": n, "unit": "min"}
+
+
+def build_workload(seed: int) -> list[Resource]:
+    """The service, 50 actors and Schedules, and 200 busy Slots per Schedule."""
+    rng = random.Random(seed)
+    hours = [
+        {
+            "daysOfWeek": ["mon", "tue", "wed", "thu", "fri"],
+            "availableStartTime": "08:00:00",
+            "availableEndTime": "18:00:00",
+        },
+        {"daysOfWeek": ["sat"], "availableStartTime": "08:00:00", "availableEndTime": "12:00:00"},
+    ]
+    resources: list[Resource] = [
+        {
+            "resourceType": "HealthcareService",
+            "id": SERVICE_ID,
+            "active": True,
+            "name": "Consultation",
+            "type": [{"coding": [{"system": "http://example.org/visit", "code": "consult"}]}],
+            "availableTime": hours,
+            "extension": [
+                {
+                    "url": SCHEDULING_PARAMETERS,
+                    "extension": [
+                        {"url": "duration", "valueDuration": _minutes(30)},
+                        {"url": "bufferBefore", "valueDuration": _minutes(10)},
+                        {"url": "bufferAfter", "valueDuration": _minutes(10)},
+                        {"url": "alignmentInterval", "valueDuration": _minutes(15)},
+                    ],
+                }
+            ],
+        }
+    ]
+    statuses = ["busy"] * 6 + ["busy-unavailable"] * 2 + ["busy-tentative"]
+    for n in range(SCHEDULES):
+        zone_name = ZONES[n % len(ZONES)]
+        zone = ZoneInfo(zone_name)
+        actor = f"Practitioner/p{n}"
+        resources.append(
+            {
+                "resourceType": "Practitioner",
+                "id": f"p{n}",
+                "extension": [{"url": TIMEZONE, "valueCode": zone_name}],
+            }
+        )
+        resources.append(
+            {
+                "resourceType": "Schedule",
+                "id": f"s{n}",
+                "active": True,
+                "actor": [{"reference": actor}],
+                "serviceType": [
+                    {
+                        "coding": [{"system": "http://example.org/visit", "code": "consult"}],
+                        "extension": [
+                            {
+                                "url": SERVICE_TYPE_REFERENCE,
+                                "valueReference": {"reference": f"HealthcareService/{SERVICE_ID}"},
+                            }
+                        ],
+                    }
+                ],
+            }
+        )
+        first_day = RANGE_START.astimezone(zone).date()
+        for k in range(SLOTS_PER_SCHEDULE):
+            day = first_day + timedelta(days=rng.randrange(DAYS))
+            local = datetime(day.year, day.month, day.day, 8, tzinfo=zone) + timedelta(
+                minutes=15 * rng.randrange(40)
+            )
+            start = local.astimezone(UTC)
+            end = start + timedelta(minutes=15 * rng.randint(1, 4))
+            resources.append(
+                {
+                    "resourceType": "Slot",
+                    "id": f"s{n}-{k}",
+                    "schedule": {"reference": f"Schedule/s{n}"},
+                    "status": rng.choice(statuses),
+                    "start": start.astimezone(zone).isoformat(),
+                    "end": end.astimezone(zone).isoformat(),
+                }
+            )
+    return resources
+
+
+def request(schedule_ids: Sequence[str]) -> FindRequest:
+    params = [
+        ("start", RANGE_START.isoformat()),
+        ("end", RANGE_END.isoformat()),
+        ("service-type-reference", f"HealthcareService/{SERVICE_ID}"),
+        *(("schedule", f"Schedule/{i}") for i in schedule_ids),
+        ("_count", str(COUNT)),
+    ]
+    return FindRequest.from_parameters(params, now=NOW, max_range_days=DAYS)
+
+
+def find(store: MemoryStore, schedule_ids: Sequence[str]) -> Resource:
+    return find_appointments(store, request(schedule_ids))
+
+
+def single_finds(store: MemoryStore) -> list[int]:
+    return [find(store, [f"s{n}"])["total"] for n in range(SCHEDULES)]
+
+
+def single_availability(store: MemoryStore) -> list[int]:
+    """The same 50 requests without rendering: parsing and free-time computation only."""
+    return [len(find_availability(store, request([f"s{n}"])).starts) for n in range(SCHEDULES)]
+
+
+def joint_find(store: MemoryStore) -> int:
+    # s0 works in New York, s1 in London: their hours overlap 13:00-18:00 UTC on weekdays
+    total: int = find(store, ["s0", "s1"])["total"]
+    return total
+
+
+def timed(action: Callable[[], object], runs: int) -> tuple[list[float], list[float]]:
+    """Wall-clock and CPU milliseconds of ``action`` for each of ``runs`` runs (after a warm-up).
+
+    CPU time is printed as well because a shared machine inflates wall-clock time."""
+    action()
+    wall, cpu = [], []
+    for _ in range(runs):
+        began, began_cpu = time.perf_counter(), time.process_time()
+        action()
+        wall.append((time.perf_counter() - began) * 1000)
+        cpu.append((time.process_time() - began_cpu) * 1000)
+    return wall, cpu
+
+
+def describe(label: str, samples: tuple[list[float], list[float]], per: int = 1) -> str:
+    wall, cpu = samples
+    return (
+        f"{label:<38} median {statistics.median(wall) / per:8.2f} ms  "
+        f"min {min(wall) / per:8.2f}  max {max(wall) / per:8.2f}  "
+        f"(cpu median {statistics.median(cpu) / per:8.2f})"
+    )
+
+
+def profile(store: MemoryStore, top: int) -> str:
+    profiler = cProfile.Profile()
+    profiler.enable()
+    single_finds(store)
+    profiler.disable()
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out)
+    stats.sort_stats("tottime").print_stats(top)
+    return out.getvalue()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--runs", type=int, default=7, help="timed runs (default 7)")
+    parser.add_argument("--seed", type=int, default=20250303, help="random seed for the Slots")
+    parser.add_argument("--profile", action="store_true", help="also print a cProfile of the 50 finds")
+    args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+
+    store = MemoryStore(build_workload(args.seed))
+    counts = single_finds(store)
+    joint = joint_find(store)
+    print(
+        f"workload: {SCHEDULES} schedules over {len(ZONES)} zones, "
+        f"{SLOTS_PER_SCHEDULE} busy Slots each, {DAYS}-day range, _count={COUNT}, "
+        f"seed {args.seed}, {args.runs} runs"
+    )
+    print(
+        f"proposals: single finds total {sum(counts)} "
+        f"(min {min(counts)}, max {max(counts)} per schedule); joint s0+s1 (New York + London) {joint}"
+    )
+    singles = timed(lambda: single_finds(store), args.runs)
+    joints = timed(lambda: joint_find(store), args.runs)
+    unrendered = timed(lambda: single_availability(store), args.runs)
+    print(describe(f"{SCHEDULES} single-schedule finds, total", singles))
+    print(describe("per find", singles, per=SCHEDULES))
+    print(describe("joint find (2 schedules)", joints))
+    print(describe(f"  of which {SCHEDULES} finds w/o rendering", unrendered))
+    target = 50.0
+    verdict = "meets" if statistics.median(singles[0]) <= target else "misses"
+    print(f"target <= {target:g} ms median for the 50 finds: {verdict}")
+    if args.profile:
+        print(profile(store, 25))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

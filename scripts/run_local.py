@@ -1,0 +1,116 @@
+"""`make run`: HAPI FHIR on :8080, the sidecar on :8090, the sample clinic, a working $find URL.
+
+Runs until Ctrl-C, then stops everything it started. Ports: HAPI_PORT (8080), SIDECAR_PORT (8090).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from sample_clinic import sample_bundle  # noqa: E402
+
+HAPI_PORT = int(os.environ.get("HAPI_PORT", "8080"))
+SIDECAR_PORT = int(os.environ.get("SIDECAR_PORT", "8090"))
+FHIR_BASE = f"http://localhost:{HAPI_PORT}/fhir"
+SIDECAR_BASE = f"http://localhost:{SIDECAR_PORT}/fhir"
+
+
+def hapi(command: str) -> None:
+    subprocess.run([str(ROOT / "scripts" / "hapi.sh"), command, str(HAPI_PORT)], check=True)
+
+
+def wait_for(url: str, seconds: float, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the sidecar exited with status {process.returncode}")
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.3)
+    raise SystemExit(f"{url} did not answer within {seconds:.0f} s")
+
+
+def find_url() -> str:
+    zone = ZoneInfo("America/New_York")
+    day = datetime.now(zone).date() + timedelta(days=1)
+    while day.weekday() >= 5:
+        day += timedelta(days=1)
+    start = datetime(day.year, day.month, day.day, tzinfo=zone)
+    query = urlencode(
+        [
+            ("start", start.isoformat()),
+            ("end", (start + timedelta(days=1)).isoformat()),
+            ("service-type-reference", "HealthcareService/office-visit"),
+            ("schedule", "Schedule/dr-alice"),
+            ("schedule", "Schedule/room-1"),
+            ("_count", "5"),
+        ]
+    )
+    return f"{SIDECAR_BASE}/Appointment/$find?{query}"
+
+
+def main() -> int:
+    env = {**os.environ, "FHIR_BASE_URL": FHIR_BASE}
+    print(f"Starting HAPI FHIR on {FHIR_BASE} (first start builds it with Maven) ...", flush=True)
+    hapi("start")
+    sidecar: subprocess.Popen[bytes] | None = None
+    try:
+        response = requests.post(
+            FHIR_BASE, json=sample_bundle(), headers={"Content-Type": "application/fhir+json"}, timeout=120
+        )
+        response.raise_for_status()
+        print("Loaded the sample clinic: Dr. Alice (New York), Dr. Ravi (Kolkata), Exam room 1,")
+        print("  services office-visit (30 min, 5 min buffers) and long-consult (60 min, 15 min after).")
+        subprocess.run([sys.executable, "-m", "plugin", "register"], env=env, check=False)
+        sidecar = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "plugin",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(SIDECAR_PORT),
+                "--no-register",
+            ],
+            env=env,
+        )
+        wait_for(f"http://localhost:{SIDECAR_PORT}/readyz", 60, sidecar)
+        url = find_url()
+        first = requests.get(url, timeout=60).json()
+        print()
+        print(f"Sidecar: {SIDECAR_BASE}   HAPI: {FHIR_BASE}")
+        print(f"Try:  curl -s '{url}'")
+        print(f"      ({first.get('total', 0)} proposals for Dr. Alice and Exam room 1 on the next weekday)")
+        print("Ctrl-C stops everything.", flush=True)
+        signal.sigwait({signal.SIGINT, signal.SIGTERM}) if hasattr(signal, "sigwait") else sidecar.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if sidecar is not None and sidecar.poll() is None:
+            sidecar.terminate()
+            sidecar.wait(timeout=30)
+        hapi("stop")
+    return 0
+
+
+if __name__ == "__main__":
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    sys.exit(main())

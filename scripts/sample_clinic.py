@@ -1,0 +1,136 @@
+"""The sample clinic `make run` loads: two practitioners in different time zones, a room, and two
+services with different durations and buffers. Also importable (``sample_bundle()``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+SP = "https://medplum.com/fhir/StructureDefinition/SchedulingParameters"
+REF = "https://medplum.com/fhir/service-type-reference"
+TZ = "http://hl7.org/fhir/StructureDefinition/timezone"
+VISIT_TYPES = "http://example.org/fhir/CodeSystem/visit-type"
+
+
+def _minutes(n: int) -> dict[str, Any]:
+    return {"value": n, "unit": "min"}
+
+
+def _actor(resource_type: str, rid: str, name: str, tz: str) -> dict[str, Any]:
+    resource: dict[str, Any] = {
+        "resourceType": resource_type,
+        "id": rid,
+        "extension": [{"url": TZ, "valueCode": tz}],
+    }
+    if resource_type == "Practitioner":
+        family, given = name.split(" ", 1)[1], name.split(" ", 1)[0]
+        resource["name"] = [{"family": family, "given": [given], "prefix": ["Dr."]}]
+    else:
+        resource["name"] = name
+    return resource
+
+
+def _service(sid: str, name: str, *subs: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "resourceType": "HealthcareService",
+        "id": sid,
+        "active": True,
+        "name": name,
+        "type": [{"coding": [{"system": VISIT_TYPES, "code": sid, "display": name}]}],
+        "availableTime": [
+            {
+                "daysOfWeek": ["mon", "tue", "wed", "thu", "fri"],
+                "availableStartTime": "09:00:00",
+                "availableEndTime": "17:00:00",
+            }
+        ],
+        "extension": [{"url": SP, "extension": list(subs)}],
+    }
+
+
+def _schedule(sid: str, actor: str, services: list[str], *blocks: dict[str, Any]) -> dict[str, Any]:
+    schedule: dict[str, Any] = {
+        "resourceType": "Schedule",
+        "id": sid,
+        "active": True,
+        "actor": [{"reference": actor}],
+        "serviceType": [
+            {
+                "coding": [{"system": VISIT_TYPES, "code": s}],
+                "extension": [{"url": REF, "valueReference": {"reference": f"HealthcareService/{s}"}}],
+            }
+            for s in services
+        ],
+    }
+    if blocks:
+        schedule["extension"] = list(blocks)
+    return schedule
+
+
+def sample_resources() -> list[dict[str, Any]]:
+    return [
+        _actor("Practitioner", "dr-alice", "Alice Smith", "America/New_York"),
+        _actor("Practitioner", "dr-ravi", "Ravi Iyer", "Asia/Kolkata"),
+        _actor("Location", "room-1", "Exam room 1", "America/New_York"),
+        _service(
+            "office-visit",
+            "Office visit",
+            {"url": "duration", "valueDuration": _minutes(30)},
+            {"url": "bufferBefore", "valueDuration": _minutes(5)},
+            {"url": "bufferAfter", "valueDuration": _minutes(5)},
+            {"url": "alignmentInterval", "valueDuration": _minutes(30)},
+        ),
+        _service(
+            "long-consult",
+            "Long consultation",
+            {"url": "duration", "valueDuration": _minutes(60)},
+            {"url": "bufferAfter", "valueDuration": _minutes(15)},
+            {"url": "alignmentInterval", "valueDuration": _minutes(30)},
+        ),
+        _schedule("dr-alice", "Practitioner/dr-alice", ["office-visit", "long-consult"]),
+        _schedule(
+            "dr-ravi",
+            "Practitioner/dr-ravi",
+            ["office-visit"],
+            {
+                "url": SP,
+                "extension": [
+                    {"url": "service", "valueReference": {"reference": "HealthcareService/office-visit"}},
+                    {
+                        "url": "availability",
+                        "extension": [
+                            {
+                                "url": "availableTime",
+                                "extension": [
+                                    *(
+                                        {"url": "daysOfWeek", "valueCode": d}
+                                        for d in ("mon", "tue", "wed", "thu", "fri", "sat")
+                                    ),
+                                    {"url": "availableStartTime", "valueTime": "10:00:00"},
+                                    {"url": "availableEndTime", "valueTime": "18:00:00"},
+                                ],
+                            }
+                        ],
+                    },
+                ],
+            },
+        ),
+        _schedule("room-1", "Location/room-1", ["office-visit", "long-consult"]),
+    ]
+
+
+def sample_bundle() -> dict[str, Any]:
+    """A transaction Bundle that PUTs the sample clinic (safe to load again)."""
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
+            for r in sample_resources()
+        ],
+    }
+
+
+if __name__ == "__main__":
+    json.dump(sample_bundle(), sys.stdout, indent=2)
