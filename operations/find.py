@@ -19,7 +19,7 @@ from operations.errors import InvalidRequest, NotFound, SchedulingError, Unproce
 from operations.fhir_values import format_instant, parse_instant, reference_id
 from operations.model import Interval, ResolvedParameters, Schedule, Service, SlotOverlay
 from operations.parameters import parse_schedule, parse_service, parse_slot, resolve_parameters
-from operations.rendering import outcome_entry, proposed_appointment, searchset, synthetic_free_slot
+from operations.rendering import Renderer, outcome_entry, searchset
 from operations.store import SchedulingStore
 
 DEFAULT_COUNT = 20
@@ -344,21 +344,17 @@ def find_availability(store: SchedulingStore, request: FindRequest) -> Availabil
 def find_appointments(store: SchedulingStore, request: FindRequest) -> dict[str, Any]:
     """``Appointment/$find``: a searchset Bundle of proposed Appointments."""
     found = find_availability(store, request)
-    resources = [
-        proposed_appointment(found.service, found.legs, Interval(s, s + found.duration), found.zone)
-        for s in found.starts
-    ]
+    render = Renderer(found.service, found.zone)
+    resources = [render.appointment(found.legs, Interval(s, s + found.duration)) for s in found.starts]
     return searchset(resources, [outcome_entry(text, expr) for text, expr in found.notices])
 
 
 def find_slots(store: SchedulingStore, request: FindRequest) -> dict[str, Any]:
     """``Schedule/<id>/$find``: a searchset Bundle of synthetic free Slots."""
     found = find_availability(store, request)
-    leg = found.legs[0]
-    resources = [
-        synthetic_free_slot(found.service, leg.schedule, Interval(s, s + found.duration), found.zone)
-        for s in found.starts
-    ]
+    schedule = found.legs[0].schedule
+    render = Renderer(found.service, found.zone)
+    resources = [render.free_slot(schedule, Interval(s, s + found.duration)) for s in found.starts]
     return searchset(resources, [outcome_entry(text, expr) for text, expr in found.notices])
 
 

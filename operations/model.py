@@ -149,9 +149,9 @@ class SlotStatus:
     ENTERED_IN_ERROR = "entered-in-error"
 
 
-@dataclass(frozen=True)
-class SlotOverlay:
-    """A stored Slot as an override of a Schedule's availability."""
+class SlotOverlay(NamedTuple):
+    """A stored Slot as an override of a Schedule's availability (a NamedTuple: thousands are
+    built per ``$find``, and tuples are several times cheaper to build than frozen dataclasses)."""
 
     id: str | None
     schedule_id: str

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
@@ -48,83 +49,98 @@ def service_type_concept(service: Service) -> Resource:
     return concept
 
 
-def leg_slots(leg: Leg, visit: Interval, zone: ZoneInfo, index: int) -> list[Resource]:
-    """The contained Slots of one Schedule: the ``busy`` visit and its buffers."""
-    reference = {"reference": f"Schedule/{leg.schedule.id}"}
-    slots: list[Resource] = []
-    before, after = leg.params.buffer_before, leg.params.buffer_after
-    if before:
+class Renderer:
+    """Renders the proposals of one request. Built once per request: the serviceType concept
+    is made once and shared, and each instant is formatted once (neighbouring proposals share
+    their buffer edges), which keeps large ``_count`` answers cheap."""
+
+    def __init__(self, service: Service, zone: ZoneInfo) -> None:
+        self.service = service
+        self.zone = zone
+        self.concept = service_type_concept(service)
+        self._formatted: dict[datetime, str] = {}
+
+    def instant(self, value: datetime) -> str:
+        text = self._formatted.get(value)
+        if text is None:
+            text = self._formatted[value] = format_instant(value, self.zone)
+        return text
+
+    def leg_slots(self, leg: Leg, visit: Interval, index: int) -> list[Resource]:
+        """The contained Slots of one Schedule: the ``busy`` visit and its buffers."""
+        reference = f"Schedule/{leg.schedule.id}"
+        slots: list[Resource] = []
+        before, after = leg.params.buffer_before, leg.params.buffer_after
+        if before:
+            slots.append(
+                {
+                    "resourceType": "Slot",
+                    "id": f"buffer-before-{index}",
+                    "schedule": {"reference": reference},
+                    "status": "busy-unavailable",
+                    "start": self.instant(visit.start - before),
+                    "end": self.instant(visit.start),
+                    "comment": BUFFER_BEFORE_COMMENT,
+                }
+            )
         slots.append(
             {
                 "resourceType": "Slot",
-                "id": f"buffer-before-{index}",
-                "schedule": dict(reference),
-                "status": "busy-unavailable",
-                "start": format_instant(visit.start - before, zone),
-                "end": format_instant(visit.start, zone),
-                "comment": BUFFER_BEFORE_COMMENT,
+                "id": f"visit-{index}",
+                "schedule": {"reference": reference},
+                "status": "busy",
+                "start": self.instant(visit.start),
+                "end": self.instant(visit.end),
             }
         )
-    slots.append(
-        {
-            "resourceType": "Slot",
-            "id": f"visit-{index}",
-            "schedule": dict(reference),
-            "status": "busy",
-            "start": format_instant(visit.start, zone),
-            "end": format_instant(visit.end, zone),
+        if after:
+            slots.append(
+                {
+                    "resourceType": "Slot",
+                    "id": f"buffer-after-{index}",
+                    "schedule": {"reference": reference},
+                    "status": "busy-unavailable",
+                    "start": self.instant(visit.end),
+                    "end": self.instant(visit.end + after),
+                    "comment": BUFFER_AFTER_COMMENT,
+                }
+            )
+        return slots
+
+    def appointment(self, legs: Sequence[Leg], visit: Interval) -> Resource:
+        """A proposed Appointment as ``$find`` returns it (SPEC §4): no id, nothing stored."""
+        contained: list[Resource] = []
+        participants: list[Resource] = []
+        for index, leg in enumerate(legs):
+            contained.extend(self.leg_slots(leg, visit, index))
+            actor: Resource = {"reference": leg.schedule.actor.reference}
+            if leg.schedule.actor.display:
+                actor["display"] = leg.schedule.actor.display
+            participants.append({"actor": actor, "required": "required", "status": "needs-action"})
+        appointment: Resource = {
+            "resourceType": "Appointment",
+            "contained": contained,
+            "status": "proposed",
+            "serviceType": [self.concept],
+            "start": self.instant(visit.start),
+            "end": self.instant(visit.end),
+            "participant": participants,
         }
-    )
-    if after:
-        slots.append(
-            {
-                "resourceType": "Slot",
-                "id": f"buffer-after-{index}",
-                "schedule": dict(reference),
-                "status": "busy-unavailable",
-                "start": format_instant(visit.end, zone),
-                "end": format_instant(visit.end + after, zone),
-                "comment": BUFFER_AFTER_COMMENT,
-            }
-        )
-    return slots
+        minutes = visit.duration.total_seconds() / 60
+        if minutes == int(minutes):
+            appointment["minutesDuration"] = int(minutes)
+        return appointment
 
-
-def proposed_appointment(service: Service, legs: Sequence[Leg], visit: Interval, zone: ZoneInfo) -> Resource:
-    """A proposed Appointment as ``$find`` returns it (SPEC §4): no id, nothing stored."""
-    contained: list[Resource] = []
-    participants: list[Resource] = []
-    for index, leg in enumerate(legs):
-        contained.extend(leg_slots(leg, visit, zone, index))
-        actor: Resource = {"reference": leg.schedule.actor.reference}
-        if leg.schedule.actor.display:
-            actor["display"] = leg.schedule.actor.display
-        participants.append({"actor": actor, "required": "required", "status": "needs-action"})
-    appointment: Resource = {
-        "resourceType": "Appointment",
-        "contained": contained,
-        "status": "proposed",
-        "serviceType": [service_type_concept(service)],
-        "start": format_instant(visit.start, zone),
-        "end": format_instant(visit.end, zone),
-        "participant": participants,
-    }
-    minutes = visit.duration.total_seconds() / 60
-    if minutes == int(minutes):
-        appointment["minutesDuration"] = int(minutes)
-    return appointment
-
-
-def synthetic_free_slot(service: Service, schedule: Schedule, visit: Interval, zone: ZoneInfo) -> Resource:
-    """An unsaved ``free`` Slot for ``Schedule/<id>/$find``."""
-    return {
-        "resourceType": "Slot",
-        "schedule": {"reference": f"Schedule/{schedule.id}"},
-        "serviceType": [service_type_concept(service)],
-        "status": "free",
-        "start": format_instant(visit.start, zone),
-        "end": format_instant(visit.end, zone),
-    }
+    def free_slot(self, schedule: Schedule, visit: Interval) -> Resource:
+        """An unsaved ``free`` Slot for ``Schedule/<id>/$find``."""
+        return {
+            "resourceType": "Slot",
+            "schedule": {"reference": f"Schedule/{schedule.id}"},
+            "serviceType": [self.concept],
+            "status": "free",
+            "start": self.instant(visit.start),
+            "end": self.instant(visit.end),
+        }
 
 
 def outcome_entry(diagnostics: str, expression: str, severity: str = "warning") -> Resource:
