@@ -20,7 +20,10 @@ def test_metadata_lists_the_operations(client: FlaskClient) -> None:
     assert statement["implementation"]["url"] == "http://localhost/fhir"
     resources = {r["type"]: r["operation"] for r in statement["rest"][0]["resource"]}
     assert resources == {
-        "Appointment": [{"name": "find", "definition": "https://fanoni.dev/fhir/OperationDefinition/find"}],
+        "Appointment": [
+            {"name": code, "definition": f"https://fanoni.dev/fhir/OperationDefinition/{code}"}
+            for code in ("book", "cancel", "confirm", "find", "hold")
+        ],
         "Schedule": [
             {
                 "name": "find",
@@ -68,7 +71,7 @@ def test_every_definition_in_metadata_resolves(client: FlaskClient) -> None:
 
 
 def test_unknown_operation_definition_is_404(client: FlaskClient) -> None:
-    response = client.get("/fhir/OperationDefinition/book")
+    response = client.get("/fhir/OperationDefinition/no-such-operation")
     assert response.status_code == 404
     assert response.get_json()["issue"][0]["code"] == "not-found"
 

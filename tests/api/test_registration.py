@@ -15,7 +15,11 @@ from tests.api.conftest import BASE, outcome
 
 INSTALLED = [
     "SearchParameter/fanoni-slot-end",
+    "OperationDefinition/book",
+    "OperationDefinition/cancel",
+    "OperationDefinition/confirm",
     "OperationDefinition/find",
+    "OperationDefinition/hold",
     "OperationDefinition/schedule-find",
 ]
 
