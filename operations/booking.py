@@ -518,16 +518,24 @@ def booking_bundle(
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 
 
-def response_bundle(response: Resource, status_text: str | None = None) -> Resource:
-    """The caller's view of a booking transaction-response: the Appointment first, then its
-    Slots; the lock updates are an implementation detail and left out."""
+def response_bundle(response: Resource) -> Resource:
+    """The caller's view of a transaction-response: the Appointment first, then its Slots; the
+    lock updates are an implementation detail and left out."""
     entries = [e for e in response.get("entry") or [] if isinstance(e, dict)]
     appointments = [e for e in entries if (e.get("resource") or {}).get("resourceType") == "Appointment"]
     slots = [e for e in entries if (e.get("resource") or {}).get("resourceType") == "Slot"]
-    ordered = [*appointments, *slots]
-    if status_text is not None:
-        ordered = [{**e, "response": {**(e.get("response") or {}), "status": status_text}} for e in ordered]
-    return {"resourceType": "Bundle", "type": "transaction-response", "entry": ordered}
+    return {"resourceType": "Bundle", "type": "transaction-response", "entry": [*appointments, *slots]}
+
+
+def slot_ids(appointment: Resource) -> list[str]:
+    """The ids of the Slots an Appointment references (unreadable references skipped)."""
+    ids = []
+    for ref in appointment.get("slot") or []:
+        try:
+            ids.append(reference_id((ref or {}).get("reference"), "Slot"))
+        except ValueError:
+            continue
+    return ids
 
 
 def existing_booking(store: FhirStore, request: BookingRequest) -> BookingResult | None:
@@ -536,21 +544,16 @@ def existing_booking(store: FhirStore, request: BookingRequest) -> BookingResult
         token = f"{system}|{value}" if system else value
         found = store.search("Appointment", [("identifier", token)])
         if found:
-            return BookingResult(200, replay_bundle(store, found[0]), _hold_expiry(found[0]))
+            return BookingResult(200, replay_bundle(store, found[0]), hold_expiry(found[0]))
     return None
 
 
 def replay_bundle(store: FhirStore, appointment: Resource) -> Resource:
     """The stored Appointment and its Slots as a transaction-response-shaped Bundle."""
-    slot_ids = []
-    for ref in appointment.get("slot") or []:
-        try:
-            slot_ids.append(reference_id((ref or {}).get("reference"), "Slot"))
-        except ValueError:
-            continue
-    slots = store.search("Slot", [("_id", ",".join(slot_ids))]) if slot_ids else []
+    ids = slot_ids(appointment)
+    slots = store.search("Slot", [("_id", ",".join(ids))]) if ids else []
     by_id = {s.get("id"): s for s in slots}
-    ordered = [appointment, *(by_id[i] for i in slot_ids if i in by_id)]
+    ordered = [appointment, *(by_id[i] for i in ids if i in by_id)]
     return {
         "resourceType": "Bundle",
         "type": "transaction-response",
@@ -568,7 +571,8 @@ def replay_bundle(store: FhirStore, appointment: Resource) -> Resource:
     }
 
 
-def _hold_expiry(appointment: Resource) -> datetime | None:
+def hold_expiry(appointment: Resource) -> datetime | None:
+    """The recorded expiry of a hold, if any (unreadable counts as none)."""
     for ext in appointment.get("extension") or []:
         if isinstance(ext, dict) and ext.get("url") == HOLD_EXPIRES_URL:
             try:
@@ -576,11 +580,6 @@ def _hold_expiry(appointment: Resource) -> datetime | None:
             except ValueError:
                 return None
     return None
-
-
-def hold_expiry(appointment: Resource) -> datetime | None:
-    """The recorded expiry of a hold, if any."""
-    return _hold_expiry(appointment)
 
 
 def retrying(policy: RetryPolicy, clock: Clock, attempt: Callable[[], BookingResult]) -> BookingResult:

@@ -13,9 +13,9 @@ from datetime import datetime
 from typing import Any
 
 from operations.booking import BookingResult as OperationResult
-from operations.booking import Clock, RetryPolicy, hold_expiry, retrying
+from operations.booking import Clock, RetryPolicy, hold_expiry, response_bundle, retrying, slot_ids
 from operations.errors import ConcurrentChange, InvalidRequest, NotFound, Unprocessable
-from operations.fhir_values import format_instant, reference_id
+from operations.fhir_values import format_instant
 from operations.model import HOLD_EXPIRES_URL, SlotStatus
 from operations.store import FhirStore, Resource
 
@@ -51,31 +51,11 @@ def _without_expiry(resource: Resource) -> Resource:
     return copy
 
 
-def slot_ids(appointment: Resource) -> list[str]:
-    ids = []
-    for ref in appointment.get("slot") or []:
-        try:
-            ids.append(reference_id((ref or {}).get("reference"), "Slot"))
-        except ValueError:
-            continue
-    return ids
-
-
 def _read_appointment(store: FhirStore, appointment_id: str) -> Resource:
     appointment = store.read("Appointment", appointment_id)
     if appointment is None:
         raise NotFound(f"Appointment/{appointment_id} does not exist", expression="Appointment")
     return appointment
-
-
-def _ordered(response: Resource) -> Resource:
-    entries = [e for e in response.get("entry") or [] if isinstance(e, dict)]
-    kinds = ("Appointment", "Slot")
-    ordered = sorted(
-        (e for e in entries if (e.get("resource") or {}).get("resourceType") in kinds),
-        key=lambda e: kinds.index(e["resource"]["resourceType"]),
-    )
-    return {"resourceType": "Bundle", "type": "transaction-response", "entry": ordered}
 
 
 def confirm(
@@ -108,7 +88,7 @@ def confirm(
                 updated["status"] = SlotStatus.BUSY
             entries.append(_put(updated, _version(slot)))
         response = store.transaction({"resourceType": "Bundle", "type": "transaction", "entry": entries})
-        return OperationResult(200, _ordered(response))
+        return OperationResult(200, response_bundle(response))
 
     return retrying(policy or RetryPolicy(), clock, attempt)
 
