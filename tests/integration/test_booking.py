@@ -3,16 +3,18 @@ second sidecar process, both writing to the same HAPI FHIR server."""
 
 from __future__ import annotations
 
+import copy
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import requests
 
-from tests.integration.clinic import Clinic
+from tests.integration.clinic import Clinic, search
 from tests.integration.conftest import HOLD_SWEEP_SECONDS, HOLD_TTL_SECONDS, Sidecar
 from tests.integration.test_find import get_find, local, monday_ahead, starts
+from tests.unit import builders
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
 
@@ -167,7 +169,9 @@ def test_identifier_makes_a_retry_idempotent(sidecar: Sidecar, second_sidecar: S
 
 
 def test_invalid_bookings_are_4xx_and_write_nothing(sidecar: Sidecar, hapi: Any) -> None:
-    clinic = Clinic(hapi.base_url, bufferBefore=10).load()
+    clinic = Clinic(hapi.base_url, bufferBefore=10)
+    other = builders.schedule(f"{clinic.prefix}-other", f"Practitioner/{clinic.alice}", [])
+    clinic.load(other)
     day = monday_ahead()
     good = proposals(sidecar, clinic, local(day, "09:00"), local(day, "12:00"))[0]
 
@@ -182,6 +186,72 @@ def test_invalid_bookings_are_4xx_and_write_nothing(sidecar: Sidecar, hapi: Any)
         ("mismatched start", changed(start=local(day, "09:05")), 400),
         ("missing buffer", changed(contained=[c for c in good["contained"] if c["status"] == "busy"]), 422),
     ]
+
+    def edited(change: Any, proposal: dict[str, Any] | None = None) -> dict[str, Any]:
+        copied = copy.deepcopy(proposal or good)
+        change(copied)
+        return copied
+
+    def later(value: str, minutes: int) -> str:
+        return (datetime.fromisoformat(value) + timedelta(minutes=minutes)).isoformat()
+
+    other_service = {
+        "extension": [
+            {**good["serviceType"][0]["extension"][0], "valueReference": {"reference": "HealthcareService/x"}}
+        ]
+    }
+    cases += [
+        ("two services", edited(lambda p: p["serviceType"].append(other_service)), 400),
+        (
+            "visit longer than the duration",
+            edited(
+                lambda p: [
+                    p.update(end=later(p["end"], 15)),
+                    p["contained"][1].update(end=later(p["end"], 0)),
+                ]
+            ),
+            422,
+        ),
+        (
+            "buffer longer than bufferBefore",
+            edited(lambda p: p["contained"][0].update(start=later(p["contained"][0]["start"], -5))),
+            422,
+        ),
+        (
+            "schedule does not offer the service",
+            edited(
+                lambda p: [
+                    c["schedule"].update(reference=f"Schedule/{clinic.prefix}-other") for c in p["contained"]
+                ]
+            ),
+            422,
+        ),
+        (
+            "unknown schedule",
+            edited(
+                lambda p: [
+                    c["schedule"].update(reference=f"Schedule/{clinic.prefix}-nobody") for c in p["contained"]
+                ]
+            ),
+            422,
+        ),
+    ]
+    joint = proposals(sidecar, clinic, local(day, "09:00"), local(day, "12:00"), clinic.alice, clinic.room)[0]
+    room_visit = next(
+        i
+        for i, c in enumerate(joint["contained"])
+        if c["status"] == "busy" and clinic.room in c["schedule"]["reference"]
+    )
+    cases.append(
+        (
+            "busy Slots with different times",
+            edited(
+                lambda p: p["contained"][room_visit].update(end=later(p["contained"][room_visit]["end"], 15)),
+                joint,
+            ),
+            400,
+        )
+    )
     past = {**good, "contained": [dict(c) for c in good["contained"]]}
     for item in [past, *past["contained"]]:
         for key in ("start", "end"):
@@ -200,4 +270,4 @@ def test_invalid_bookings_are_4xx_and_write_nothing(sidecar: Sidecar, hapi: Any)
         assert response.status_code == status, (name, response.text)
         assert response.json()["resourceType"] == "OperationOutcome", name
     assert (len(clinic.slots()), len(clinic.appointments())) == before == (0, 0)
-    _ = datetime  # the module's times are all local() strings
+    assert search(hapi.base_url, "Slot", schedule=f"Schedule/{clinic.prefix}-other") == []
