@@ -33,7 +33,7 @@ import requests.adapters
 import requests.auth
 from urllib3.exceptions import ReadTimeoutError
 
-from operations.errors import ConcurrentChange
+from operations.errors import ConcurrentChange, Unprocessable
 from operations.store import Resource
 from plugin import version
 from plugin.config import Settings
@@ -356,7 +356,17 @@ class FhirUpstream:
             body=bundle,
             headers={"Prefer": "return=representation"},
         )
-        self._raise_for_status(response)
+        try:
+            self._raise_for_status(response)
+        except UpstreamRejected as exc:
+            if exc.upstream_status not in (400, 422):
+                raise
+            # The server refused what would be stored (e.g. a participant referencing a Patient
+            # that does not exist): the caller's content, not our query, so 422, not 502.
+            raise Unprocessable(
+                f"The FHIR server refused to store the change: {_outcome_text(exc.outcome) or exc.diagnostics}",
+                code="processing",
+            ) from exc
         return self._resource(response, "Bundle")
 
     def update(self, resource: Resource) -> tuple[Resource, bool]:

@@ -419,3 +419,16 @@ def test_transaction_posts_the_bundle_and_reports_conflicts(
     upstream.replace(responses.POST, BASE, status=412, json=outcome("version conflict"))
     with pytest.raises(ConcurrentChange, match="version conflict"):
         store.transaction(request)
+
+
+def test_a_refused_transaction_is_422_with_the_servers_reason(upstream: responses.RequestsMock) -> None:
+    from operations.errors import Unprocessable
+    from plugin.config import Settings
+    from plugin.upstream import UpstreamClient
+
+    upstream.post(BASE, status=400, json=outcome("HAPI-1094: Resource Patient/ghost not found"))
+    store = UpstreamClient(Settings(fhir_base_url=BASE)).for_request(None)
+    with pytest.raises(Unprocessable, match="Patient/ghost not found") as caught:
+        store.transaction({"resourceType": "Bundle", "type": "transaction", "entry": []})
+    assert caught.value.status == 422
+    assert caught.value.code == "processing"

@@ -236,6 +236,17 @@ def test_invalid_bookings_are_4xx_and_write_nothing(sidecar: Sidecar, hapi: Any)
             422,
         ),
     ]
+    cases.append(
+        (
+            "participant the server does not know",
+            edited(
+                lambda p: p["participant"].append(
+                    {"actor": {"reference": f"Patient/{clinic.prefix}-ghost"}, "status": "accepted"}
+                )
+            ),
+            422,
+        )
+    )
     joint = proposals(sidecar, clinic, local(day, "09:00"), local(day, "12:00"), clinic.alice, clinic.room)[0]
     room_visit = next(
         i
