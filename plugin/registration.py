@@ -99,7 +99,8 @@ def _reindex_slots(store: FhirUpstream, report: RegistrationReport) -> None:
         "parameter": [{"name": "url", "valueString": "Slot?"}],
     }
     try:
-        store.operation("$reindex", parameters)
+        # A batch job on HAPI: it asks to be started asynchronously.
+        store.operation("$reindex", parameters, headers={"Prefer": "respond-async"})
     except UpstreamError as exc:
         message = (
             f"Slot $reindex refused ({exc.diagnostics}); Slots stored before the SearchParameter "

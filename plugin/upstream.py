@@ -376,9 +376,11 @@ class FhirUpstream:
         self._raise_for_status(response)
         return self._resource(response, resource["resourceType"]), response.status_code == 201
 
-    def operation(self, path: str, parameters: Resource) -> Resource | None:
+    def operation(
+        self, path: str, parameters: Resource, *, headers: Mapping[str, str] | None = None
+    ) -> Resource | None:
         """``POST [base]/{path}`` (e.g. ``$reindex``) with a Parameters body."""
-        response = self._send("POST", f"{self._base}/{path}", body=parameters)
+        response = self._send("POST", f"{self._base}/{path}", body=parameters, headers=headers)
         self._raise_for_status(response)
         return self._json(response) if response.content else None
 

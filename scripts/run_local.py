@@ -60,7 +60,8 @@ def find_url() -> str:
             ("schedule", "Schedule/dr-alice"),
             ("schedule", "Schedule/room-1"),
             ("_count", "5"),
-        ]
+        ],
+        safe=":/",
     )
     return f"{SIDECAR_BASE}/Appointment/$find?{query}"
 
@@ -100,17 +101,26 @@ def main() -> int:
         print(f"Try:  curl -s '{url}'")
         print(f"      ({first.get('total', 0)} proposals for Dr. Alice and Exam room 1 on the next weekday)")
         print("Ctrl-C stops everything.", flush=True)
-        signal.sigwait({signal.SIGINT, signal.SIGTERM}) if hasattr(signal, "sigwait") else sidecar.wait()
+        sidecar.wait()
+        print(f"the sidecar exited with status {sidecar.returncode}", file=sys.stderr)
     except KeyboardInterrupt:
-        pass
+        print("\nStopping ...", flush=True)
     finally:
         if sidecar is not None and sidecar.poll() is None:
             sidecar.terminate()
-            sidecar.wait(timeout=30)
+            try:
+                sidecar.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                sidecar.kill()
         hapi("stop")
     return 0
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 if __name__ == "__main__":
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops everything too, like Ctrl-C
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in the background
     sys.exit(main())

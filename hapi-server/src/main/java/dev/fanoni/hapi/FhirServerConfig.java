@@ -1,5 +1,6 @@
 package dev.fanoni.hapi;
 
+import ca.uhn.fhir.batch2.jobs.bulkmodify.reindex.ReindexProvider;
 import ca.uhn.fhir.batch2.jobs.config.Batch2JobsConfig;
 import ca.uhn.fhir.context.FhirContext;
 import ca.uhn.fhir.context.support.IValidationSupport;
@@ -27,6 +28,7 @@ import jakarta.persistence.EntityManagerFactory;
 import java.util.Properties;
 import javax.sql.DataSource;
 import org.apache.commons.dbcp2.BasicDataSource;
+import org.springframework.beans.factory.ObjectProvider;
 import org.springframework.beans.factory.config.ConfigurableListableBeanFactory;
 import org.springframework.boot.web.servlet.ServletRegistrationBean;
 import org.springframework.context.annotation.Bean;
@@ -170,6 +172,7 @@ public class FhirServerConfig {
 			ISearchParamRegistry searchParamRegistry,
 			IValidationSupport validationSupport,
 			DatabaseBackedPagingProvider pagingProvider,
+			ObjectProvider<ReindexProvider> reindexProvider,
 			Environment env) {
 		FhirContext ctx = systemDao.getContext();
 		ctx.setNarrativeGenerator(new NullNarrativeGenerator());
@@ -177,6 +180,9 @@ public class FhirServerConfig {
 		RestfulServer server = new RestfulServer(ctx);
 		server.registerProviders(resourceProviders.createProviders());
 		server.registerProvider(systemProvider);
+		// $reindex: the sidecar's registration asks for it after installing the Slot `end`
+		// SearchParameter, so Slots stored before it are found by `end=` searches too.
+		reindexProvider.ifAvailable(server::registerProvider);
 		server.setServerConformanceProvider(new JpaCapabilityStatementProvider(
 				server, systemDao, storageSettings, searchParamRegistry, validationSupport));
 
