@@ -48,6 +48,7 @@ PAGE_SIZE = 1000
 SLOT_END_CACHE_SECONDS = 600.0
 """How long an ``auto`` answer about Slot ``end`` support is trusted before it is probed again."""
 
+_ACTOR_TYPES = frozenset({"Practitioner", "PractitionerRole", "Location", "Device", "HealthcareService"})
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _POOL_SIZE = 32
 _MAX_DIAGNOSTICS = 300
@@ -243,7 +244,28 @@ class FhirUpstream:
                     by_id.setdefault(resource_id, resource)
             else:
                 actors[f"{resource_type}/{resource_id}"] = resource
-        return [by_id[i] for i in wanted if i in by_id], actors
+        schedules = [by_id[i] for i in wanted if i in by_id]
+        self._read_missing_actors(schedules, actors)
+        return schedules, actors
+
+    def _read_missing_actors(self, schedules: list[Resource], actors: dict[str, Resource]) -> None:
+        """Servers that do not support ``_include=Schedule:actor`` (or ignore it) leave actors out;
+        fetch those with one ``_id`` search per actor type (at most four), never one per actor.
+        On HAPI everything came included and this costs nothing."""
+        missing: dict[str, list[str]] = {}
+        for schedule in schedules:
+            for actor in schedule.get("actor") or []:
+                reference = actor.get("reference") if isinstance(actor, dict) else None
+                if not isinstance(reference, str) or reference in actors:
+                    continue
+                parts = reference.split("/")
+                if len(parts) == 2 and parts[0] in _ACTOR_TYPES and _FHIR_ID.match(parts[1]):
+                    missing.setdefault(parts[0], [])
+                    if parts[1] not in missing[parts[0]]:
+                        missing[parts[0]].append(parts[1])
+        for resource_type, ids in missing.items():
+            for resource in self.search(resource_type, [("_id", ",".join(ids))]):
+                actors[f"{resource_type}/{resource.get('id')}"] = resource
 
     def read_service(self, service_id: str) -> Resource | None:
         return self.read("HealthcareService", service_id)

@@ -432,3 +432,42 @@ def test_a_refused_transaction_is_422_with_the_servers_reason(upstream: response
         store.transaction({"resourceType": "Bundle", "type": "transaction", "entry": []})
     assert caught.value.status == 422
     assert caught.value.code == "processing"
+
+
+def test_actors_a_server_did_not_include_are_fetched_per_type(
+    upstream: responses.RequestsMock, store: FhirUpstream
+) -> None:
+    schedules = [
+        {"resourceType": "Schedule", "id": "a", "actor": [{"reference": "Practitioner/p1"}]},
+        {"resourceType": "Schedule", "id": "b", "actor": [{"reference": "Practitioner/p2"}]},
+        {"resourceType": "Schedule", "id": "c", "actor": [{"reference": "Location/room"}]},
+    ]
+    upstream.get(
+        f"{BASE}/Schedule",
+        json={"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": s} for s in schedules]},
+    )
+    practitioners = [
+        {"resourceType": "Practitioner", "id": "p1"},
+        {"resourceType": "Practitioner", "id": "p2"},
+    ]
+    upstream.get(
+        f"{BASE}/Practitioner",
+        json={
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "entry": [{"resource": p} for p in practitioners],
+        },
+    )
+    upstream.get(
+        f"{BASE}/Location",
+        json={
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "entry": [{"resource": {"resourceType": "Location", "id": "room"}}],
+        },
+    )
+    found, actors = store.read_schedules(["a", "b", "c"])
+    assert [s["id"] for s in found] == ["a", "b", "c"]
+    assert set(actors) == {"Practitioner/p1", "Practitioner/p2", "Location/room"}
+    assert store.round_trips == 3  # one per actor type, not one per actor
+    assert ("_id", "p1,p2") in query(upstream.calls[1])
