@@ -23,8 +23,6 @@ from operations.errors import ConcurrentChange, Conflict, InvalidRequest, Unproc
 from operations.fhir_values import format_instant, parse_instant, reference_id
 from operations.find import Leg, load_legs, slot_search_span, slots_of, widened
 from operations.model import (
-    BUFFER_AFTER_COMMENT,
-    BUFFER_BEFORE_COMMENT,
     FANONI_EXTENSION_BASE,
     HOLD_EXPIRES_URL,
     SLOT_CAPACITY_URL,
@@ -34,6 +32,7 @@ from operations.model import (
     SlotStatus,
 )
 from operations.parameters import parse_slot, service_references
+from operations.rendering import BUFFER_COMMENTS, VISIT, footprint
 from operations.store import FhirStore, Resource
 
 LOCK_COUNTER_URL = FANONI_EXTENSION_BASE + "lock-counter"
@@ -412,43 +411,28 @@ class BookingResult:
 
 
 def _written_slots(leg: Leg, visit: Interval, hold: bool, expires: datetime | None) -> list[Resource]:
+    """The Slots a booking stores for one Schedule: the visit (``busy``, or ``busy-tentative``
+    for a hold) and its buffers (``busy-unavailable``), stamped with the capacity and, for a
+    hold, the expiry."""
     zone = leg.params.timezone
     extensions: list[Resource] = [{"url": SLOT_CAPACITY_URL, "valuePositiveInt": leg.params.slot_capacity}]
     if expires is not None:
         extensions.append({"url": HOLD_EXPIRES_URL, "valueInstant": format_instant(expires)})
-    base = {"resourceType": "Slot", "schedule": {"reference": f"Schedule/{leg.schedule.id}"}}
     slots = []
-    if leg.params.buffer_before:
-        slots.append(
-            base
-            | {
-                "extension": list(extensions),
-                "status": SlotStatus.BUSY_UNAVAILABLE,
-                "start": format_instant(visit.start - leg.params.buffer_before, zone),
-                "end": format_instant(visit.start, zone),
-                "comment": BUFFER_BEFORE_COMMENT,
-            }
-        )
-    slots.append(
-        base
-        | {
+    for role, part in footprint(leg, visit):
+        slot: Resource = {
+            "resourceType": "Slot",
             "extension": list(extensions),
-            "status": SlotStatus.BUSY_TENTATIVE if hold else SlotStatus.BUSY,
-            "start": format_instant(visit.start, zone),
-            "end": format_instant(visit.end, zone),
+            "schedule": {"reference": f"Schedule/{leg.schedule.id}"},
+            "status": SlotStatus.BUSY_UNAVAILABLE,
+            "start": format_instant(part.start, zone),
+            "end": format_instant(part.end, zone),
         }
-    )
-    if leg.params.buffer_after:
-        slots.append(
-            base
-            | {
-                "extension": list(extensions),
-                "status": SlotStatus.BUSY_UNAVAILABLE,
-                "start": format_instant(visit.end, zone),
-                "end": format_instant(visit.end + leg.params.buffer_after, zone),
-                "comment": BUFFER_AFTER_COMMENT,
-            }
-        )
+        if role == VISIT:
+            slot["status"] = SlotStatus.BUSY_TENTATIVE if hold else SlotStatus.BUSY
+        else:
+            slot["comment"] = BUFFER_COMMENTS[role]
+        slots.append(slot)
     return slots
 
 

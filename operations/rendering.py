@@ -49,6 +49,25 @@ def service_type_concept(service: Service) -> Resource:
     return concept
 
 
+VISIT = "visit"
+BUFFER_BEFORE = "buffer-before"
+BUFFER_AFTER = "buffer-after"
+BUFFER_COMMENTS = {BUFFER_BEFORE: BUFFER_BEFORE_COMMENT, BUFFER_AFTER: BUFFER_AFTER_COMMENT}
+
+
+def footprint(leg: Leg, visit: Interval) -> list[tuple[str, Interval]]:
+    """A booking's footprint on one Schedule, in time order: ``(role, interval)`` for the buffer
+    before (if any), the visit, and the buffer after (if any). Proposals and the written
+    Slots are both built from it, so they cannot disagree."""
+    parts = []
+    if leg.params.buffer_before:
+        parts.append((BUFFER_BEFORE, Interval(visit.start - leg.params.buffer_before, visit.start)))
+    parts.append((VISIT, visit))
+    if leg.params.buffer_after:
+        parts.append((BUFFER_AFTER, Interval(visit.end, visit.end + leg.params.buffer_after)))
+    return parts
+
+
 class Renderer:
     """Renders the proposals of one request. Built once per request: the serviceType concept
     is made once and shared, and each instant is formatted once (neighbouring proposals share
@@ -68,43 +87,19 @@ class Renderer:
 
     def leg_slots(self, leg: Leg, visit: Interval, index: int) -> list[Resource]:
         """The contained Slots of one Schedule: the ``busy`` visit and its buffers."""
-        reference = f"Schedule/{leg.schedule.id}"
         slots: list[Resource] = []
-        before, after = leg.params.buffer_before, leg.params.buffer_after
-        if before:
-            slots.append(
-                {
-                    "resourceType": "Slot",
-                    "id": f"buffer-before-{index}",
-                    "schedule": {"reference": reference},
-                    "status": "busy-unavailable",
-                    "start": self.instant(visit.start - before),
-                    "end": self.instant(visit.start),
-                    "comment": BUFFER_BEFORE_COMMENT,
-                }
-            )
-        slots.append(
-            {
+        for role, part in footprint(leg, visit):
+            slot: Resource = {
                 "resourceType": "Slot",
-                "id": f"visit-{index}",
-                "schedule": {"reference": reference},
-                "status": "busy",
-                "start": self.instant(visit.start),
-                "end": self.instant(visit.end),
+                "id": f"{role}-{index}",
+                "schedule": {"reference": f"Schedule/{leg.schedule.id}"},
+                "status": "busy" if role == VISIT else "busy-unavailable",
+                "start": self.instant(part.start),
+                "end": self.instant(part.end),
             }
-        )
-        if after:
-            slots.append(
-                {
-                    "resourceType": "Slot",
-                    "id": f"buffer-after-{index}",
-                    "schedule": {"reference": reference},
-                    "status": "busy-unavailable",
-                    "start": self.instant(visit.end),
-                    "end": self.instant(visit.end + after),
-                    "comment": BUFFER_AFTER_COMMENT,
-                }
-            )
+            if role != VISIT:
+                slot["comment"] = BUFFER_COMMENTS[role]
+            slots.append(slot)
         return slots
 
     def appointment(self, legs: Sequence[Leg], visit: Interval) -> Resource:
