@@ -37,6 +37,7 @@ from operations.store import FhirStore, Resource
 
 LOCK_COUNTER_URL = FANONI_EXTENSION_BASE + "lock-counter"
 FANONI_CODE_SYSTEM = "https://fanoni.dev/fhir/CodeSystem/fanoni"
+ENDED_STATUSES = frozenset({"cancelled", "entered-in-error", "noshow"})
 HOLD_TAG = {"system": FANONI_CODE_SYSTEM, "code": "hold", "display": "Held by Fanoni $hold"}
 
 
@@ -526,7 +527,13 @@ def existing_booking(store: FhirStore, request: BookingRequest) -> BookingResult
     """An Appointment already written for one of the caller's identifiers (idempotent retry)."""
     for system, value in request.identifiers:
         token = f"{system}|{value}" if system else value
-        found = store.search("Appointment", [("identifier", token)])
+        # A cancelled one (by $cancel or a lapsed hold) no longer answers for the identifier:
+        # asking again books anew, which is what a client retrying after a lapse wants.
+        found = [
+            a
+            for a in store.search("Appointment", [("identifier", token)])
+            if a.get("status") not in ENDED_STATUSES
+        ]
         if found:
             return BookingResult(200, replay_bundle(store, found[0]), hold_expiry(found[0]))
     return None

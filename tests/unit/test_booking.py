@@ -338,3 +338,13 @@ class TestHoldsAndLifecycle:
         store.before_transaction.append(lambda: confirm(store, held, clock=FakeClock().clock()))
         assert expire_holds(store, NOW + TTL) == 0
         assert store.resources[f"Appointment/{held}"]["status"] == "booked"
+
+
+def test_identifier_of_a_cancelled_booking_books_anew() -> None:
+    store = clinic()
+    proposal = at(store, "09:15") | {"identifier": [{"system": "urn:app", "value": "req-2"}]}
+    held = do_book(store, copy.deepcopy(proposal), hold=True)
+    assert expire_holds(store, NOW + TTL) == 1
+    again = do_book(store, copy.deepcopy(proposal), clock=FakeClock(NOW + TTL))
+    assert again.status == 201
+    assert again.bundle["entry"][0]["resource"]["id"] != held.bundle["entry"][0]["resource"]["id"]
