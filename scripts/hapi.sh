@@ -30,6 +30,8 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SRC_DIR="$ROOT/hapi-server"
+# The forwarding interceptor, compiled into the server from its sources (hapi-server/pom.xml).
+PLUGIN_DIR="$ROOT/plugin/hapi"
 OUT_DIR="$ROOT/build/hapi"
 JAR="$OUT_DIR/hapi-server.jar"
 APP_DIR="$OUT_DIR/app"
@@ -83,8 +85,12 @@ is_our_java() {
 
 jar_up_to_date() {
     [[ -f "$JAR" ]] || return 1
-    # Any file under hapi-server/ (except Maven's target/) newer than the jar means a rebuild.
-    [[ -z "$(find "$SRC_DIR" -path "$SRC_DIR/target" -prune -o -type f -newer "$JAR" -print -quit)" ]]
+    # Any file under hapi-server/ or plugin/hapi/ (except Maven's target/) newer than the jar means a rebuild.
+    local dir
+    for dir in "$SRC_DIR" "$PLUGIN_DIR"; do
+        [[ -d "$dir" ]] || continue
+        [[ -z "$(find "$dir" -path "$dir/target" -prune -o -type f -newer "$JAR" -print -quit)" ]] || return 1
+    done
 }
 
 app_up_to_date() {

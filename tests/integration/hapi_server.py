@@ -19,6 +19,7 @@ import socket
 import subprocess
 import time
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -92,9 +93,10 @@ class HapiServer:
         return f"HapiServer(base_url={self.base_url!r}, pid={self.pid})"
 
 
-def start_hapi(port: int | None = None) -> HapiServer:
+def start_hapi(port: int | None = None, extra_args: Sequence[str] = ()) -> HapiServer:
     """Build (cached) via scripts/hapi.sh build, start the jar on a free port (or the given one),
-    wait for /fhir/metadata, return.
+    wait for /fhir/metadata, return. ``extra_args`` are passed to the server
+    (``--hapi.fanoni_sidecar_url=...``, see ``hapi-server/README.md``).
 
     If ``FANONI_TEST_FHIR_BASE_URL`` is set, nothing is started: the returned server points at that
     URL and its ``stop()`` does nothing.
@@ -113,7 +115,7 @@ def start_hapi(port: int | None = None) -> HapiServer:
     log_file = log_path.open("wb")
     try:
         process = subprocess.Popen(
-            ["bash", str(HAPI_SCRIPT), "run", str(port)],
+            ["bash", str(HAPI_SCRIPT), "run", str(port), *extra_args],
             cwd=REPO_ROOT,
             stdin=subprocess.DEVNULL,
             stdout=log_file,

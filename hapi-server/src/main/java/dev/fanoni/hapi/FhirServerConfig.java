@@ -24,7 +24,9 @@ import ca.uhn.fhir.rest.server.RestfulServer;
 import ca.uhn.fhir.rest.server.interceptor.LoggingInterceptor;
 import ca.uhn.fhir.rest.server.provider.ResourceProviderFactory;
 import ca.uhn.fhir.rest.server.util.ISearchParamRegistry;
+import dev.fanoni.hapi.forwarding.FanoniForwardingInterceptor;
 import jakarta.persistence.EntityManagerFactory;
+import java.time.Duration;
 import java.util.Properties;
 import javax.sql.DataSource;
 import org.apache.commons.dbcp2.BasicDataSource;
@@ -199,7 +201,19 @@ public class FhirServerConfig {
 		access.setErrorMessageFormat("ERROR ${requestVerb} ${requestUrl} ${requestParameters} -> ${exceptionMessage}");
 		access.setLogExceptions(true);
 		server.registerInterceptor(access);
+
+		// Fanoni Scheduling operations ($find, $hold, $book, $confirm, $cancel) forwarded to the sidecar
+		// when hapi.fanoni_sidecar_url (HAPI_FANONI_SIDECAR_URL) is set; not registered otherwise.
+		FanoniForwardingInterceptor.forSidecar(
+						env.getProperty("hapi.fanoni_sidecar_url", ""),
+						seconds(env, "hapi.fanoni_sidecar_connect_timeout_seconds", 5),
+						seconds(env, "hapi.fanoni_sidecar_request_timeout_seconds", 60))
+				.ifPresent(server::registerInterceptor);
 		return server;
+	}
+
+	private static Duration seconds(Environment env, String name, double defaultSeconds) {
+		return Duration.ofMillis(Math.round(env.getProperty(name, Double.class, defaultSeconds) * 1000));
 	}
 
 	@Bean
