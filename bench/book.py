@@ -34,12 +34,9 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import random
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -51,7 +48,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import Any
 from zoneinfo import ZoneInfo
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
@@ -63,11 +60,11 @@ from operations.booking import LOCK_COUNTER_URL, RetryPolicy, lock_id, lock_reso
 from operations.model import SLOT_CAPACITY_URL
 from tests.integration.clinic import load, search
 from tests.integration.hapi_server import HapiServer, start_hapi
+from tests.integration.processes import REPO, SidecarProcess, register
 from tests.unit import builders
 
 Resource = dict[str, Any]
 
-REPO = Path(__file__).resolve().parent.parent
 LOG_DIR = REPO / "build" / "bench"
 ZONE_NAME = "America/New_York"
 ZONE = ZoneInfo(ZONE_NAME)
@@ -84,93 +81,11 @@ CONFLICT_STATUSES = (409, 412)
 # Processes
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def register(fhir_base: str) -> None:
+def register_upstream(fhir_base: str) -> None:
     """``fanoni-scheduling register``: the Slot ``end`` SearchParameter and the OperationDefinitions."""
-    result = subprocess.run(
-        [sys.executable, "-m", "plugin", "register"],
-        check=False,
-        cwd=REPO,
-        env={**os.environ, "FHIR_BASE_URL": fhir_base},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = register(fhir_base)
     if result.returncode != 0:
         raise RuntimeError(f"register failed (exit {result.returncode}): {result.stdout}{result.stderr}")
-
-
-class SidecarProcess:
-    """``python -m plugin serve`` on a free port; ``stop()`` ends it (and only it)."""
-
-    def __init__(self, fhir_base: str, workers: int) -> None:
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}/fhir"
-        LOG_DIR.mkdir(parents=True, exist_ok=True)
-        self.log_path = LOG_DIR / f"sidecar-{self.port}.log"
-        env = {
-            **os.environ,
-            "FHIR_BASE_URL": fhir_base,
-            "HOLD_SWEEP_SECONDS": "0",
-            "SLOT_END_SEARCH": "on",  # `register` installed it
-            "LOG_LEVEL": "DEBUG",  # one JSON line per upstream call, with its duration
-        }
-        command = [
-            sys.executable,
-            "-m",
-            "plugin",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--workers",
-            str(workers),
-            "--no-register",
-        ]
-        self._log: TextIO = self.log_path.open("w")
-        self.process: subprocess.Popen[bytes] | None = subprocess.Popen(
-            command,
-            cwd=REPO,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process is None or self.process.poll() is not None:
-                raise RuntimeError(f"sidecar exited: {self.log_tail()}")
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"http://127.0.0.1:{self.port}/livez", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.2)
-        raise RuntimeError(f"sidecar did not start within {timeout:.0f} s: {self.log_tail()}")
-
-    def log_tail(self, chars: int = 3000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:]
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.terminate()  # gunicorn's master stops its workers
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                # start_new_session: the master leads its own group, which holds its workers
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-        if not self._log.closed:
-            self._log.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -555,10 +470,18 @@ def servers(fhir_base: str | None) -> Iterator[tuple[str, SidecarProcess, float]
             stack.callback(hapi.stop)
             fhir_base = hapi.base_url
         hapi_seconds = time.perf_counter() - began
-        register(fhir_base)
-        sidecar = SidecarProcess(fhir_base, SIDECAR_WORKERS)
+        register_upstream(fhir_base)
+        sidecar = SidecarProcess(
+            fhir_base,
+            workers=SIDECAR_WORKERS,
+            log_path=LOG_DIR / "sidecar.log",
+            env={
+                "HOLD_SWEEP_SECONDS": "0",
+                "SLOT_END_SEARCH": "on",  # `register` installed it
+                "LOG_LEVEL": "DEBUG",  # one JSON line per upstream call, with its duration
+            },
+        )
         stack.callback(sidecar.stop)
-        sidecar.wait_ready()
         yield fhir_base.rstrip("/"), sidecar, hapi_seconds
 
 

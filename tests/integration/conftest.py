@@ -7,86 +7,33 @@ gunicorn with 4 workers, plus a second sidecar process on another port, both aga
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-import requests
 
 from tests.integration.hapi_server import HapiServer, start_hapi
+from tests.integration.processes import REPO, SidecarProcess, free_port, register
 
-REPO = Path(__file__).resolve().parents[2]
+__all__ = ["REPO", "Sidecar", "free_port"]
 HOLD_TTL_SECONDS = 4
 HOLD_SWEEP_SECONDS = 2
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Sidecar:
-    """A running ``fanoni-scheduling serve`` process."""
+class Sidecar(SidecarProcess):
+    """The sidecar as the suite runs it: short holds and a quick sweeper, so expiry is testable."""
 
     def __init__(self, fhir_base_url: str, workers: int, log_name: str) -> None:
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}/fhir"
-        log_dir = REPO / "build" / "test-logs"
-        log_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = log_dir / f"{log_name}.log"
-        env = {
-            **os.environ,
-            "FHIR_BASE_URL": fhir_base_url,
-            "HOLD_TTL_SECONDS": str(HOLD_TTL_SECONDS),
-            "HOLD_SWEEP_SECONDS": str(HOLD_SWEEP_SECONDS),
-            "SLOT_END_SEARCH": "on",
-            "LOG_LEVEL": "INFO",
-        }
-        command = [
-            sys.executable,
-            "-m",
-            "plugin",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--workers",
-            str(workers),
-            "--no-register",
-        ]
-        self._log = self.log_path.open("w")
-        self.process = subprocess.Popen(
-            command, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        super().__init__(
+            fhir_base_url,
+            workers=workers,
+            log_path=REPO / "build" / "test-logs" / f"{log_name}.log",
+            env={
+                "HOLD_TTL_SECONDS": str(HOLD_TTL_SECONDS),
+                "HOLD_SWEEP_SECONDS": str(HOLD_SWEEP_SECONDS),
+                "SLOT_END_SEARCH": "on",
+                "LOG_LEVEL": "INFO",
+            },
         )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"sidecar exited: {self.log_path.read_text()[-3000:]}")
-            try:
-                if requests.get(f"http://127.0.0.1:{self.port}/livez", timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"sidecar did not start: {self.log_path.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
 
 
 @pytest.fixture(scope="session")
@@ -101,16 +48,7 @@ def hapi() -> Iterator[HapiServer]:
 @pytest.fixture(scope="session")
 def registered(hapi: HapiServer) -> str:
     """Run ``fanoni-scheduling register`` against HAPI once (the Slot ``end`` SearchParameter)."""
-    env = {**os.environ, "FHIR_BASE_URL": hapi.base_url}
-    result = subprocess.run(
-        [sys.executable, "-m", "plugin", "register"],
-        check=False,
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = register(hapi.base_url)
     assert result.returncode == 0, result.stdout + result.stderr
     return hapi.base_url
 
