@@ -20,7 +20,7 @@ from typing import Any
 
 from operations.availability import schedule_windows
 from operations.errors import ConcurrentChange, Conflict, InvalidRequest, Unprocessable
-from operations.fhir_values import format_instant, parse_instant, reference_id
+from operations.fhir_values import dig, format_instant, parse_instant, reference_id
 from operations.find import Leg, load_legs, slot_search_span, slots_of, widened
 from operations.model import (
     FANONI_EXTENSION_BASE,
@@ -82,6 +82,11 @@ class BookingRequest:
 
     @classmethod
     def from_appointment(cls, appointment: Resource, root: str) -> BookingRequest:
+        for field in ("serviceType", "contained", "participant", "identifier", "extension", "slot"):
+            if field in appointment and not isinstance(appointment[field], list):
+                raise InvalidRequest(
+                    f"Appointment.{field} must be a list", code="structure", expression=f"{root}.{field}"
+                )
         if appointment.get("status") not in (None, "proposed"):
             raise InvalidRequest(
                 f"The appointment must be a proposal (status 'proposed'), not {appointment.get('status')!r}",
@@ -248,7 +253,7 @@ def _appointment_from_body(body: Any) -> tuple[Resource, str]:
 
 def _contained_slot(resource: Resource, path: str) -> tuple[str, Interval]:
     try:
-        schedule_id = reference_id((resource.get("schedule") or {}).get("reference"), "Schedule")
+        schedule_id = reference_id(dig(resource, "schedule", "reference"), "Schedule")
     except ValueError as exc:
         raise InvalidRequest(str(exc), code="value", expression=f"{path}.schedule") from None
     times = []
@@ -470,7 +475,7 @@ def booking_bundle(
         }
     )
     participants = list(appointment.get("participant") or [])
-    present = {((p.get("actor") or {}).get("reference")) for p in participants if isinstance(p, dict)}
+    present = {dig(p, "actor", "reference") for p in participants}
     for leg in legs:
         if leg.schedule.actor.reference not in present:
             participants.append(
@@ -517,7 +522,7 @@ def slot_ids(appointment: Resource) -> list[str]:
     ids = []
     for ref in appointment.get("slot") or []:
         try:
-            ids.append(reference_id((ref or {}).get("reference"), "Slot"))
+            ids.append(reference_id(dig(ref, "reference"), "Slot"))
         except ValueError:
             continue
     return ids

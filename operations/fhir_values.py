@@ -24,6 +24,21 @@ DURATION_UNITS: dict[str, timedelta] = {
 }
 
 
+def dig(value: Any, *keys: str) -> Any:
+    """``value[k1][k2]...`` through dicts only; ``None`` as soon as a level is missing or is not
+    an object. Caller-supplied JSON can have any shape; this keeps lookups from raising."""
+    for key in keys:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
+
+
+def as_list(value: Any) -> list[Any]:
+    """A JSON array as a list; anything else (absent, an object, a scalar) as an empty list."""
+    return value if isinstance(value, list) else []
+
+
 def parse_instant(text: Any) -> datetime:
     """A FHIR dateTime/instant *with* a time and an offset, as an aware UTC datetime.
 

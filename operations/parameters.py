@@ -13,6 +13,8 @@ from zoneinfo import ZoneInfo
 
 from operations.errors import InvalidConfiguration
 from operations.fhir_values import (
+    as_list,
+    dig,
     parse_duration,
     parse_instant,
     parse_positive_int,
@@ -105,11 +107,9 @@ def service_references(concepts: Iterable[Any]) -> list[str]:
     """The ``reference`` strings of service-type-reference extensions on CodeableConcepts."""
     refs: list[str] = []
     for concept in concepts:
-        if not isinstance(concept, dict):
-            continue
-        for ext in concept.get("extension", []) or []:
-            if isinstance(ext, dict) and ext.get("url") == SERVICE_TYPE_REFERENCE_URL:
-                ref = (ext.get("valueReference") or {}).get("reference")
+        for ext in as_list(dig(concept, "extension")):
+            if dig(ext, "url") == SERVICE_TYPE_REFERENCE_URL:
+                ref = dig(ext, "valueReference", "reference")
                 if isinstance(ref, str):
                     refs.append(ref)
     return refs
@@ -232,7 +232,7 @@ def parse_parameter_block(
         if url == "service":
             if not on_schedule:
                 raise _config_error(what, path, "'service' is not allowed on a HealthcareService")
-            ref = (sub.get("valueReference") or {}).get("reference")
+            ref = dig(sub, "valueReference", "reference")
             values["service_id"] = _parse(what, path, reference_id, ref, "HealthcareService")
         elif url in _DURATION_FIELDS:
             name = _DURATION_FIELDS[url]
