@@ -17,6 +17,7 @@ from flask import Blueprint, Response, g, request
 
 from operations import booking, find, lifecycle
 from operations.errors import InvalidRequest, NotFound
+from operations.fhir_values import as_list
 from plugin import version
 from plugin.context import request_store, sidecar
 from plugin.fhir_http import check_format, fhir_response, json_body, operation_outcome, operation_parameters
@@ -134,7 +135,7 @@ def _cancelation_reason(body: object) -> dict[str, Any] | None:
     if body is not None:
         if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
             raise InvalidRequest("the request body must be a Parameters resource", code="structure")
-        for item in body.get("parameter") or []:
+        for item in as_list(body.get("parameter")):
             if isinstance(item, dict) and item.get("name") == "cancelationReason":
                 value = item.get("valueCodeableConcept", item.get("valueString", item.get("valueCode")))
                 pairs.append(("cancelationReason", value))

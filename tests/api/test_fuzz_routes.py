@@ -9,7 +9,7 @@ from typing import Any
 
 import responses
 from flask.testing import FlaskClient
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from plugin.app import create_app
@@ -68,7 +68,7 @@ def serve_clinic(mock: responses.RequestsMock) -> None:
         json={"resourceType": "OperationOutcome"},
     )
     for kind in ("Slot", "Basic", "Appointment"):
-        mock.get(re.compile(rf"{re.escape(BASE)}/{kind}\b.*"), json=bundle([]))
+        mock.get(re.compile(rf"{re.escape(BASE)}/{kind}(\?.*)?$"), json=bundle([]))  # searches, not reads
     mock.post(BASE, status=409, json={"resourceType": "OperationOutcome", "issue": []})
 
 
@@ -200,3 +200,28 @@ def test_book_never_500_on_damaged_proposals(edits: list[tuple[tuple[Any, ...], 
             },
         )
         assert_fhir_below_500(response)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=json_values, operation=st.sampled_from(["$cancel", "$confirm"]), reason=st.text(max_size=20))
+@example(body={"resourceType": "Parameters", "parameter": 5}, operation="$cancel", reason="")
+@example(
+    body={"resourceType": "Parameters", "parameter": [{"name": "cancelationReason"}]},
+    operation="$cancel",
+    reason="",
+)
+def test_cancel_and_confirm_never_500(body: object, operation: str, reason: str) -> None:
+    booked = {"resourceType": "Appointment", "id": "a1", "status": "booked", "meta": {"versionId": "1"}}
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.get(f"{BASE}/Appointment/a1", json=booked)  # before the clinic's catch-all searches
+        serve_clinic(mock)
+        http = client()
+        response = http.post(
+            f"/fhir/Appointment/a1/{operation}", json=body, query_string={"cancelationReason": reason}
+        )
+        assert_fhir_below_500(response)
+        wrapped = {
+            "resourceType": "Parameters",
+            "parameter": [{"name": "cancelationReason", "valueString": body}],
+        }
+        assert_fhir_below_500(http.post(f"/fhir/Appointment/a1/{operation}", json=wrapped))
