@@ -28,7 +28,6 @@ from operations.model import (
     SLOT_CAPACITY_URL,
     Interval,
     Service,
-    SlotOverlay,
     SlotStatus,
 )
 from operations.parameters import parse_slot, service_references
@@ -629,7 +628,6 @@ __all__ = [
     "BookingResult",
     "Clock",
     "RetryPolicy",
-    "SlotOverlay",
     "book",
     "hold_expiry",
     "replay_bundle",

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 from operations.alignment import Grid, aligned_starts
 from operations.availability import joint_windows, schedule_windows
 from operations.errors import InvalidRequest, NotFound, SchedulingError, Unprocessable
-from operations.fhir_values import format_instant, parse_instant, reference_id
+from operations.fhir_values import parse_instant, reference_id
 from operations.model import Interval, ResolvedParameters, Schedule, Service, SlotOverlay
 from operations.parameters import parse_schedule, parse_service, parse_slot, resolve_parameters
 from operations.rendering import Renderer, outcome_entry, searchset
@@ -366,6 +366,5 @@ __all__ = [
     "find_appointments",
     "find_availability",
     "find_slots",
-    "format_instant",
     "load_legs",
 ]

@@ -7,8 +7,8 @@ only while weekly windows and the alignment grid are expanded (``availability.py
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, time, timedelta
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
@@ -38,13 +38,6 @@ class Interval(NamedTuple):
         return self.end - self.start
 
 
-def utc(value: datetime) -> datetime:
-    """The same instant, expressed in UTC (the engine's one representation)."""
-    if value.tzinfo is None:
-        raise ValueError("naive datetime given where an instant is required")
-    return value.astimezone(UTC)
-
-
 @dataclass(frozen=True)
 class WeeklyWindow:
     """One recurring window: on each listed weekday, from ``start`` local time for ``length``.
@@ -62,8 +55,7 @@ class WeeklyWindow:
 class ParameterBlock:
     """One SchedulingParameters extension as written: ``None`` means "not set here".
 
-    ``expression`` is the FHIRPath of the extension, used when an error must point at it;
-    ``field_expressions`` maps each set field to the path of its sub-extension.
+    ``expression`` is the FHIRPath of the extension, used when an error must point at it.
     """
 
     expression: str
@@ -78,7 +70,6 @@ class ParameterBlock:
     slot_capacity: int | None = None
     availability: tuple[WeeklyWindow, ...] | None = None
     not_available: tuple[Interval, ...] | None = None
-    field_expressions: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -59,12 +59,6 @@ _DURATION_FIELDS = {
     "alignmentInterval": "alignment_interval",
     "alignmentOffset": "alignment_offset",
 }
-_FIELD_NAMES = {
-    **_DURATION_FIELDS,
-    "service": "service_id",
-    "alignmentTimezone": "alignment_timezone",
-    "slotCapacity": "slot_capacity",
-}
 
 
 def _config_error(what: str, expression: str, reason: str) -> InvalidConfiguration:
@@ -217,7 +211,6 @@ def parse_parameter_block(
 ) -> ParameterBlock:
     """One SchedulingParameters extension (on a Schedule or a HealthcareService)."""
     values: dict[str, Any] = {}
-    paths: dict[str, str] = {}
     seen: dict[str, str] = {}
     for index, sub in enumerate(extension.get("extension", []) or []):
         path = f"{expression}.extension[{index}]"
@@ -271,10 +264,9 @@ def parse_parameter_block(
             )
         else:
             continue  # unknown sub-extensions are ignored, as FHIR allows for extensions
-        paths[_FIELD_NAMES.get(str(url), str(url))] = path
     if on_schedule and "service_id" not in values:
         raise _config_error(what, expression, "a SchedulingParameters block on a Schedule needs 'service'")
-    return ParameterBlock(expression=expression, field_expressions=paths, **values)
+    return ParameterBlock(expression=expression, **values)
 
 
 def _scheduling_blocks(

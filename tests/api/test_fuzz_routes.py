@@ -188,7 +188,7 @@ def test_book_never_500_on_damaged_proposals(edits: list[tuple[tuple[Any, ...], 
         target: Any = appointment
         for key in parents:
             target = reach(target, key)
-        if reach(target, last) is not None or isinstance(target, dict):
+        if reach(target, last) is not None or (isinstance(target, dict) and isinstance(last, str)):
             target[last] = value  # an existing member, or a new one on an object
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         serve_clinic(mock)
