@@ -69,6 +69,8 @@ class BookingRequest:
     schedule_ids: tuple[str, ...]
     buffers: dict[str, tuple[timedelta, timedelta]]
     """Per schedule id: the buffer lengths the proposal carries (before, after)."""
+    visit_paths: dict[str, str]
+    """Per schedule id: the FHIRPath of its busy Slot in the proposal, for errors."""
     identifiers: tuple[tuple[str | None, str], ...]
     root: str
 
@@ -207,6 +209,7 @@ class BookingRequest:
             service_id=service_id,
             visit=first_interval,
             schedule_ids=tuple(visits),
+            visit_paths={sid: path for sid, (_, path) in visits.items()},
             buffers={sid: (b[0], b[1]) for sid, b in buffers.items()},
             identifiers=tuple(identifiers),
             root=root,
@@ -602,8 +605,13 @@ def book(
     policy: RetryPolicy | None = None,
 ) -> BookingResult:
     """``$book`` (``hold=False``) or ``$hold``: 201 with the transaction-response, or a replay."""
-    service, legs = load_legs(store, request.schedule_ids, request.service_id)
-    legs = [Leg(leg.schedule, leg.params, f"{request.root}.contained") for leg in legs]
+    service, legs = load_legs(
+        store,
+        request.schedule_ids,
+        request.service_id,
+        expressions=[request.visit_paths[s] for s in request.schedule_ids],
+        service_expression=f"{request.root}.serviceType",
+    )
     check_against_parameters(request, legs)
 
     def attempt() -> BookingResult:

@@ -189,16 +189,20 @@ def load_legs(
     service_id: str | None,
     *,
     schedule_in_url: bool = False,
+    expressions: Sequence[str] | None = None,
+    service_expression: str = "Parameters.service-type-reference",
 ) -> tuple[Service, list[Leg]]:
     """Read and check the Schedules and the service; resolve each Schedule's parameters.
 
     Shared by ``$find`` and the booking operations: the same rules, the same errors.
+    ``expressions`` says where each schedule was named (default ``Parameters.schedule[i]``),
+    ``service_expression`` where the service was, so errors point at the caller's input.
     """
     schedules, actors = store.read_schedules(schedule_ids)
     by_id = {str(s.get("id")): s for s in schedules}
     parsed: list[tuple[Schedule, str]] = []
     for index, schedule_id in enumerate(schedule_ids):
-        expression = f"Parameters.schedule[{index}]"
+        expression = expressions[index] if expressions else f"Parameters.schedule[{index}]"
         resource = by_id.get(schedule_id)
         if resource is None:
             if schedule_in_url:
@@ -215,7 +219,7 @@ def load_legs(
                 f"Schedule/{parsed[0][0].id} offers {len(offered)} services: "
                 "service-type-reference is required",
                 code="required",
-                expression="Parameters.service-type-reference",
+                expression=service_expression,
             )
         service_id = offered[0]
 
@@ -224,13 +228,13 @@ def load_legs(
         raise Unprocessable(
             f"HealthcareService/{service_id} does not exist",
             code="not-found",
-            expression="Parameters.service-type-reference",
+            expression=service_expression,
         )
     service = parse_service(service_resource)
     if not service.active:
         raise Unprocessable(
             f"HealthcareService/{service_id} is not active",
-            expression="Parameters.service-type-reference",
+            expression=service_expression,
         )
     legs = []
     for schedule, expression in parsed:

@@ -348,3 +348,15 @@ def test_identifier_of_a_cancelled_booking_books_anew() -> None:
     again = do_book(store, copy.deepcopy(proposal), clock=FakeClock(NOW + TTL))
     assert again.status == 201
     assert again.bundle["entry"][0]["resource"]["id"] != held.bundle["entry"][0]["resource"]["id"]
+
+
+def test_errors_about_schedules_point_at_their_busy_slot() -> None:
+    store = clinic()
+    store.add(schedule("bob", "Practitioner/alice", []))  # offers nothing
+    proposal = copy.deepcopy(at(store, "09:15"))
+    for slot in proposal["contained"]:
+        slot["schedule"] = {"reference": "Schedule/bob"}
+    with pytest.raises(Unprocessable) as caught:
+        do_book(store, proposal)
+    assert caught.value.expression == ["Parameters.appointment.contained[1]"]
+    assert "does not offer" in caught.value.diagnostics
