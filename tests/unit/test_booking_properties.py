@@ -1,6 +1,6 @@
 """Property: whatever sequence of $find, $book, $hold, $confirm, $cancel, clock moves and hold
-sweeps happens on one schedule, no two live bookings overlap, every 409 is a real conflict, and
-no Slot outlives its Appointment except a lapsed hold not yet swept.
+sweeps happens on one schedule, no instant ever holds more live bookings than the capacity (one,
+or a group visit's 2 or 3), every 409 is a real conflict, and no Slot outlives its Appointment.
 
 Runs against the versioned fake store; an independent check recomputes overlaps from what the
 store holds, not from the engine."""
@@ -8,7 +8,6 @@ store holds, not from the engine."""
 from __future__ import annotations
 
 import copy
-import itertools
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -37,7 +36,7 @@ action = st.one_of(
 
 
 class World:
-    def __init__(self, before: int, after: int) -> None:
+    def __init__(self, before: int, after: int, capacity: int = 1) -> None:
         self.now = START
         self.store = FakeFhirStore(
             practitioner("alice", "America/New_York"),
@@ -46,11 +45,13 @@ class World:
                 duration=30,
                 bufferBefore=before,
                 bufferAfter=after,
+                slotCapacity=capacity,
                 alignmentInterval=15,
             ),
             schedule("alice", "Practitioner/alice", ["checkup"]),
         )
         self.buffers = (timedelta(minutes=before), timedelta(minutes=after))
+        self.capacity = capacity
 
     def clock(self) -> Clock:
         return Clock(now=lambda: self.now, monotonic=lambda: 0.0, sleep=lambda _: None)
@@ -100,6 +101,13 @@ class World:
         )
 
 
+def peak(footprints: list[tuple[datetime, datetime, str]], span: tuple[datetime, datetime]) -> int:
+    """The most footprints that cover one instant of ``span`` (0 when none touches it)."""
+    inside = [(max(s, span[0]), min(e, span[1])) for s, e, _ in footprints if s < span[1] and span[0] < e]
+    points = sorted({t for s, e in inside for t in (s, e)})
+    return max((sum(1 for s, e in inside if s <= t < e) for t in points), default=0)
+
+
 def shifted(proposal: dict[str, Any], minutes: int) -> dict[str, Any]:
     """The proposal moved by some minutes: staff may place visits off the grid."""
     moved = copy.deepcopy(proposal)
@@ -112,19 +120,20 @@ def shifted(proposal: dict[str, Any], minutes: int) -> dict[str, Any]:
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     buffers=st.tuples(st.sampled_from([0, 5, 10]), st.sampled_from([0, 5, 15])),
+    capacity=st.sampled_from([1, 1, 2, 3]),
     actions=st.lists(action, min_size=1, max_size=25),
 )
 def test_no_sequence_of_operations_double_books(
-    buffers: tuple[int, int], actions: list[tuple[str, int, int]]
+    buffers: tuple[int, int], capacity: int, actions: list[tuple[str, int, int]]
 ) -> None:
-    world = World(*buffers)
+    world = World(*buffers, capacity=capacity)
     reference = world.proposals()  # the day's grid before anything is booked
     for kind, index, minutes in actions:
         if kind in ("book", "hold"):
             proposal = shifted(reference[index % len(reference)], minutes)
             start = parse_instant(proposal["start"])
             footprint = (start - world.buffers[0], parse_instant(proposal["end"]) + world.buffers[1])
-            taken = [f for f in world.live_footprints() if f[0] < footprint[1] and footprint[0] < f[1]]
+            already = peak(world.live_footprints(), footprint)
             try:
                 book(
                     world.store,
@@ -135,12 +144,12 @@ def test_no_sequence_of_operations_double_books(
                 )
             except Conflict:
                 event("409")
-                assert taken, "a 409 must mean the time really is taken"
+                assert already >= world.capacity, "a 409 must mean the time really is full"
             except Unprocessable:
                 event("422")  # outside the hours once shifted: a fair refusal
             else:
                 event("201")
-                assert not taken, f"booked over {taken}"
+                assert already < world.capacity, f"booked into a full time ({already} of {world.capacity})"
         elif kind in ("cancel", "confirm"):
             appointments = world.appointments()
             if not appointments:
@@ -158,9 +167,10 @@ def test_no_sequence_of_operations_double_books(
         else:
             expire_holds(world.store, world.now)
 
-        live = sorted(world.live_footprints())
-        for (_, a_end, a_id), (b_start, _, b_id) in itertools.pairwise(live):
-            assert a_end <= b_start, f"{a_id} and {b_id} overlap"
+        live = world.live_footprints()
+        if live:
+            whole = (min(f[0] for f in live), max(f[1] for f in live))
+            assert peak(live, whole) <= world.capacity, "more bookings at once than the capacity"
         referenced = {
             ref["reference"].split("/")[1]
             for appointment in world.appointments()
@@ -174,4 +184,4 @@ def test_no_sequence_of_operations_double_books(
         for proposal in world.proposals():
             start = parse_instant(proposal["start"])
             span = (start - world.buffers[0], parse_instant(proposal["end"]) + world.buffers[1])
-            assert not [f for f in world.live_footprints() if f[0] < span[1] and span[0] < f[1]]
+            assert peak(world.live_footprints(), span) < world.capacity, "a full time was proposed"
