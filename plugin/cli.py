@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,7 +18,7 @@ from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
 from plugin.app import create_app
 from plugin.config import ConfigError, Settings
 from plugin.logs import configure_logging
-from plugin.registration import register
+from plugin.registration import keep_registering, register
 
 DEFAULT_HOST = "0.0.0.0"  # a sidecar listens for its neighbours, not only for localhost
 DEFAULT_PORT = 8090
@@ -113,8 +114,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(report.summary())
         return 0 if report.ok else 1
 
-    if not args.no_register:
-        register(settings)  # logged; a refusal must not keep the sidecar from serving
+    if not args.no_register and not register(settings).ok:
+        # Logged; a refusal must not keep the sidecar from serving. The upstream is often just
+        # not up yet: keep trying in the background (a daemon thread of the gunicorn master).
+        threading.Thread(
+            target=keep_registering, args=(settings,), name="fanoni-register", daemon=True
+        ).start()
     if args.dev:
         create_app(settings).run(host=args.host, port=args.port, threaded=True)
     else:

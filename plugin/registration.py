@@ -9,7 +9,9 @@ SearchParameter the sidecar still works, through the start look-back (``SLOT_LOO
 from __future__ import annotations
 
 import logging
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from operations.errors import ConcurrentChange
@@ -68,6 +70,31 @@ def register(settings: Settings, *, client: UpstreamClient | None = None) -> Reg
         _reindex_slots(store, report)
     log = logger.info if report.ok else logger.warning
     log("registration on the upstream: %s", report.summary())
+    return report
+
+
+def keep_registering(
+    settings: Settings,
+    *,
+    attempts: int = 40,
+    interval_seconds: float = 15.0,
+    register_once: Callable[[Settings], RegistrationReport] = register,
+    sleep: Callable[[float], None] = time.sleep,
+) -> RegistrationReport:
+    """Retry registration until it succeeds or ``attempts`` run out (10 minutes by default).
+
+    ``serve`` runs this in the background when registration at start failed: a sidecar often
+    starts before its FHIR server is up, and without the Slot ``end`` SearchParameter the
+    look-back query misses blocks longer than ``SLOT_LOOKBACK_DAYS``.
+    """
+    report = register_once(settings)
+    for _ in range(attempts - 1):
+        if report.ok:
+            break
+        sleep(interval_seconds)
+        report = register_once(settings)
+    if not report.ok:
+        logger.error("registration on the upstream gave up after %d attempts: %s", attempts, report.summary())
     return report
 
 

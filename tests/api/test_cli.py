@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
@@ -43,12 +44,15 @@ def test_serve_options(upstream: responses.RequestsMock, started: list[dict[str,
 
 
 def test_serve_registers_first_and_survives_a_refusal(
-    upstream: responses.RequestsMock, started: list[dict[str, Any]]
+    upstream: responses.RequestsMock, started: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    retried = threading.Event()
+    monkeypatch.setattr(cli, "keep_registering", lambda settings: retried.set())
     upstream.get(f"{BASE}/SearchParameter/fanoni-slot-end", status=403, json=outcome("no"))
     assert cli.main(["serve"]) == 0
     assert len(started) == 1
     assert upstream.calls[0].request.headers["Authorization"] == "Bearer admin-token"
+    assert retried.wait(5), "a failed registration goes on in the background"
 
 
 def test_gunicorn_loads_the_app_factory(settings: Settings) -> None:

@@ -132,3 +132,40 @@ def test_summary_names_what_was_done(
 ) -> None:
     mock_fresh_upstream(upstream)
     assert reference in register(settings).summary()
+
+
+def test_registration_is_retried_until_the_upstream_takes_it() -> None:
+    from plugin.config import Settings
+    from plugin.registration import RegistrationReport, keep_registering
+
+    answers = [
+        RegistrationReport(failed=["SearchParameter/fanoni-slot-end: unreachable"]),
+        RegistrationReport(failed=["SearchParameter/fanoni-slot-end: unreachable"]),
+        RegistrationReport(installed=["SearchParameter/fanoni-slot-end"]),
+    ]
+    calls: list[Settings] = []
+    slept: list[float] = []
+
+    def once(settings: Settings) -> RegistrationReport:
+        calls.append(settings)
+        return answers[len(calls) - 1]
+
+    report = keep_registering(
+        Settings(fhir_base_url=BASE), attempts=5, interval_seconds=7, register_once=once, sleep=slept.append
+    )
+    assert report.ok
+    assert len(calls) == 3
+    assert slept == [7, 7]
+
+
+def test_registration_retries_give_up() -> None:
+    from plugin.config import Settings
+    from plugin.registration import RegistrationReport, keep_registering
+
+    failing = RegistrationReport(failed=["SearchParameter/fanoni-slot-end: refused"])
+    slept: list[float] = []
+    report = keep_registering(
+        Settings(fhir_base_url=BASE), attempts=3, register_once=lambda _: failing, sleep=slept.append
+    )
+    assert not report.ok
+    assert len(slept) == 2
