@@ -81,18 +81,20 @@ def keep_registering(
     register_once: Callable[[Settings], RegistrationReport] = register,
     sleep: Callable[[float], None] = time.sleep,
 ) -> RegistrationReport:
-    """Retry registration until it succeeds or ``attempts`` run out (10 minutes by default).
+    """Retry a failed registration until it succeeds or ``attempts`` run out (10 minutes).
 
     ``serve`` runs this in the background when registration at start failed: a sidecar often
     starts before its FHIR server is up, and without the Slot ``end`` SearchParameter the
     look-back query misses blocks longer than ``SLOT_LOOKBACK_DAYS``.
     """
-    report = register_once(settings)
-    for _ in range(attempts - 1):
-        if report.ok:
-            break
+    # The first attempt waits too: the caller has just failed one, and gunicorn forks its
+    # workers right after start; no upstream call should be under way while it does.
+    report = RegistrationReport()
+    for _ in range(attempts):
         sleep(interval_seconds)
         report = register_once(settings)
+        if report.ok:
+            break
     if not report.ok:
         logger.error("registration on the upstream gave up after %d attempts: %s", attempts, report.summary())
     return report

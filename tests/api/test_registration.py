@@ -155,7 +155,7 @@ def test_registration_is_retried_until_the_upstream_takes_it() -> None:
     )
     assert report.ok
     assert len(calls) == 3
-    assert slept == [7, 7]
+    assert slept == [7, 7, 7]  # each attempt waits first: the caller has just failed one
 
 
 def test_registration_retries_give_up() -> None:
@@ -168,4 +168,4 @@ def test_registration_retries_give_up() -> None:
         Settings(fhir_base_url=BASE), attempts=3, register_once=lambda _: failing, sleep=slept.append
     )
     assert not report.ok
-    assert len(slept) == 2
+    assert len(slept) == 3
