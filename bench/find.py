@@ -31,19 +31,16 @@ from zoneinfo import ZoneInfo
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from operations.alignment import aligned_starts
-from operations.availability import joint_windows, schedule_windows
 from operations.find import (
     FindRequest,
-    agreed_grid,
+    compute,
+    decode_slots,
     find_appointments,
     find_availability,
     load_legs,
     slot_search_span,
-    widened,
 )
 from operations.model import Interval
-from operations.parameters import parse_slot
 
 Resource = dict[str, Any]
 
@@ -209,24 +206,15 @@ def engine_inputs(store: MemoryStore) -> list[tuple[Any, ...]]:
         service, legs = load_legs(store, req.schedule_ids, req.service_id)
         window = Interval(req.start, req.end)
         span = slot_search_span(window, legs)
-        overlays = [parse_slot(r) for r in store.search_slots(req.schedule_ids, span.start, span.end)]
-        inputs.append((service, legs, [o for o in overlays if o is not None], window, req.now, req.count))
+        overlays = decode_slots(store.search_slots(req.schedule_ids, span.start, span.end))
+        inputs.append((service, legs, overlays, window, req.now, req.count))
     return inputs
 
 
 def engine_core(inputs: list[tuple[Any, ...]]) -> list[int]:
-    """Free time and the grid from decoded inputs: windows, overlays, buffers, alignment."""
-    counts = []
-    for service, legs, overlays, window, now, count in inputs:
-        duration, grid = agreed_grid(legs)
-        per_schedule = [
-            schedule_windows(leg.schedule, service, leg.params, overlays, widened(window, leg.params), now)
-            for leg in legs
-        ]
-        counts.append(
-            len(aligned_starts(joint_windows(per_schedule, duration), duration, grid, window, now, count))
-        )
-    return counts
+    """Free time and the grid from decoded inputs (``compute``): windows, overlays, buffers,
+    alignment."""
+    return [len(compute(*arguments).starts) for arguments in inputs]
 
 
 def joint_find(store: MemoryStore) -> int:

@@ -21,7 +21,7 @@ from typing import Any
 from operations.availability import schedule_windows
 from operations.errors import ConcurrentChange, Conflict, InvalidRequest, Unprocessable
 from operations.fhir_values import dig, format_instant, parse_instant, reference_id
-from operations.find import Leg, load_legs, slot_search_span, slots_of, widened
+from operations.find import Leg, decode_slots, load_legs, slot_search_span, widened
 from operations.model import (
     FANONI_EXTENSION_BASE,
     HOLD_EXPIRES_URL,
@@ -30,7 +30,7 @@ from operations.model import (
     Service,
     SlotStatus,
 )
-from operations.parameters import parse_slot, service_references
+from operations.parameters import service_references
 from operations.rendering import BUFFER_COMMENTS, VISIT, footprint
 from operations.store import FhirStore, Resource
 
@@ -305,19 +305,18 @@ def decide(
     422 when it lies outside availability or in the past, 409 when it is taken."""
     if visit.start < now:
         raise Unprocessable("The visit starts in the past", expression=f"{root}.start")
-    slots = [s for s in (parse_slot(r) for r in slot_resources) if s is not None]
+    slots = decode_slots(slot_resources)
+    free_only = [s for s in slots if s.status == SlotStatus.FREE]
     for leg in legs:
         if not leg.schedule.active:
             raise Unprocessable(f"Schedule/{leg.schedule.id} is not active", expression=leg.expression)
         span = widened(visit, leg.params)
-        own = slots_of(slots, leg.schedule.id)
-        free_only = [s for s in own if s.status == SlotStatus.FREE]
         if not _fits(schedule_windows(leg.schedule, service, leg.params, free_only, span, now), visit):
             raise Unprocessable(
                 f"The time (with its buffers) lies outside the availability of Schedule/{leg.schedule.id}",
                 expression=f"{root}.start",
             )
-        if not _fits(schedule_windows(leg.schedule, service, leg.params, own, span, now), visit):
+        if not _fits(schedule_windows(leg.schedule, service, leg.params, slots, span, now), visit):
             raise Conflict(
                 f"The time (or its buffers) is already booked or held on Schedule/{leg.schedule.id}",
                 expression=f"{root}.start",

@@ -283,17 +283,21 @@ def _minutes(value: timedelta) -> str:
     return f"{value.total_seconds() / 60:g} min"
 
 
+def decode_slots(slot_resources: Sequence[dict[str, Any]]) -> list[SlotOverlay]:
+    """Stored Slots as overlays, dropping those that cannot matter."""
+    return [s for s in (parse_slot(r) for r in slot_resources) if s is not None]
+
+
 def compute(
     service: Service,
     legs: Sequence[Leg],
-    slot_resources: Sequence[dict[str, Any]],
+    slots: Sequence[SlotOverlay],
     request: Interval,
     now: datetime,
     count: int,
 ) -> Availability:
     """The pure heart of ``$find``: free time of every leg, intersected, on the grid."""
     duration, grid = agreed_grid(legs)
-    slots = [s for s in (parse_slot(r) for r in slot_resources) if s is not None]
     notices: list[tuple[str, str]] = []
     per_schedule = []
     for leg in legs:
@@ -310,9 +314,7 @@ def compute(
                 )
             )
         span = widened(request, leg.params)
-        per_schedule.append(
-            schedule_windows(schedule, service, leg.params, slots_of(slots, schedule.id), span, now)
-        )
+        per_schedule.append(schedule_windows(schedule, service, leg.params, slots, span, now))
     windows = joint_windows(per_schedule, duration)
     starts = aligned_starts(windows, duration, grid, request, now, count)
     # Times are written in the first Schedule's zone: what its staff read on the wall clock.
@@ -322,10 +324,6 @@ def compute(
 def widened(request: Interval, params: ResolvedParameters) -> Interval:
     """The span whose availability matters: the request plus room for the buffers."""
     return Interval(request.start - params.buffer_before, request.end + params.buffer_after)
-
-
-def slots_of(slots: Sequence[SlotOverlay], schedule_id: str) -> list[SlotOverlay]:
-    return [s for s in slots if s.schedule_id == schedule_id]
 
 
 def slot_search_span(request: Interval, legs: Sequence[Leg]) -> Interval:
@@ -342,7 +340,7 @@ def find_availability(store: SchedulingStore, request: FindRequest) -> Availabil
     window = Interval(request.start, request.end)
     span = slot_search_span(window, legs)
     slot_resources = store.search_slots([leg.schedule.id for leg in legs], span.start, span.end)
-    return compute(service, legs, slot_resources, window, request.now, request.count)
+    return compute(service, legs, decode_slots(slot_resources), window, request.now, request.count)
 
 
 def find_appointments(store: SchedulingStore, request: FindRequest) -> dict[str, Any]:
