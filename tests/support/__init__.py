@@ -1,0 +1,1 @@
+"""Helpers shared by test packages: small real servers and key material, no mocks."""
