@@ -2,9 +2,15 @@
 
 Race freedom (docs/consistency.md): each booking transaction carries a version-checked
 (``ifMatch``) update of a per-Schedule lock resource for every Schedule it touches, read
-*before* the Slot search that decided the write. Two bookings that both saw a time as free
-both hold the same lock version; the upstream lets only one of them commit. The other gets
-409/412, re-reads and decides again, until a deadline.
+*before* the identifier look-up and the Slot search that decided the write. Two bookings that
+both saw a time as free both hold the same lock version; the upstream lets only one of them
+commit. The other gets 409/412, re-reads and decides again, until a deadline.
+
+Every booking carries a sidecar-generated *booking request* identifier on its Appointment and
+Slots. When the answer to the transaction is lost (timeout, connection cut), the sidecar fences
+the lock version the transaction was checked against and looks the identifier up: the
+transaction then either has landed (201, as if nothing happened) or never will (the caller is
+told nothing was stored). See docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -12,16 +18,24 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import random
+import re
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from operations.availability import schedule_windows
-from operations.errors import ConcurrentChange, Conflict, InvalidRequest, Unprocessable
+from operations.errors import (
+    ConcurrentChange,
+    Conflict,
+    InvalidRequest,
+    OutcomeUnknown,
+    StoreFailure,
+    Unprocessable,
+)
 from operations.fhir_values import dig, format_instant, parse_instant, reference_id
-from operations.find import Leg, decode_slots, load_legs, slot_search_span, widened
+from operations.find import DEFAULT_MAX_SCHEDULES, Leg, decode_slots, load_legs, slot_search_span, widened
 from operations.model import (
     FANONI_EXTENSION_BASE,
     HOLD_EXPIRES_URL,
@@ -32,12 +46,17 @@ from operations.model import (
 )
 from operations.parameters import service_references
 from operations.rendering import BUFFER_COMMENTS, VISIT, footprint
-from operations.store import FhirStore, Resource
+from operations.store import FhirReader, FhirStore, Resource, Stores, as_stores
 
 LOCK_COUNTER_URL = FANONI_EXTENSION_BASE + "lock-counter"
 FANONI_CODE_SYSTEM = "https://fanoni.dev/fhir/CodeSystem/fanoni"
 ENDED_STATUSES = frozenset({"cancelled", "entered-in-error", "noshow"})
 HOLD_TAG = {"system": FANONI_CODE_SYSTEM, "code": "hold", "display": "Held by Fanoni $hold"}
+BOOKING_REQUEST_SYSTEM = "https://fanoni.dev/fhir/booking-request"
+"""Identifier system of the sidecar-generated booking request id, on the Appointment and on
+every Slot written with it: how the sidecar recognises what it wrote (the HAPI guard refuses
+anyone else introducing it)."""
+MAX_PARTICIPANTS = 50
 
 
 @dataclass(frozen=True)
@@ -75,14 +94,16 @@ class BookingRequest:
     root: str
 
     @classmethod
-    def from_body(cls, body: Any) -> BookingRequest:
+    def from_body(cls, body: Any, *, max_schedules: int = DEFAULT_MAX_SCHEDULES) -> BookingRequest:
         """The ``appointment`` (alias ``appointment-resource``) of a Parameters body, or a bare
         Appointment. Raises ``InvalidRequest`` (400) naming the culprit's FHIRPath."""
         appointment, root = _appointment_from_body(body)
-        return cls.from_appointment(appointment, root)
+        return cls.from_appointment(appointment, root, max_schedules=max_schedules)
 
     @classmethod
-    def from_appointment(cls, appointment: Resource, root: str) -> BookingRequest:
+    def from_appointment(
+        cls, appointment: Resource, root: str, *, max_schedules: int = DEFAULT_MAX_SCHEDULES
+    ) -> BookingRequest:
         for field in ("serviceType", "contained", "participant", "identifier", "extension", "slot"):
             if field in appointment and not isinstance(appointment[field], list):
                 raise InvalidRequest(
@@ -150,6 +171,19 @@ class BookingRequest:
                 code="required",
                 expression=f"{root}.contained",
             )
+        if len(visits) > max_schedules:
+            raise InvalidRequest(
+                f"At most {max_schedules} schedules may take part in one booking, this proposal names {len(visits)}",
+                code="value",
+                expression=f"{root}.contained",
+            )
+        participants = appointment.get("participant") or []
+        if len(participants) > MAX_PARTICIPANTS:
+            raise InvalidRequest(
+                f"At most {MAX_PARTICIPANTS} participants, this proposal names {len(participants)}",
+                code="value",
+                expression=f"{root}.participant",
+            )
         first_interval, _ = next(iter(visits.values()))
         for interval, path in visits.values():
             if interval != first_interval:
@@ -202,6 +236,13 @@ class BookingRequest:
                     "An identifier needs a value",
                     code="value",
                     expression=f"{root}.identifier[{index}]",
+                )
+            if identifier.get("system") == BOOKING_REQUEST_SYSTEM:
+                raise InvalidRequest(
+                    f"The identifier system {BOOKING_REQUEST_SYSTEM} is reserved for the sidecar's own "
+                    "booking request ids; use an identifier system of your own",
+                    code="value",
+                    expression=f"{root}.identifier[{index}].system",
                 )
             identifiers.append((identifier.get("system"), identifier["value"]))
         return cls(
@@ -417,10 +458,12 @@ class BookingResult:
     expires: datetime | None = None
 
 
-def _written_slots(leg: Leg, visit: Interval, hold: bool, expires: datetime | None) -> list[Resource]:
+def _written_slots(
+    leg: Leg, visit: Interval, hold: bool, expires: datetime | None, marker: str
+) -> list[Resource]:
     """The Slots a booking stores for one Schedule: the visit (``busy``, or ``busy-tentative``
-    for a hold) and its buffers (``busy-unavailable``), stamped with the capacity and, for a
-    hold, the expiry."""
+    for a hold) and its buffers (``busy-unavailable``), stamped with the capacity, the booking
+    request id and, for a hold, the expiry."""
     zone = leg.params.timezone
     extensions: list[Resource] = [{"url": SLOT_CAPACITY_URL, "valuePositiveInt": leg.params.slot_capacity}]
     if expires is not None:
@@ -429,6 +472,7 @@ def _written_slots(leg: Leg, visit: Interval, hold: bool, expires: datetime | No
     for role, part in footprint(leg, visit):
         slot: Resource = {
             "resourceType": "Slot",
+            "identifier": [booking_request_identifier(marker)],
             "extension": list(extensions),
             "schedule": {"reference": f"Schedule/{leg.schedule.id}"},
             "status": SlotStatus.BUSY_UNAVAILABLE,
@@ -443,6 +487,20 @@ def _written_slots(leg: Leg, visit: Interval, hold: bool, expires: datetime | No
     return slots
 
 
+def booking_request_identifier(marker: str) -> Resource:
+    """The identifier that marks what one booking request wrote."""
+    return {"system": BOOKING_REQUEST_SYSTEM, "value": marker}
+
+
+def booking_marker(resource: Resource) -> str | None:
+    """The booking request id a stored Appointment or Slot carries, if the sidecar wrote it."""
+    for identifier in resource.get("identifier") or []:
+        if isinstance(identifier, dict) and identifier.get("system") == BOOKING_REQUEST_SYSTEM:
+            value = identifier.get("value")
+            return value if isinstance(value, str) else None
+    return None
+
+
 def booking_bundle(
     request: BookingRequest,
     legs: Sequence[Leg],
@@ -450,11 +508,12 @@ def booking_bundle(
     *,
     hold: bool,
     expires: datetime | None,
+    marker: str,
 ) -> Resource:
     """The one transaction: lock updates, the Slots (visit + buffers), the Appointment."""
     slot_entries = []
     for leg in legs:
-        for slot in _written_slots(leg, request.visit, hold, expires):
+        for slot in _written_slots(leg, request.visit, hold, expires, marker):
             slot_entries.append(
                 {
                     "fullUrl": f"urn:uuid:{uuid.uuid4()}",
@@ -473,6 +532,7 @@ def booking_bundle(
             "start": format_instant(request.visit.start, zone),
             "end": format_instant(request.visit.end, zone),
             "slot": [{"reference": e["fullUrl"]} for e in slot_entries],
+            "identifier": [*(appointment.get("identifier") or []), booking_request_identifier(marker)],
         }
     )
     participants = list(appointment.get("participant") or [])
@@ -511,7 +571,7 @@ def booking_bundle(
 
 def response_bundle(response: Resource) -> Resource:
     """The caller's view of a transaction-response: the Appointment first, then its Slots; the
-    lock updates are an implementation detail and left out."""
+    lock updates and the Provenance are implementation details and left out."""
     entries = [e for e in response.get("entry") or [] if isinstance(e, dict)]
     appointments = [e for e in entries if (e.get("resource") or {}).get("resourceType") == "Appointment"]
     slots = [e for e in entries if (e.get("resource") or {}).get("resourceType") == "Slot"]
@@ -579,7 +639,55 @@ def hold_expiry(appointment: Resource) -> datetime | None:
     return None
 
 
-def retrying(policy: RetryPolicy, clock: Clock, attempt: Callable[[], BookingResult]) -> BookingResult:
+def check_participants(reader: FhirReader, request: BookingRequest, legs: Sequence[Leg]) -> None:
+    """Every participant the proposal names besides the schedule actors (the patient, a
+    relative, ...) must be readable with the caller's credentials: a caller may book for what
+    it may read (SPEC §5.1). One search per resource type, whatever the number of participants.
+
+    An upstream 401/403 reaches the caller as such (raised by the store); a participant the
+    search does not return is 422 ``not-found``.
+    """
+    actors = {leg.schedule.actor.reference for leg in legs}
+    wanted: dict[str, dict[str, str]] = {}
+    for index, participant in enumerate(request.appointment.get("participant") or []):
+        path = f"{request.root}.participant[{index}].actor"
+        if not isinstance(participant, dict):
+            raise InvalidRequest("A participant must be an object", code="structure", expression=path)
+        actor = participant.get("actor")
+        if actor is None:
+            continue
+        reference = actor.get("reference") if isinstance(actor, dict) else None
+        if reference is None and isinstance(actor, dict):
+            continue  # an actor named by identifier or display only: nothing to read
+        if not isinstance(reference, str) or reference in actors:
+            if not isinstance(reference, str):
+                raise InvalidRequest("actor.reference must be a string", code="value", expression=path)
+            continue
+        resource_type, _, resource_id = reference.partition("/")
+        if not resource_type.isalpha() or not resource_type[:1].isupper() or not _FHIR_ID.match(resource_id):
+            raise InvalidRequest(
+                f"A participant must reference a resource on this server as Type/id, not {reference!r}",
+                code="value",
+                expression=f"{path}.reference",
+            )
+        wanted.setdefault(resource_type, {}).setdefault(resource_id, f"{path}.reference")
+    for resource_type, ids in wanted.items():
+        found = {str(r.get("id")) for r in reader.search(resource_type, [("_id", ",".join(ids))])}
+        for resource_id, path in ids.items():
+            if resource_id not in found:
+                raise Unprocessable(
+                    f"{resource_type}/{resource_id} does not exist, or the caller's credentials may not read it",
+                    code="not-found",
+                    expression=path,
+                )
+
+
+_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+
+T = TypeVar("T")
+
+
+def retrying(policy: RetryPolicy, clock: Clock, attempt: Callable[[], T]) -> T:
     """Run ``attempt`` until it stops raising ``ConcurrentChange`` or the deadline passes."""
     started = clock.monotonic()
     for tries in range(1, policy.max_attempts + 1):
@@ -594,48 +702,120 @@ def retrying(policy: RetryPolicy, clock: Clock, attempt: Callable[[], BookingRes
     raise Conflict("Concurrent changes to the same schedules did not settle before the deadline; try again")
 
 
+SETTLE_ATTEMPTS = 6
+"""How often the sidecar tries to fence a lock after a lost answer before it gives up and
+tells the caller the outcome is unknown (the upstream is down)."""
+
+
+def fence(store: FhirStore, locks: dict[str, tuple[str, int]], clock: Clock) -> bool:
+    """After a write's answer was lost: advance one lock past the version the write was checked
+    against, so the write can no longer land if it has not already.
+
+    Returns ``True`` when the fence landed (the lost write had not landed, and now never will),
+    ``False`` when the lock had moved (the lost write, or another, landed first: look it up).
+    Raises ``OutcomeUnknown`` when the upstream cannot be reached for it either.
+    """
+    schedule_id = min(locks)
+    version, counter = locks[schedule_id]
+    # counter + 2: content that differs from what the lost write stored (counter + 1), so the
+    # upstream cannot treat the fence as a no-op update and skip its version check.
+    entry = lock_entries({schedule_id: (version, counter + 1)})
+    last: StoreFailure | None = None
+    for tries in range(SETTLE_ATTEMPTS):
+        try:
+            store.transaction({"resourceType": "Bundle", "type": "transaction", "entry": entry})
+            return True
+        except ConcurrentChange:
+            return False
+        except StoreFailure as exc:
+            if not exc.transient:
+                raise
+            last = exc
+            clock.sleep(min(2.0, 0.1 * 2**tries))
+    assert last is not None
+    raise last if isinstance(last, OutcomeUnknown) else OutcomeUnknown(last)
+
+
+def _landed_booking(store: FhirStore, marker: str) -> Resource | None:
+    found = store.search("Appointment", [("identifier", f"{BOOKING_REQUEST_SYSTEM}|{marker}")])
+    return found[0] if found else None
+
+
+def settle_lost_booking(
+    store: FhirStore, locks: dict[str, tuple[str, int]], marker: str, clock: Clock
+) -> Resource | None:
+    """The stored Appointment when a booking whose answer was lost has landed; ``None`` when it
+    has not and never will (the lock is fenced). Raises ``OutcomeUnknown`` when neither can be
+    established."""
+    if fence(store, locks, clock):
+        return None
+    return _landed_booking(store, marker)
+
+
 def book(
-    store: FhirStore,
+    stores: Stores | FhirStore,
     request: BookingRequest,
     *,
     hold: bool,
     hold_ttl: timedelta,
     clock: Clock,
     policy: RetryPolicy | None = None,
+    marker: str | None = None,
 ) -> BookingResult:
-    """``$book`` (``hold=False``) or ``$hold``: 201 with the transaction-response, or a replay."""
+    """``$book`` (``hold=False``) or ``$hold``: 201 with the transaction-response, or a replay.
+
+    ``marker`` is the booking request id (generated when not given): it travels on the
+    Appointment and the Slots, so a booking whose answer was lost can be found.
+    """
+    stores = as_stores(stores)
+    store = stores.service
     service, legs = load_legs(
-        store,
+        stores.caller,
         request.schedule_ids,
         request.service_id,
         expressions=[request.visit_paths[s] for s in request.schedule_ids],
         service_expression=f"{request.root}.serviceType",
     )
     check_against_parameters(request, legs)
+    check_participants(stores.caller, request, legs)
+    marker = marker or uuid.uuid4().hex
 
     def attempt() -> BookingResult:
+        # Lock, then Slots, then the identifier look-up. A twin request (same identifier) that
+        # committed before our Slot search is found by the look-up that follows it (its
+        # Appointment and Slots landed together), so we answer with it instead of "taken"; one
+        # that commits after our lock read fails our version check, and the next attempt finds it.
+        locks = read_locks(store, request.schedule_ids)
+        now = clock.now()
+        span = slot_search_span(request.visit, legs)
+        slot_resources = store.search_slots(request.schedule_ids, span.start, span.end)
         replay = existing_booking(store, request)
         if replay is not None:
             return replay
-        now = clock.now()
-        locks = read_locks(store, request.schedule_ids)  # read BEFORE the deciding Slot search
-        span = slot_search_span(request.visit, legs)
-        slot_resources = store.search_slots(request.schedule_ids, span.start, span.end)
         decide(service, legs, slot_resources, request.visit, now, request.root)
         expires = now + hold_ttl if hold else None
-        bundle = booking_bundle(request, legs, locks, hold=hold, expires=expires)
-        response = store.transaction(bundle)
+        bundle = booking_bundle(request, legs, locks, hold=hold, expires=expires, marker=marker)
+        try:
+            response = store.transaction(bundle)
+        except OutcomeUnknown as lost:
+            landed = settle_lost_booking(store, locks, marker, clock)
+            if landed is None:
+                lost.resolution = "Nothing was stored (checked): ask again."
+                raise
+            return BookingResult(201, replay_bundle(store, landed), hold_expiry(landed))
         return BookingResult(201, response_bundle(response), expires)
 
     return retrying(policy or RetryPolicy(), clock, attempt)
 
 
 __all__ = [
+    "BOOKING_REQUEST_SYSTEM",
     "BookingRequest",
     "BookingResult",
     "Clock",
     "RetryPolicy",
     "book",
+    "booking_marker",
     "hold_expiry",
     "replay_bundle",
 ]

@@ -71,3 +71,37 @@ class ConcurrentChange(Exception):
     Not shown to callers as such: the booking use cases re-read and decide again, and only
     when the deadline passes does a ``Conflict`` reach the caller.
     """
+
+
+class ReferencedElsewhere(Conflict):
+    """409: the upstream refused to delete a resource that something else still references
+    (HAPI answers 409 for this too, but it is no version conflict: retrying cannot help)."""
+
+
+class StoreFailure(Exception):
+    """The store could not give an answer: network, timeout, server error, access refused.
+
+    ``transient`` says whether asking again may help (a timeout, a 503), as opposed to an
+    answer that will not change (a 403). The plugin's upstream errors derive from this, so the
+    use cases can tell "try again" from "give up" without knowing about HTTP.
+    """
+
+    transient: bool = False
+
+
+class OutcomeUnknown(StoreFailure):
+    """A write reached (or may have reached) the upstream, but its answer was lost: a timeout
+    after the request was sent, a connection cut mid-answer, a 5xx from something in between.
+
+    The write may have landed or not. The use cases find out (docs/reliability.md) before they
+    answer; ``cause`` is what the caller sees when they cannot.
+    """
+
+    transient = True
+
+    def __init__(self, cause: StoreFailure) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.resolution: str | None = None
+        """What the use case established, told to the caller (e.g. "nothing was stored");
+        ``None``: it could not be established."""

@@ -20,10 +20,12 @@ from operations.fhir_values import parse_instant, reference_id
 from operations.model import Interval, ResolvedParameters, Schedule, Service, SlotOverlay
 from operations.parameters import parse_schedule, parse_service, parse_slot, resolve_parameters
 from operations.rendering import Renderer, outcome_entry, searchset
-from operations.store import SchedulingStore
+from operations.store import ConfigurationReader, SchedulingStore, SlotReader, Stores
 
 DEFAULT_COUNT = 20
 MAX_COUNT = 1000
+DEFAULT_MAX_SCHEDULES = 20
+"""Schedules one request may name (``MAX_SCHEDULES``): each adds locks, reads and work."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class FindRequest:
         now: datetime,
         max_range_days: int,
         schedule_id: str | None = None,
+        max_schedules: int = DEFAULT_MAX_SCHEDULES,
     ) -> FindRequest:
         """Validate ``(name, value)`` pairs (query string or Parameters, values as strings).
 
@@ -106,6 +109,13 @@ class FindRequest:
                     expression="Parameters.schedule",
                 )
             schedule_ids = tuple(dict.fromkeys(found))
+            if len(schedule_ids) > max_schedules:
+                raise InvalidRequest(
+                    f"At most {max_schedules} schedules may be named in one request, "
+                    f"this one names {len(schedule_ids)}",
+                    code="value",
+                    expression="Parameters.schedule",
+                )
 
         count = DEFAULT_COUNT
         count_values = by_name.get("_count", [])
@@ -184,7 +194,7 @@ class Availability:
 
 
 def load_legs(
-    store: SchedulingStore,
+    store: ConfigurationReader,
     schedule_ids: Sequence[str],
     service_id: str | None,
     *,
@@ -332,28 +342,40 @@ def slot_search_span(request: Interval, legs: Sequence[Leg]) -> Interval:
     return Interval(min(s.start for s in spans), max(s.end for s in spans))
 
 
-def find_availability(store: SchedulingStore, request: FindRequest) -> Availability:
-    """Read what ``$find`` needs (bounded round trips) and compute the proposals."""
+def find_availability(stores: Stores | SchedulingStore, request: FindRequest) -> Availability:
+    """Read what ``$find`` needs (bounded round trips) and compute the proposals.
+
+    The configuration is read with the caller's credentials (what the caller may not read, it
+    cannot ask about); the Slots with the sidecar's own, so that time the caller cannot see
+    is still known to be taken (SPEC §5.1).
+    """
+    configuration, slot_reader = _readers(stores)
     service, legs = load_legs(
-        store, request.schedule_ids, request.service_id, schedule_in_url=request.schedule_in_url
+        configuration, request.schedule_ids, request.service_id, schedule_in_url=request.schedule_in_url
     )
     window = Interval(request.start, request.end)
     span = slot_search_span(window, legs)
-    slot_resources = store.search_slots([leg.schedule.id for leg in legs], span.start, span.end)
+    slot_resources = slot_reader.search_slots([leg.schedule.id for leg in legs], span.start, span.end)
     return compute(service, legs, decode_slots(slot_resources), window, request.now, request.count)
 
 
-def find_appointments(store: SchedulingStore, request: FindRequest) -> dict[str, Any]:
+def _readers(stores: Stores | SchedulingStore) -> tuple[ConfigurationReader, SlotReader]:
+    if isinstance(stores, Stores):
+        return stores.caller, stores.service
+    return stores, stores
+
+
+def find_appointments(stores: Stores | SchedulingStore, request: FindRequest) -> dict[str, Any]:
     """``Appointment/$find``: a searchset Bundle of proposed Appointments."""
-    found = find_availability(store, request)
+    found = find_availability(stores, request)
     render = Renderer(found.service, found.zone)
     resources = [render.appointment(found.legs, Interval(s, s + found.duration)) for s in found.starts]
     return searchset(resources, [outcome_entry(text, expr) for text, expr in found.notices])
 
 
-def find_slots(store: SchedulingStore, request: FindRequest) -> dict[str, Any]:
+def find_slots(stores: Stores | SchedulingStore, request: FindRequest) -> dict[str, Any]:
     """``Schedule/<id>/$find``: a searchset Bundle of synthetic free Slots."""
-    found = find_availability(store, request)
+    found = find_availability(stores, request)
     schedule = found.legs[0].schedule
     render = Renderer(found.service, found.zone)
     resources = [render.free_slot(schedule, Interval(s, s + found.duration)) for s in found.starts]

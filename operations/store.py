@@ -1,20 +1,32 @@
-"""The store protocol: what the use cases need to read from (and write to) the FHIR server.
+"""The store protocols: what the use cases need to read from (and write to) the FHIR server.
 
-``plugin/upstream.py`` implements it over FHIR REST; unit tests use an in-memory fake
+``plugin/upstream.py`` implements them over FHIR REST; unit tests use an in-memory fake
 (``tests/unit/fake_store.py``). Resources travel as FHIR JSON dicts.
+
+Two identities read and write (SPEC §5.1), so a use case is handed :class:`Stores`, a pair:
+
+* ``caller`` acts with the caller's own credentials. It makes the reads that stand for
+  permission -- the Schedules with their actors, the HealthcareService, the participants an
+  Appointment names, the Appointment addressed by ``$confirm``/``$cancel`` -- and whatever the
+  upstream answers it (401, 403, nothing found) is the answer: a caller may book for, and
+  change, what it may read.
+* ``service`` acts with the sidecar's own identity. It makes the reads that decide (Slots,
+  locks, identifier look-ups) and every write, so a decision always sees every Slot whatever
+  the caller may see, and callers need no write rights of their own.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
 Resource = dict[str, Any]
 
 
-class SchedulingStore(Protocol):
-    """Reads that ``$find`` needs; each method is at most one upstream search (plus its pages)."""
+class ConfigurationReader(Protocol):
+    """The configuration reads of ``$find`` and the bookings; one search each (plus pages)."""
 
     def read_schedules(self, ids: Sequence[str]) -> tuple[list[Resource], dict[str, Resource]]:
         """The Schedules with these ids (missing ones are simply absent) and the actors they
@@ -28,6 +40,10 @@ class SchedulingStore(Protocol):
         """The HealthcareService with this id, or ``None`` if it does not exist."""
         ...
 
+
+class SlotReader(Protocol):
+    """The deciding read of ``$find``."""
+
     def search_slots(self, schedule_ids: Sequence[str], start: datetime, end: datetime) -> list[Resource]:
         """Every Slot of these Schedules that overlaps ``[start, end)``, including long Slots
         that began before ``start``; may return more (the engine filters), never fewer.
@@ -35,23 +51,56 @@ class SchedulingStore(Protocol):
         ...
 
 
-class FhirStore(SchedulingStore, Protocol):
-    """The generic reads and the one write the booking operations need.
+class SchedulingStore(ConfigurationReader, SlotReader, Protocol):
+    """Everything ``$find`` reads, from one identity (tools, benchmarks, the engine's tests)."""
 
-    Every read bypasses server-side search caches (``Cache-Control: no-cache``): these reads
-    decide writes. ``transaction`` raises ``operations.errors.ConcurrentChange`` when the
-    upstream answers 409 or 412 (a version check failed), and returns the
-    ``transaction-response`` Bundle with each entry's resource (``Prefer: return=representation``).
-    """
+
+class FhirReader(ConfigurationReader, Protocol):
+    """The reads a caller's credentials make: configuration, plus generic reads and searches."""
 
     def read(self, resource_type: str, resource_id: str) -> Resource | None:
         """The current version of one resource, or ``None`` when it does not exist (or is gone)."""
         ...
 
-    def search(self, resource_type: str, params: Sequence[tuple[str, str]]) -> list[Resource]:
-        """Every match of a search (all pages), without included resources."""
+    def search(
+        self, resource_type: str, params: Sequence[tuple[str, str]], *, limit: int | None = None
+    ) -> list[Resource]:
+        """The matches of a search without included resources: every page, or the first
+        ``limit`` matches (fewer pages) when a limit is given."""
         ...
+
+
+class FhirStore(FhirReader, SlotReader, Protocol):
+    """The reads and the one write the booking operations need.
+
+    Every read bypasses server-side search caches (``Cache-Control: no-cache``): these reads
+    decide writes. ``transaction`` raises ``operations.errors.ConcurrentChange`` when the
+    upstream answers 409 or 412 for a version check, ``ReferencedElsewhere`` when it refuses a
+    delete because something still references the resource, and ``OutcomeUnknown`` when the
+    request may have landed but its answer was lost; otherwise it returns the
+    ``transaction-response`` Bundle with each entry's resource (``Prefer: return=representation``).
+    """
 
     def transaction(self, bundle: Resource) -> Resource:
         """POST a transaction Bundle; all of it lands or none of it does."""
         ...
+
+
+@dataclass(frozen=True)
+class Stores:
+    """The two identities a use case acts with (module docstring)."""
+
+    caller: FhirReader
+    """The caller's credentials: permission reads only."""
+    service: FhirStore
+    """The sidecar's own credentials: deciding reads and every write."""
+
+    @classmethod
+    def single(cls, store: FhirStore) -> Stores:
+        """One store in both roles: tools, tests and upstreams without access control."""
+        return cls(caller=store, service=store)
+
+
+def as_stores(stores: Stores | FhirStore) -> Stores:
+    """``Stores`` as given, or one store in both roles."""
+    return stores if isinstance(stores, Stores) else Stores.single(stores)

@@ -16,15 +16,17 @@ from datetime import UTC, datetime
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
-from operations.errors import ConcurrentChange, SchedulingError
+from operations.errors import ConcurrentChange, OutcomeUnknown, SchedulingError
 from plugin.config import Settings
-from plugin.context import EXTENSION_KEY, Sidecar
+from plugin.context import EXTENSION_KEY, Sidecar, round_trips
 from plugin.definitions import operation_definitions
 from plugin.fhir_http import fhir_response, operation_outcome
 from plugin.holds import start_sweeper
+from plugin.identity import verifier_from_settings
 from plugin.logs import configure_logging
+from plugin.notifications import notifications
 from plugin.routes import fhir, health
-from plugin.upstream import FhirUpstream, UpstreamClient, UpstreamError
+from plugin.upstream import UpstreamClient, UpstreamError
 
 logger = logging.getLogger(__name__)
 
@@ -59,15 +61,18 @@ def create_app(
     configure_logging(settings.log_level_number)
     app = Flask("plugin")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    client = upstream if upstream is not None else UpstreamClient(settings)
     app.extensions[EXTENSION_KEY] = Sidecar(
         settings=settings,
-        upstream=upstream if upstream is not None else UpstreamClient(settings),
+        upstream=client,
         operation_definitions=operation_definitions(),
         started_at=datetime.now(UTC),
         clock=clock if clock is not None else (lambda: datetime.now(UTC)),
+        verifier=verifier_from_settings(settings, client.session),
     )
     app.register_blueprint(fhir, url_prefix=settings.base_path or None)
     app.register_blueprint(health)
+    app.register_blueprint(notifications)
     _register_hold_sweeper(app)
     _register_request_log(app)
     _register_error_handlers(app)
@@ -93,10 +98,9 @@ def _register_request_log(app: Flask) -> None:
 
     @app.after_request
     def log_request(response: Response) -> Response:
-        store: FhirUpstream | None = g.get("upstream")
-        round_trips = store.round_trips if store is not None else 0
+        upstream_calls = round_trips()
         response.headers["X-Request-ID"] = g.get("request_id", "")
-        response.headers["X-Upstream-Round-Trips"] = str(round_trips)
+        response.headers["X-Upstream-Round-Trips"] = str(upstream_calls)
         # Probes hit /livez and /readyz every few seconds; a healthy answer is not news.
         quiet = request.blueprint == "health" and response.status_code < 400
         logger.log(
@@ -112,7 +116,7 @@ def _register_request_log(app: Flask) -> None:
                 "operation": g.get("operation"),
                 "status": response.status_code,
                 "duration_ms": round((time.monotonic() - g.get("started", time.monotonic())) * 1000, 1),
-                "upstream_round_trips": round_trips,
+                "upstream_round_trips": upstream_calls,
             },
         )
         return response
@@ -127,6 +131,26 @@ def _register_error_handlers(app: Flask) -> None:
     def concurrent_change(exc: ConcurrentChange) -> Response:
         # The use cases retry these themselves; one that escapes still means "taken meanwhile".
         return fhir_response(operation_outcome("conflict", str(exc)), 409)
+
+    @app.errorhandler(OutcomeUnknown)
+    def outcome_unknown(exc: OutcomeUnknown) -> Response:
+        # A write whose answer was lost. The use case says what it established; when it could
+        # not, the caller must know the write may have landed, and how to find it.
+        cause = exc.cause
+        status = cause.status if isinstance(cause, UpstreamError) else 504
+        code = cause.code if isinstance(cause, UpstreamError) else "timeout"
+        text = cause.diagnostics if isinstance(cause, UpstreamError) else str(cause)
+        resolution = exc.resolution or (
+            "The change may or may not have been stored; the scheduling service could not find out. "
+            "Retry with the same Appointment identifier (a retry then answers with what was stored), "
+            f"or quote request id {g.get('request_id', '')}."
+        )
+        logger.warning(
+            "write with a lost answer: %s",
+            resolution,
+            extra={"request_id": g.get("request_id"), "upstream_diagnostics": text},
+        )
+        return fhir_response(operation_outcome(code, f"{text}. {resolution}"), status)
 
     @app.errorhandler(UpstreamError)
     def upstream_error(exc: UpstreamError) -> Response:

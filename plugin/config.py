@@ -10,7 +10,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, TypeVar, cast
 from urllib.parse import urlsplit
 
@@ -40,7 +40,7 @@ class Settings:
     hold_ttl_seconds: int = 300
     upstream_connect_timeout: float = 5.0
     upstream_read_timeout: float = 30.0
-    upstream_authorization: str | None = None
+    upstream_authorization: str | None = field(default=None, repr=False)
     """``Authorization`` header value for work done on nobody's behalf (registration, readiness)."""
     slot_end_search: SlotEndSearch = "auto"
     slot_lookback_days: int = 62
@@ -50,6 +50,33 @@ class Settings:
     conflicts before answering 409."""
     hold_sweep_seconds: int = 60
     """Period of the background clean-up of lapsed holds in each worker; 0 turns it off."""
+    max_schedules: int = 20
+    """Schedules one ``$find`` or booking may name (400 beyond): each adds locks and work."""
+    guard_key: str | None = field(default=None, repr=False)
+    """Sent as ``X-Fanoni-Service-Key`` on the sidecar's own calls: how the HAPI guard knows a
+    write comes from the sidecar (docs/security.md)."""
+    service_name: str = "fanoni-scheduling"
+    """The sidecar's name as the author of every Provenance it writes."""
+    notification_url: str | None = None
+    """Where the upstream delivers subscription notifications (this sidecar's webhook, as the
+    upstream reaches it); unset: no Subscription is registered."""
+    notification_secret: str | None = field(default=None, repr=False)
+    """The bearer secret notifications must carry; anything else gets 401."""
+    smart_token_url: str | None = None
+    """SMART Backend Services: the token endpoint. Set, the sidecar's own credentials are
+    access tokens from it instead of ``UPSTREAM_AUTHORIZATION``."""
+    smart_client_id: str | None = None
+    smart_private_key: str | None = field(default=None, repr=False)
+    """The private key (PEM or JWK/JWKS JSON) the client assertion is signed with (the file's
+    content; ``from_env`` reads ``SMART_PRIVATE_KEY_FILE``)."""
+    smart_key_id: str | None = None
+    smart_algorithm: str = "RS384"
+    smart_scope: str = "system/*.cruds"
+    caller_jwks_url: str | None = None
+    """JWKS of the callers' token issuer: a caller whose bearer token verifies against it is
+    named in the Provenance as verified; otherwise as unverified."""
+    caller_jwt_issuer: str | None = None
+    caller_jwt_audience: str | None = None
 
     def __post_init__(self) -> None:
         # Normalise here as well as in from_env, so directly-built settings (tests, embedding)
@@ -63,6 +90,36 @@ class Settings:
         _at_least(self.slot_lookback_days, 0, "SLOT_LOOKBACK_DAYS")
         _positive(self.booking_deadline_seconds, "BOOKING_DEADLINE_SECONDS")
         _at_least(self.hold_sweep_seconds, 0, "HOLD_SWEEP_SECONDS")
+        _at_least(self.max_schedules, 1, "MAX_SCHEDULES")
+        for name, url in (
+            ("NOTIFICATION_URL", self.notification_url),
+            ("SMART_TOKEN_URL", self.smart_token_url),
+            ("CALLER_JWKS_URL", self.caller_jwks_url),
+        ):
+            if url is not None:
+                _base_url(url, name)
+        if self.notification_url and not self.notification_secret:
+            raise ConfigError(
+                "NOTIFICATION_SECRET is required with NOTIFICATION_URL: notifications must be authenticated"
+            )
+        if self.notification_secret is not None and len(self.notification_secret) < 16:
+            raise ConfigError("NOTIFICATION_SECRET must be at least 16 characters")
+        if self.guard_key is not None and len(self.guard_key) < 16:
+            raise ConfigError("GUARD_KEY must be at least 16 characters")
+        if self.smart_token_url:
+            if self.upstream_authorization:
+                raise ConfigError(
+                    "Set either UPSTREAM_AUTHORIZATION (a static header) or SMART_TOKEN_URL "
+                    "(SMART Backend Services), not both"
+                )
+            if not self.smart_client_id or not self.smart_private_key:
+                raise ConfigError("SMART_TOKEN_URL needs SMART_CLIENT_ID and SMART_PRIVATE_KEY_FILE as well")
+            if self.smart_algorithm not in ("RS384", "ES384"):
+                raise ConfigError(
+                    f"SMART_ALGORITHM must be RS384 or ES384 (SMART Backend Services), not {self.smart_algorithm!r}"
+                )
+        elif self.smart_client_id or self.smart_private_key:
+            raise ConfigError("SMART_CLIENT_ID and SMART_PRIVATE_KEY_FILE need SMART_TOKEN_URL")
         if self.slot_end_search not in _SLOT_END_SEARCH_VALUES:
             raise ConfigError(
                 f"SLOT_END_SEARCH must be one of {', '.join(_SLOT_END_SEARCH_VALUES)}, "
@@ -77,6 +134,14 @@ class Settings:
     def upstream_timeout(self) -> tuple[float, float]:
         """``(connect, read)`` as ``requests`` expects it."""
         return (self.upstream_connect_timeout, self.upstream_read_timeout)
+
+    @property
+    def operation_budget_seconds(self) -> float:
+        """The longest any one operation may take, end to end: the booking deadline, plus one
+        last upstream read, plus time to settle a lost answer. Proxies in front of the sidecar
+        (the HAPI forwarding interceptor: 90 s) must wait longer than this, or they could
+        answer 504 while a booking still commits."""
+        return self.booking_deadline_seconds + self.upstream_read_timeout + 10.0
 
     @property
     def log_level_number(self) -> int:
@@ -124,7 +189,31 @@ class Settings:
             log_level=get("LOG_LEVEL") or "INFO",
             booking_deadline_seconds=typed("BOOKING_DEADLINE_SECONDS", float, 20.0, "a number of seconds"),
             hold_sweep_seconds=typed("HOLD_SWEEP_SECONDS", int, 60, "a whole number of seconds"),
+            max_schedules=typed("MAX_SCHEDULES", int, 20, "a whole number"),
+            guard_key=get("GUARD_KEY"),
+            service_name=get("SERVICE_NAME") or "fanoni-scheduling",
+            notification_url=get("NOTIFICATION_URL"),
+            notification_secret=get("NOTIFICATION_SECRET"),
+            smart_token_url=get("SMART_TOKEN_URL"),
+            smart_client_id=get("SMART_CLIENT_ID"),
+            smart_private_key=_file_text(get("SMART_PRIVATE_KEY_FILE"), "SMART_PRIVATE_KEY_FILE"),
+            smart_key_id=get("SMART_KEY_ID"),
+            smart_algorithm=(get("SMART_ALGORITHM") or "RS384").upper(),
+            smart_scope=get("SMART_SCOPE") or "system/*.cruds",
+            caller_jwks_url=get("CALLER_JWKS_URL"),
+            caller_jwt_issuer=get("CALLER_JWT_ISSUER"),
+            caller_jwt_audience=get("CALLER_JWT_AUDIENCE"),
         )
+
+
+def _file_text(path: str | None, name: str) -> str | None:
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read {path!r} ({exc.strerror})") from None
 
 
 def _base_url(value: str, name: str) -> str:

@@ -1,5 +1,5 @@
 """How a request reaches the app's wiring: the per-app :class:`Sidecar` and the per-request
-store. Kept apart from ``app.py`` so routes can use it without importing the factory."""
+stores. Kept apart from ``app.py`` so routes can use it without importing the factory."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from typing import cast
 
 from flask import current_app, g, request
 
-from operations.store import Resource
+from operations.store import Resource, Stores
 from plugin.config import Settings
+from plugin.identity import CallerVerifier
+from plugin.provenance import Attribution
 from plugin.upstream import FhirUpstream, UpstreamClient
 
 EXTENSION_KEY = "fanoni"
@@ -27,19 +29,34 @@ class Sidecar:
     started_at: datetime
     clock: Callable[[], datetime]
     """"Now" for the use cases; tests replace it to make times deterministic."""
+    verifier: CallerVerifier
+    """Checks callers' JWTs against ``CALLER_JWKS_URL`` for the Provenance."""
 
 
 def sidecar() -> Sidecar:
     return cast(Sidecar, current_app.extensions[EXTENSION_KEY])
 
 
-def request_store() -> FhirUpstream:
-    """The store for this request, acting with the caller's ``Authorization`` (SPEC §6).
+def request_stores(operation: str, *, writes: bool = True) -> Stores:
+    """The two stores of this request (SPEC §5.1): the caller's ``Authorization`` for the
+    permission reads, the sidecar's own identity for deciding reads and writes, attributed to
+    ``operation`` and the caller (identified only when the operation ``writes``).
 
-    Created on first use and kept on ``g`` so the request log can report its round trips.
+    Both share the request's time budget and are kept on ``g`` so the request log can report
+    their round trips.
     """
-    store = cast(FhirUpstream | None, g.get("upstream"))
-    if store is None:
-        store = sidecar().upstream.for_request(request.headers.get("Authorization"), g.get("request_id"))
-        g.upstream = store
-    return store
+    state = sidecar()
+    deadline = g.started + state.settings.operation_budget_seconds
+    authorization = request.headers.get("Authorization")
+    request_id = g.get("request_id")
+    caller_store = state.upstream.as_caller(authorization, request_id, deadline=deadline)
+    caller = state.verifier.identify(authorization) if writes else None
+    attribution = Attribution(operation, request_id, state.settings.service_name, caller)
+    service_store = state.upstream.as_service(attribution, deadline=deadline)
+    g.stores = [*g.get("stores", []), caller_store, service_store]
+    return Stores(caller=caller_store, service=service_store)
+
+
+def round_trips() -> int:
+    """Upstream calls made for this request so far, by every store it used."""
+    return sum(store.round_trips for store in cast(list[FhirUpstream], g.get("stores", [])))

@@ -32,3 +32,27 @@ def operation_definitions() -> dict[str, Resource]:
 def slot_end_search_parameter() -> Resource:
     """The Slot ``end`` SearchParameter that registration installs (SPEC §5, long blocks)."""
     return _load("SearchParameter-")[SLOT_END_SEARCH_PARAMETER_ID]
+
+
+APPOINTMENT_SUBSCRIPTION_ID = "fanoni-appointment-ended"
+ENDED_CRITERIA = "Appointment?status=cancelled,noshow,entered-in-error"
+
+
+def appointment_subscription(endpoint: str, secret: str) -> Resource:
+    """The rest-hook Subscription that tells the sidecar about Appointments ended directly on
+    the upstream (SPEC §5.1). The secret travels in the channel header: whoever may read
+    Subscriptions on the upstream can read it, so it is a secret of its own, not ``GUARD_KEY``."""
+    return {
+        "resourceType": "Subscription",
+        "id": APPOINTMENT_SUBSCRIPTION_ID,
+        "status": "requested",
+        "reason": "Fanoni Scheduling frees the time of Appointments cancelled, marked no-show or "
+        "entered-in-error without $cancel",
+        "criteria": ENDED_CRITERIA,
+        "channel": {
+            "type": "rest-hook",
+            "endpoint": endpoint,
+            "payload": "application/fhir+json",
+            "header": [f"Authorization: Bearer {secret}"],
+        },
+    }

@@ -13,6 +13,7 @@ import logging
 import os
 import random
 import threading
+import uuid
 from collections.abc import Callable
 from datetime import datetime
 
@@ -42,8 +43,9 @@ def start_sweeper(upstream: UpstreamClient, period_seconds: int, clock: Callable
 
 
 def sweep_once(upstream: UpstreamClient, clock: Callable[[], datetime]) -> int:
-    """One pass: cancel every lapsed hold the administrator's credentials can see."""
-    store = upstream.background("hold-sweeper")
+    """One pass, with the sidecar's own credentials: cancel lapsed holds the sidecar wrote
+    (bounded pages, oldest first)."""
+    store = upstream.background(f"sweep-{uuid.uuid4().hex[:12]}", "hold-expiry")
     cancelled = expire_holds(store, clock())
     if cancelled:
         logger.info("expired holds cancelled", extra={"cancelled": cancelled})

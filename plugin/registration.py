@@ -1,6 +1,7 @@
-"""Registration on the upstream: the Slot ``end`` SearchParameter and the OperationDefinitions.
+"""Registration on the upstream: the Slot ``end`` SearchParameter, the OperationDefinitions and
+the Subscription that tells the sidecar about Appointments ended directly on the upstream.
 
-Runs with the administrator's ``UPSTREAM_AUTHORIZATION`` (there is no caller). Idempotent: a
+Runs with the sidecar's own credentials (there is no caller). Idempotent: a
 resource already stored with the same content is left alone, so restarts neither bump versions
 nor trigger reindexing. A refusal is logged and reported, never fatal: without the
 SearchParameter the sidecar still works, through the start look-back (``SLOT_LOOKBACK_DAYS``).
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from operations.errors import ConcurrentChange
 from operations.store import Resource
 from plugin.config import Settings
-from plugin.definitions import operation_definitions, slot_end_search_parameter
+from plugin.definitions import appointment_subscription, operation_definitions, slot_end_search_parameter
 from plugin.upstream import FhirUpstream, UpstreamClient, UpstreamError
 
 logger = logging.getLogger(__name__)
@@ -61,11 +62,20 @@ def register(settings: Settings, *, client: UpstreamClient | None = None) -> Reg
     OperationDefinition on the upstream; ask it to reindex Slots when the SearchParameter is new
     or changed, because a new search parameter only covers resources indexed after it."""
     client = client if client is not None else UpstreamClient(settings)
-    store = client.background(request_id=f"register-{uuid.uuid4().hex[:12]}")
+    store = client.background(f"register-{uuid.uuid4().hex[:12]}", "registration")
     report = RegistrationReport()
     search_parameter_changed = _install(store, slot_end_search_parameter(), report)
     for definition in operation_definitions().values():
         _install(store, definition, report)
+    if settings.notification_url and settings.notification_secret:
+        _install(
+            store, appointment_subscription(settings.notification_url, settings.notification_secret), report
+        )
+    else:
+        report.warnings.append(
+            "NOTIFICATION_URL is not set: no Subscription, so an Appointment cancelled directly on the "
+            "upstream (not through $cancel) keeps its Slots"
+        )
     if search_parameter_changed:
         _reindex_slots(store, report)
     log = logger.info if report.ok else logger.warning
@@ -106,7 +116,7 @@ def _install(store: FhirUpstream, resource: Resource, report: RegistrationReport
     reference = f"{resource['resourceType']}/{resource['id']}"
     try:
         current = store.read(resource["resourceType"], resource["id"])
-        if current is not None and _content(current) == _content(resource):
+        if current is not None and _same(current, resource):
             report.unchanged.append(reference)
             return False
         store.update(resource)
@@ -143,3 +153,14 @@ def _reindex_slots(store: FhirUpstream, report: RegistrationReport) -> None:
 
 def _content(resource: Resource) -> Resource:
     return {k: v for k, v in resource.items() if k not in _SERVER_FIELDS}
+
+
+def _same(stored: Resource, wanted: Resource) -> bool:
+    """Whether the stored copy already says what ``wanted`` says. A Subscription's status is
+    the server's to change (``requested`` becomes ``active``); only a stopped one (``error``,
+    ``off``) is asked again."""
+    if wanted.get("resourceType") == "Subscription":
+        if stored.get("status") in ("error", "off"):
+            return False
+        return _content(stored) | {"status": None} == _content(wanted) | {"status": None}
+    return _content(stored) == _content(wanted)

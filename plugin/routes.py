@@ -19,7 +19,7 @@ from operations import booking, find, lifecycle
 from operations.errors import InvalidRequest, NotFound
 from operations.fhir_values import as_list
 from plugin import version
-from plugin.context import request_store, sidecar
+from plugin.context import request_stores, sidecar
 from plugin.fhir_http import check_format, fhir_response, json_body, operation_outcome, operation_parameters
 from plugin.upstream import UpstreamError
 
@@ -43,13 +43,13 @@ fhir.before_request(check_format)
 @fhir.route("/Appointment/$find", methods=["GET", "POST"])
 def appointment_find() -> Response:
     g.operation = "Appointment/$find"
-    return fhir_response(find.find_appointments(request_store(), _find_request()))
+    return fhir_response(find.find_appointments(request_stores("find", writes=False), _find_request()))
 
 
 @fhir.route("/Schedule/<schedule_id>/$find", methods=["GET", "POST"])
 def schedule_find(schedule_id: str) -> Response:
     g.operation = "Schedule/$find"
-    return fhir_response(find.find_slots(request_store(), _find_request(schedule_id)))
+    return fhir_response(find.find_slots(request_stores("find", writes=False), _find_request(schedule_id)))
 
 
 def _find_request(schedule_id: str | None = None) -> find.FindRequest:
@@ -59,6 +59,7 @@ def _find_request(schedule_id: str | None = None) -> find.FindRequest:
         now=state.clock(),
         max_range_days=state.settings.max_range_days,
         schedule_id=schedule_id,
+        max_schedules=state.settings.max_schedules,
     )
 
 
@@ -79,9 +80,11 @@ def appointment_hold() -> Response:
 
 def _book(*, hold: bool) -> Response:
     state = sidecar()
-    booking_request = booking.BookingRequest.from_body(json_body(request.get_data(cache=True)))
+    booking_request = booking.BookingRequest.from_body(
+        json_body(request.get_data(cache=True)), max_schedules=state.settings.max_schedules
+    )
     result = booking.book(
-        request_store(),
+        request_stores("hold" if hold else "book"),
         booking_request,
         hold=hold,
         hold_ttl=timedelta(seconds=state.settings.hold_ttl_seconds),
@@ -104,7 +107,7 @@ def appointment_confirm(appointment_id: str) -> Response:
     g.operation = "Appointment/$confirm"
     json_body(request.get_data(cache=True), required=False)  # a body, if any, must be JSON
     result = lifecycle.confirm(
-        request_store(), _existing_id(appointment_id), clock=_clock(), policy=_policy()
+        request_stores("confirm"), _existing_id(appointment_id), clock=_clock(), policy=_policy()
     )
     return fhir_response(result.bundle, status=result.status)
 
@@ -114,7 +117,11 @@ def appointment_cancel(appointment_id: str) -> Response:
     g.operation = "Appointment/$cancel"
     reason = _cancelation_reason(json_body(request.get_data(cache=True), required=False))
     result = lifecycle.cancel(
-        request_store(), _existing_id(appointment_id), reason=reason, clock=_clock(), policy=_policy()
+        request_stores("cancel"),
+        _existing_id(appointment_id),
+        reason=reason,
+        clock=_clock(),
+        policy=_policy(),
     )
     return fhir_response(result.bundle, status=result.status)
 
@@ -222,8 +229,8 @@ def readyz() -> Response:
     """Ready means the upstream's ``/metadata`` answers (with the configured credentials)."""
     g.operation = "readyz"
     state = sidecar()
-    store = state.upstream.background(g.get("request_id"))
-    g.upstream = store
+    store = state.upstream.background(g.get("request_id"), "readiness")
+    g.stores = [store]
     try:
         store.capabilities(read_timeout=min(state.settings.upstream_read_timeout, READY_READ_TIMEOUT))
     except UpstreamError as exc:

@@ -2,12 +2,14 @@
 
 Two levels:
 
-* :class:`UpstreamClient` -- one per process: the pooled ``requests.Session``, the timeouts and
-  what the sidecar has learnt about the upstream (whether Slot has an ``end`` search parameter).
-* :class:`FhirUpstream` -- one per incoming request: carries that caller's ``Authorization``
-  (access control stays with the upstream, SPEC §6) and counts its round trips. It implements
-  ``operations.store.FhirStore``: the ``$find`` reads plus the generic read, search and
-  transaction the booking operations need.
+* :class:`UpstreamClient` -- one per process: the pooled ``requests.Session``, the timeouts, the
+  sidecar's own credentials and what the sidecar has learnt about the upstream (whether Slot
+  has an ``end`` search parameter, and whether its index is complete).
+* :class:`FhirUpstream` -- one per identity per incoming request (SPEC §5.1):
+  :meth:`UpstreamClient.as_caller` carries that caller's ``Authorization`` (permission reads);
+  :meth:`UpstreamClient.as_service` carries the sidecar's own credentials and guard key, and adds
+  a Provenance to every transaction (deciding reads, every write). Both count their round
+  trips and share the request's time budget. They implement ``operations.store.FhirStore``.
 
 ``fhirclient`` is not used here: its ``FHIRServer`` keeps one authorisation per server object and
 has no hook for per-call headers, timeouts or paging across ``next`` links, which is exactly
@@ -31,12 +33,20 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 import requests
 import requests.adapters
 import requests.auth
-from urllib3.exceptions import ReadTimeoutError
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError
 
-from operations.errors import ConcurrentChange, Unprocessable
+from operations.errors import (
+    ConcurrentChange,
+    OutcomeUnknown,
+    ReferencedElsewhere,
+    StoreFailure,
+    Unprocessable,
+)
 from operations.store import Resource
 from plugin import version
 from plugin.config import Settings
+from plugin.identity import CredentialsUnavailable, ServiceCredentials, credentials_from_settings
+from plugin.provenance import Attribution, with_provenance
 
 Params = Sequence[tuple[str, str]]
 
@@ -46,8 +56,17 @@ FHIR_JSON = "application/fhir+json"
 PAGE_SIZE = 1000
 """``_count`` asked for on every search; the server may cap it, paging then does the rest."""
 SLOT_END_CACHE_SECONDS = 600.0
-"""How long an ``auto`` answer about Slot ``end`` support is trusted before it is probed again."""
+"""How long an answer about Slot ``end`` (supported, index complete) is trusted before it is
+checked again."""
+SLOT_END_NOT_READY_RECHECK_SECONDS = 10.0
+"""While the upstream is still indexing Slot ``end``, how often to look again."""
+SERVICE_KEY_HEADER = "X-Fanoni-Service-Key"
+"""How the HAPI guard recognises the sidecar's own writes (docs/security.md)."""
+_EARLIEST_END = "ge1000-01-01"
 
+_STRICT = {"Prefer": "handling=strict"}
+"""Ask the server to refuse parameters it does not know rather than ignore them: an ignored
+``end`` would silently turn a Slot query into "every Slot ever"."""
 _ACTOR_TYPES = frozenset({"Practitioner", "PractitionerRole", "Location", "Device", "HealthcareService"})
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _POOL_SIZE = 32
@@ -58,11 +77,12 @@ _MAX_DIAGNOSTICS = 300
 # Errors: each knows the status and issue code the caller should see (SPEC §4, last table row).
 
 
-class UpstreamError(Exception):
+class UpstreamError(StoreFailure):
     """The upstream could not give a usable answer; rendered as an OperationOutcome."""
 
     status: int = 502
     code: str = "exception"
+    transient = True
 
     def __init__(
         self,
@@ -79,6 +99,9 @@ class UpstreamError(Exception):
         """The upstream's OperationOutcome, when it sent one (for callers that inspect it)."""
         self.headers: dict[str, str] = dict(headers or {})
         """Headers worth passing on to the caller (``WWW-Authenticate``, ``Retry-After``)."""
+        self.never_sent = False
+        """True when the request certainly never reached the upstream (no connection was
+        made): a write that failed so cannot have landed."""
 
 
 class UpstreamUnavailable(UpstreamError):
@@ -91,6 +114,12 @@ class UpstreamUnavailable(UpstreamError):
 class UpstreamTimeout(UpstreamError):
     status = 504
     code = "timeout"
+
+
+class BudgetExhausted(UpstreamTimeout):
+    """The operation's time budget is spent: no further upstream call is made for it."""
+
+    transient = False
 
 
 class UpstreamBadResponse(UpstreamError):
@@ -109,10 +138,13 @@ class UpstreamRejected(UpstreamError):
 
     status = 502
     code = "exception"
+    transient = False
 
 
 class UpstreamAccessDenied(UpstreamError):
     """401/403 from the upstream, passed through with the same status (SPEC §6)."""
+
+    transient = False
 
     def __init__(self, upstream_status: int, diagnostics: str, **kwargs: Any) -> None:
         super().__init__(diagnostics, upstream_status=upstream_status, **kwargs)
@@ -150,7 +182,8 @@ def new_session() -> requests.Session:
 
 
 class UpstreamClient:
-    """Per-process state shared by all requests: the session and the Slot ``end`` answer."""
+    """Per-process state shared by all requests: the session, the sidecar's credentials and
+    what is known of the Slot ``end`` search parameter."""
 
     def __init__(
         self,
@@ -158,6 +191,7 @@ class UpstreamClient:
         *,
         session_factory: Callable[[], requests.Session] = new_session,
         clock: Callable[[], float] = time.monotonic,
+        credentials: ServiceCredentials | None = None,
     ) -> None:
         self.settings = settings
         self._session_factory = session_factory
@@ -166,6 +200,10 @@ class UpstreamClient:
         self._session: requests.Session | None = None
         self._session_pid: int | None = None
         self._slot_end: tuple[bool, float] | None = None
+        self._slot_end_ready: tuple[bool, float] | None = None
+        self.credentials: ServiceCredentials = (
+            credentials if credentials is not None else credentials_from_settings(settings, self.session)
+        )
 
     @property
     def base_url(self) -> str:
@@ -181,19 +219,34 @@ class UpstreamClient:
                 self._session_pid = pid
             return self._session
 
-    def for_request(self, authorization: str | None, request_id: str | None = None) -> FhirUpstream:
-        """A store acting with the caller's credentials."""
-        return FhirUpstream(self, authorization=authorization, request_id=request_id)
+    def as_caller(
+        self, authorization: str | None, request_id: str | None = None, *, deadline: float | None = None
+    ) -> FhirUpstream:
+        """A store acting with the caller's credentials: for the reads that stand for
+        permission (SPEC §5.1). It never writes."""
+        return FhirUpstream(self, authorization=authorization, request_id=request_id, deadline=deadline)
 
-    def background(self, request_id: str | None = None) -> FhirUpstream:
-        """A store acting with the administrator's ``UPSTREAM_AUTHORIZATION`` (no caller)."""
-        return FhirUpstream(self, authorization=self.settings.upstream_authorization, request_id=request_id)
+    def as_service(self, attribution: Attribution, *, deadline: float | None = None) -> FhirUpstream:
+        """A store acting as the sidecar itself: its credentials, its guard key, and a
+        Provenance (``attribution``) on every transaction."""
+        return FhirUpstream(
+            self,
+            credentials=self.credentials,
+            request_id=attribution.request_id,
+            attribution=attribution,
+            deadline=deadline,
+        )
+
+    def background(self, request_id: str | None = None, operation: str = "maintenance") -> FhirUpstream:
+        """The sidecar's own store for work done on nobody's behalf (registration, readiness,
+        hold expiry, notifications)."""
+        return self.as_service(Attribution(operation, request_id, self.settings.service_name))
 
     def slot_end_supported(self) -> bool | None:
-        """Whether to search Slots by ``end``; ``None``: unknown, the next query probes."""
+        """Whether to search Slots by ``end``; ``None``: unknown, the next query finds out."""
         mode = self.settings.slot_end_search
-        if mode != "auto":
-            return mode == "on"
+        if mode == "off":
+            return False
         with self._lock:
             if self._slot_end is not None:
                 supported, checked_at = self._slot_end
@@ -205,24 +258,56 @@ class UpstreamClient:
         with self._lock:
             self._slot_end = (supported, self._clock())
 
+    def slot_end_index_ready(self) -> bool | None:
+        """Whether every stored Slot is indexed by ``end`` (``None``: unknown, or time to look
+        again). Not ready is looked at again after a few seconds, ready after ten minutes."""
+        with self._lock:
+            if self._slot_end_ready is None:
+                return None
+            ready, checked_at = self._slot_end_ready
+            limit = SLOT_END_CACHE_SECONDS if ready else SLOT_END_NOT_READY_RECHECK_SECONDS
+            return ready if self._clock() - checked_at < limit else None
+
+    def remember_slot_end_index(self, ready: bool) -> None:
+        with self._lock:
+            self._slot_end_ready = (ready, self._clock())
+
 
 # --------------------------------------------------------------------------------------------
 # The per-request part.
 
 
 class FhirUpstream:
-    """The ``SchedulingStore`` over FHIR REST, acting for one caller.
+    """The ``FhirStore`` over FHIR REST, acting for one identity in one request.
 
     Not thread-safe by design: one instance serves one incoming request. ``round_trips`` counts
     every HTTP call made (pages included), so tests and logs can see the cost of an operation.
+    ``deadline`` (``time.monotonic()`` value) bounds the whole request: each call waits at most
+    until then, and none starts after it (:class:`BudgetExhausted`).
     """
 
-    def __init__(self, client: UpstreamClient, *, authorization: str | None, request_id: str | None) -> None:
+    def __init__(
+        self,
+        client: UpstreamClient,
+        *,
+        authorization: str | None = None,
+        credentials: ServiceCredentials | None = None,
+        request_id: str | None = None,
+        attribution: Attribution | None = None,
+        deadline: float | None = None,
+    ) -> None:
         self._client = client
         self._base = client.base_url
         self._authorization = authorization
+        self._credentials = credentials
         self._request_id = request_id
+        self._attribution = attribution
+        self._deadline = deadline
         self.round_trips = 0
+
+    @property
+    def acts_as_service(self) -> bool:
+        return self._credentials is not None
 
     # ---- SchedulingStore -------------------------------------------------------------------
 
@@ -273,11 +358,12 @@ class FhirUpstream:
     def search_slots(self, schedule_ids: Sequence[str], start: datetime, end: datetime) -> list[Resource]:
         """One Slot search for all the Schedules; never misses a Slot that overlaps the range.
 
-        With a Slot ``end`` search parameter on the upstream: ``start=lt{end}&end=gt{start}``,
-        exact whatever the Slot's length. Without: ``start`` within ``SLOT_LOOKBACK_DAYS``
-        before the range, which sees any Slot shorter than the look-back. In ``auto`` mode the
-        ``end`` query doubles as the probe: a 400 means the parameter is unknown, and the
-        answer is remembered for :data:`SLOT_END_CACHE_SECONDS`.
+        With a Slot ``end`` search parameter on the upstream *whose index is complete*:
+        ``start=lt{end}&end=gt{start}``, exact whatever the Slot's length. Otherwise: ``start``
+        within ``SLOT_LOOKBACK_DAYS`` before the range, which sees any Slot shorter than the
+        look-back. Whether the index is complete is found out by counting (see
+        :meth:`_slot_end_index_complete`), so no decision rests on ``end=`` while the upstream
+        is still indexing Slots stored before the parameter existed.
         """
         wanted = _valid_ids(schedule_ids)
         if not wanted:
@@ -286,35 +372,76 @@ class FhirUpstream:
             ("schedule", ",".join(f"Schedule/{i}" for i in wanted)),
             ("start", "lt" + _search_instant(end, round_up=True)),
         ]
-        # Ask the server to refuse parameters it does not know rather than ignore them:
-        # an ignored ``end`` would silently turn the query into "every Slot ever".
-        strict = {"Prefer": "handling=strict"}
         settings = self._client.settings
-        end_supported = self._client.slot_end_supported()
-        if end_supported is not False:
+        if self._use_slot_end():
             # ``gt`` compares against the end of the stated second; one second earlier keeps a
             # Slot ending a fraction of a second after ``start`` (more is fine, fewer is not).
             lower = _search_instant(start - timedelta(seconds=1), round_up=False)
-            try:
-                slots = self.search("Slot", [*common, ("end", "gt" + lower)], headers=strict)
-            except UpstreamRejected as exc:
-                if settings.slot_end_search == "on" or exc.upstream_status != 400:
-                    raise
-                logger.info(
-                    "upstream refused the Slot 'end' search parameter; using the start look-back",
-                    extra={"upstream_diagnostics": exc.diagnostics},
-                )
-                self._client.remember_slot_end_support(False)
-            else:
-                if settings.slot_end_search == "auto":
-                    self._client.remember_slot_end_support(True)
-                return slots
+            return self.search("Slot", [*common, ("end", "gt" + lower)], headers=_STRICT)
         lookback = start - timedelta(days=settings.slot_lookback_days)
         return self.search(
             "Slot",
             [*common, ("start", "ge" + _search_instant(lookback, round_up=False))],
-            headers=strict,
+            headers=_STRICT,
         )
+
+    def _use_slot_end(self) -> bool:
+        """Whether this Slot search may use ``end``: the parameter exists and every stored Slot
+        is indexed by it. Costs two counting searches once per process (and again every ten
+        minutes, or every few seconds while the upstream is still indexing)."""
+        client = self._client
+        if client.settings.slot_end_search == "on":
+            return True  # the operator vouches for the parameter and its index
+        if client.slot_end_supported() is False:
+            return False
+        ready = client.slot_end_index_ready()
+        if ready is None:
+            ready = self._slot_end_index_complete()
+            if ready is None:
+                return False  # the parameter is unknown: remembered as unsupported
+            client.remember_slot_end_index(ready)
+            if not ready:
+                logger.info("the upstream is still indexing Slot end; using the start look-back meanwhile")
+        return ready
+
+    def _slot_end_index_complete(self) -> bool | None:
+        """``True`` when every Slot on the upstream is found by an ``end`` search -- every Slot
+        has an ``end``, so the count of ``Slot?end=ge1000-01-01`` equals the count of all Slots
+        (counted before and after it) when the index is complete. ``None``: the upstream does not know ``end``.
+
+        A server-agnostic way to learn that a reindex has finished, whichever process or tool
+        asked for it. Slots written between the two counts make them differ; that only means
+        "look again shortly"; a wrong "complete" would need writes that exactly make up for the
+        Slots not yet indexed, between two of the three counts.
+        """
+        before = self._count("Slot", [])
+        try:
+            indexed = self._count("Slot", [("end", _EARLIEST_END)])
+        except UpstreamRejected as exc:
+            if exc.upstream_status != 400:
+                raise
+            logger.info(
+                "upstream refused the Slot 'end' search parameter; using the start look-back",
+                extra={"upstream_diagnostics": exc.diagnostics},
+            )
+            self._client.remember_slot_end_support(False)
+            return None
+        self._client.remember_slot_end_support(True)
+        # Counted before and after: a Slot written or deleted meanwhile shows as a difference.
+        return before == indexed == self._count("Slot", [])
+
+    def _count(self, resource_type: str, params: Params) -> int:
+        response = self._send(
+            "GET",
+            f"{self._base}/{resource_type}",
+            params=[*params, ("_summary", "count")],
+            headers=_STRICT,
+        )
+        self._raise_for_status(response)
+        total = self._resource(response, "Bundle").get("total")
+        if not isinstance(total, int):
+            raise UpstreamBadResponse("the upstream FHIR server did not count the search (_summary=count)")
+        return total
 
     # ---- generic FHIR REST ------------------------------------------------------------------
 
@@ -334,13 +461,15 @@ class FhirUpstream:
         params: Params | Mapping[str, str],
         *,
         headers: Mapping[str, str] | None = None,
+        limit: int | None = None,
     ) -> list[Resource]:
-        """Every match of the search across all pages; included resources are left out."""
+        """Every match of the search across all pages (included resources left out); with
+        ``limit``, the first ``limit`` matches, asking for no more pages than that needs."""
         return [
             resource
-            for resource, mode in self._search_all(resource_type, params, headers=headers)
+            for resource, mode in self._search_all(resource_type, params, headers=headers, limit=limit)
             if mode == "match"
-        ]
+        ][:limit]
 
     def _search_all(
         self,
@@ -348,11 +477,16 @@ class FhirUpstream:
         params: Params | Mapping[str, str],
         *,
         headers: Mapping[str, str] | None = None,
+        limit: int | None = None,
     ) -> list[tuple[Resource, str]]:
         """Every resource across all pages with its search mode, ``match`` or ``include``
         (inferred from the resource type when the server omits it); outcomes dropped."""
         found: list[tuple[Resource, str]] = []
-        for bundle in self._search_pages(resource_type, params, headers=headers):
+        matches = 0
+        query = list(params.items()) if isinstance(params, Mapping) else list(params)
+        if limit is not None and not any(name == "_count" for name, _ in query):
+            query.append(("_count", str(min(limit, PAGE_SIZE))))
+        for bundle in self._search_pages(resource_type, query, headers=headers):
             for entry in bundle.get("entry") or []:
                 resource = entry.get("resource") if isinstance(entry, dict) else None
                 if not isinstance(resource, dict) or resource.get("resourceType") == "OperationOutcome":
@@ -364,20 +498,36 @@ class FhirUpstream:
                         continue  # "outcome": the server talking about the search, not a result
                     mode = "match" if resource.get("resourceType") == resource_type else "include"
                 found.append((resource, mode))
+                matches += mode == "match"
+            if limit is not None and matches >= limit:
+                break
         return found
 
     def transaction(self, bundle: Resource) -> Resource:
         """``POST [base]`` a transaction Bundle; the ``transaction-response`` Bundle back.
 
-        A 409/412 raises ``ConcurrentChange`` (the ``FhirStore`` contract): the booking use
-        cases re-read and decide again.
+        The service store adds the Provenance (``plugin/provenance.py``). Failures, as the
+        ``FhirStore`` contract says: a 409/412 version conflict raises ``ConcurrentChange`` (the
+        use cases re-read and decide again); a 409 refusing a delete raises
+        ``ReferencedElsewhere``; a 400/422 is the caller's content (422). When the request may
+        have reached the upstream but no usable answer came back -- a read timeout, a
+        connection cut after sending, a 5xx, an unreadable 2xx -- ``OutcomeUnknown``: the write
+        may have landed, and the use case finds out. A connection that was never made, or a
+        429, is a plain ``UpstreamError``: nothing was sent or processed.
         """
-        response = self._send(
-            "POST",
-            self._base,
-            body=bundle,
-            headers={"Prefer": "return=representation"},
-        )
+        if self._attribution is not None:
+            bundle = with_provenance(bundle, self._attribution)
+        try:
+            response = self._send(
+                "POST",
+                self._base,
+                body=bundle,
+                headers={"Prefer": "return=representation"},
+            )
+        except (UpstreamTimeout, UpstreamUnavailable, UpstreamBadResponse) as exc:
+            if isinstance(exc, BudgetExhausted) or getattr(exc, "never_sent", False):
+                raise
+            raise OutcomeUnknown(exc) from exc
         try:
             self._raise_for_status(response)
         except UpstreamRejected as exc:
@@ -389,7 +539,25 @@ class FhirUpstream:
                 f"The FHIR server refused to store the change: {_outcome_text(exc.outcome) or exc.diagnostics}",
                 code="processing",
             ) from exc
-        return self._resource(response, "Bundle")
+        except ConcurrentChange as exc:
+            deletes = any(
+                (e.get("request") or {}).get("method") == "DELETE" for e in bundle.get("entry") or []
+            )
+            if deletes and response.status_code == 409 and _is_delete_conflict(_outcome_or_none(response)):
+                raise ReferencedElsewhere(str(exc)) from None
+            raise
+        except UpstreamBadResponse as exc:
+            if exc.upstream_status is not None and exc.upstream_status >= 500:
+                raise OutcomeUnknown(exc) from exc
+            raise
+        except UpstreamUnavailable as exc:
+            if exc.upstream_status == 429:
+                raise  # "too many requests": not processed
+            raise OutcomeUnknown(exc) from exc
+        try:
+            return self._resource(response, "Bundle")
+        except UpstreamBadResponse as exc:
+            raise OutcomeUnknown(exc) from exc
 
     def update(self, resource: Resource) -> tuple[Resource, bool]:
         """``PUT [base]/Type/id``; the stored resource and whether it was created (201)."""
@@ -473,6 +641,38 @@ class FhirUpstream:
         headers: Mapping[str, str] | None = None,
         read_timeout: float | None = None,
     ) -> requests.Response:
+        response = self._send_once(
+            method, url, params=params, body=body, headers=headers, read_timeout=read_timeout
+        )
+        if response.status_code == 401 and self._credentials is not None:
+            # The sidecar's token may have been revoked or expired early: one fresh token, once.
+            sent = response.request.headers.get("Authorization")
+            self._credentials.invalidate(sent if isinstance(sent, str) else "")
+            response = self._send_once(
+                method, url, params=params, body=body, headers=headers, read_timeout=read_timeout
+            )
+        return response
+
+    def _authorization_header(self) -> str | None:
+        if self._credentials is None:
+            return self._authorization
+        try:
+            return self._credentials.authorization()
+        except CredentialsUnavailable as exc:
+            error = UpstreamUnavailable(f"the scheduling service could not obtain its own credentials: {exc}")
+            error.never_sent = True
+            raise error from exc
+
+    def _send_once(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Params | None,
+        body: Resource | None,
+        headers: Mapping[str, str] | None,
+        read_timeout: float | None,
+    ) -> requests.Response:
         settings = self._client.settings
         sent_headers = {"Accept": FHIR_JSON, "User-Agent": f"fanoni-scheduling/{version()}"}
         if method == "GET":
@@ -481,15 +681,26 @@ class FhirUpstream:
             sent_headers["Cache-Control"] = "no-cache"
         if body is not None:
             sent_headers["Content-Type"] = f"{FHIR_JSON}; charset=utf-8"
-        if self._authorization:
-            sent_headers["Authorization"] = self._authorization
+        authorization = self._authorization_header()
+        if authorization:
+            sent_headers["Authorization"] = authorization
+        if self._credentials is not None and settings.guard_key:
+            sent_headers[SERVICE_KEY_HEADER] = settings.guard_key
         if self._request_id:
             sent_headers["X-Request-ID"] = self._request_id
         sent_headers.update(headers or {})
-        timeout = (
-            settings.upstream_connect_timeout,
-            settings.upstream_read_timeout if read_timeout is None else read_timeout,
-        )
+        read = settings.upstream_read_timeout if read_timeout is None else read_timeout
+        if self._deadline is not None:
+            remaining = self._deadline - time.monotonic()
+            if remaining <= 0.05:
+                exhausted = BudgetExhausted(
+                    "the operation ran out of time waiting for the upstream FHIR server "
+                    f"(at most {settings.operation_budget_seconds:g} s per operation)"
+                )
+                exhausted.never_sent = True
+                raise exhausted
+            read = min(read, remaining)
+        timeout = (min(settings.upstream_connect_timeout, read), read)
         data = json.dumps(body).encode() if body is not None else None
         self.round_trips += 1
         started = time.monotonic()
@@ -505,12 +716,16 @@ class FhirUpstream:
             )
         except requests.Timeout as exc:
             self._log_failure(method, url, exc)
-            raise UpstreamTimeout("the upstream FHIR server did not answer in time") from exc
+            error: UpstreamError = UpstreamTimeout("the upstream FHIR server did not answer in time")
+            error.never_sent = _never_connected(exc)
+            raise error from exc
         except requests.ConnectionError as exc:
             self._log_failure(method, url, exc)
             if _is_read_timeout(exc):
                 raise UpstreamTimeout("the upstream FHIR server did not answer in time") from exc
-            raise UpstreamUnavailable("the upstream FHIR server is unreachable") from exc
+            error = UpstreamUnavailable("the upstream FHIR server is unreachable")
+            error.never_sent = _never_connected(exc)
+            raise error from exc
         except requests.RequestException as exc:
             self._log_failure(method, url, exc)
             raise UpstreamBadResponse("the upstream FHIR server sent an unusable answer") from exc
@@ -522,6 +737,7 @@ class FhirUpstream:
                 "upstream_url": response.url,
                 "upstream_status": response.status_code,
                 "duration_ms": round((time.monotonic() - started) * 1000, 1),
+                "as_service": self._credentials is not None,
             },
         )
         return response
@@ -539,6 +755,23 @@ class FhirUpstream:
             return
         outcome = _outcome_or_none(response)
         detail = _outcome_text(outcome)
+        if status in (401, 403) and self._credentials is not None:
+            # The sidecar's own credentials (or guard key) were refused: a deployment fault, not
+            # the caller's, so neither the status nor the challenge is passed on.
+            logger.error(
+                "the upstream refused the scheduling service's own credentials",
+                extra={
+                    "upstream_status": status,
+                    "upstream_diagnostics": detail,
+                    "request_id": self._request_id,
+                },
+            )
+            raise UpstreamRejected(
+                f"the upstream FHIR server refused the scheduling service's own credentials ({status})"
+                + (f": {detail}" if detail else ""),
+                upstream_status=status,
+                outcome=outcome,
+            )
         if status in (401, 403):
             headers = {k: v for k, v in response.headers.items() if k.lower() == "www-authenticate"}
             raise UpstreamAccessDenied(
@@ -635,6 +868,36 @@ def _link(bundle: Resource, relation: str) -> str | None:
             if isinstance(url, str) and url:
                 return url
     return None
+
+
+def _never_connected(exc: requests.RequestException) -> bool:
+    """Whether the failure happened before a connection existed (refused, DNS, connect
+    timeout), so the request cannot have reached the upstream."""
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, NewConnectionError | ConnectTimeoutError | requests.ConnectTimeout):
+            return True
+        pending += [a for a in current.args if isinstance(a, BaseException)]
+        reason = getattr(current, "reason", None)
+        if isinstance(reason, BaseException):
+            pending.append(reason)
+        if current.__cause__ is not None:
+            pending.append(current.__cause__)
+        if current.__context__ is not None:
+            pending.append(current.__context__)
+    return False
+
+
+def _is_delete_conflict(outcome: Resource | None) -> bool:
+    """HAPI answers 409 both for version conflicts and for deletes that referential integrity
+    refuses; only the text tells them apart ("Unable to delete ... has a reference")."""
+    text = _outcome_text(outcome).lower()
+    return "unable to delete" in text or "has a reference to this resource" in text
 
 
 def _is_read_timeout(exc: requests.ConnectionError) -> bool:

@@ -24,7 +24,14 @@ NOW = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
 
 @pytest.fixture
 def settings() -> Settings:
-    return Settings(fhir_base_url=BASE, upstream_authorization="Bearer admin-token", hold_sweep_seconds=0)
+    # SLOT_END_SEARCH=on: route tests mock one Slot search; finding out whether the upstream's
+    # Slot end index is complete (auto, the default) has tests of its own in test_upstream.py.
+    return Settings(
+        fhir_base_url=BASE,
+        upstream_authorization="Bearer admin-token",
+        hold_sweep_seconds=0,
+        slot_end_search="on",
+    )
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from flask.testing import FlaskClient
 from operations import find
 from operations.errors import ConcurrentChange, Unprocessable
 from operations.model import SCHEDULING_PARAMETERS_URL, SERVICE_TYPE_REFERENCE_URL, TIMEZONE_URL
-from operations.store import SchedulingStore
+from operations.store import Stores
 from tests.api.conftest import BASE, NOW, bundle, outcome
 
 FIND = "/fhir/Appointment/$find"
@@ -54,8 +54,8 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> Captured:
 def reading_engine(monkeypatch: pytest.MonkeyPatch) -> None:
     """A use case that reads through the store like the real one (so upstream failures show)."""
 
-    def find_appointments(store: SchedulingStore, request: find.FindRequest) -> dict[str, Any]:
-        store.read_schedules(list(request.schedule_ids))
+    def find_appointments(stores: Stores, request: find.FindRequest) -> dict[str, Any]:
+        stores.caller.read_schedules(list(request.schedule_ids))
         return EMPTY_BUNDLE
 
     monkeypatch.setattr(find, "find_appointments", find_appointments)
@@ -77,7 +77,7 @@ def test_get_passes_the_query_in_order(client: FlaskClient, captured: Captured) 
         ("schedule", "Schedule/b"),
         ("_count", "5"),
     ]
-    assert captured.kwargs == {"now": NOW, "max_range_days": 31, "schedule_id": None}
+    assert captured.kwargs == {"now": NOW, "max_range_days": 31, "schedule_id": None, "max_schedules": 20}
 
 
 def test_post_parameters_become_string_pairs(client: FlaskClient, captured: Captured) -> None:
@@ -250,7 +250,7 @@ def test_real_validation_errors_come_back_as_400(client: FlaskClient) -> None:
 def test_scheduling_errors_are_rendered_with_status_code_and_expression(
     client: FlaskClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def refuse(store: SchedulingStore, request: find.FindRequest) -> dict[str, Any]:
+    def refuse(stores: Stores, request: find.FindRequest) -> dict[str, Any]:
         raise Unprocessable(
             "Schedule/b does not offer HealthcareService/svc", expression="Parameters.schedule[1]"
         )
@@ -267,7 +267,7 @@ def test_scheduling_errors_are_rendered_with_status_code_and_expression(
 
 
 def test_an_unsettled_concurrent_change_is_409(client: FlaskClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    def race(store: SchedulingStore, request: find.FindRequest) -> dict[str, Any]:
+    def race(stores: Stores, request: find.FindRequest) -> dict[str, Any]:
         raise ConcurrentChange("version conflict")
 
     monkeypatch.setattr(find, "find_appointments", race)
@@ -279,7 +279,7 @@ def test_an_unsettled_concurrent_change_is_409(client: FlaskClient, monkeypatch:
 def test_unexpected_exceptions_are_500_without_internals(
     client: FlaskClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def crash(store: SchedulingStore, request: find.FindRequest) -> dict[str, Any]:
+    def crash(stores: Stores, request: find.FindRequest) -> dict[str, Any]:
         raise KeyError("secret-internal-detail")
 
     monkeypatch.setattr(find, "find_appointments", crash)
@@ -432,7 +432,8 @@ def test_find_costs_three_round_trips_with_the_real_engine(
     upstream.get(f"{BASE}/Slot", json=bundle([busy]))
 
     response = client.get(
-        f"{FIND}?{QUERY}&_count=3".replace("17:00:00Z", "15:00:00Z").replace("09:00:00Z", "11:00:00Z")
+        f"{FIND}?{QUERY}&_count=3".replace("17:00:00Z", "15:00:00Z").replace("09:00:00Z", "11:00:00Z"),
+        headers={"Authorization": "Bearer patient-app"},
     )
     assert response.status_code == 200, response.get_data(as_text=True)
     result = response.get_json()
@@ -447,6 +448,10 @@ def test_find_costs_three_round_trips_with_the_real_engine(
     ]
     slot_query = str(upstream.calls[2].request.url)
     assert "schedule=Schedule%2Fa%2CSchedule%2Fb" in slot_query and "end=gt" in slot_query
+    # SPEC §5.1: what the caller may read is read as the caller; the Slots that decide what is
+    # free are read as the sidecar, so time hidden from the caller is still known to be taken.
+    credentials = [c.request.headers.get("Authorization") for c in upstream.calls]
+    assert credentials == ["Bearer patient-app", "Bearer patient-app", "Bearer admin-token"]
 
 
 def test_query_plus_sign_survives(client: FlaskClient, captured: Captured) -> None:

@@ -17,6 +17,7 @@ from operations.store import FhirStore
 from plugin.config import Settings
 from plugin.upstream import (
     SLOT_END_CACHE_SECONDS,
+    SLOT_END_NOT_READY_RECHECK_SECONDS,
     FhirUpstream,
     UpstreamAccessDenied,
     UpstreamBadResponse,
@@ -50,12 +51,18 @@ def client(settings: Settings, clock: Clock) -> UpstreamClient:
 
 
 @pytest.fixture
+def auto(settings: Settings, clock: Clock) -> UpstreamClient:
+    """``SLOT_END_SEARCH=auto``: the client finds out about Slot ``end`` itself."""
+    return UpstreamClient(Settings(fhir_base_url=BASE, slot_end_search="auto"), clock=clock)
+
+
+@pytest.fixture
 def store(client: UpstreamClient) -> FhirUpstream:
-    return client.for_request("Bearer caller-token", "req-42")
+    return client.as_caller("Bearer caller-token", "req-42")
 
 
 def test_it_is_the_store_the_use_cases_expect(client: UpstreamClient) -> None:
-    store: FhirStore = client.for_request(None)  # checked by mypy against the protocol
+    store: FhirStore = client.as_caller(None)  # checked by mypy against the protocol
     assert store is not None
 
 
@@ -156,7 +163,7 @@ def test_anonymous_callers_stay_anonymous_even_with_a_netrc(
     netrc.chmod(0o600)
     monkeypatch.setenv("NETRC", str(netrc))
     upstream.get(f"{BASE}/HealthcareService/svc", json={"resourceType": "HealthcareService"})
-    client.for_request(None).read_service("svc")
+    client.as_caller(None).read_service("svc")
     assert "Authorization" not in upstream.calls[0].request.headers
 
 
@@ -168,8 +175,8 @@ def test_cookies_from_one_caller_never_reach_another(
         json={"resourceType": "HealthcareService"},
         headers={"Set-Cookie": "JSESSIONID=alice; Path=/"},
     )
-    client.for_request("Bearer alice").read_service("svc")
-    client.for_request("Bearer bob").read_service("svc")
+    client.as_caller("Bearer alice").read_service("svc")
+    client.as_caller("Bearer bob").read_service("svc")
     assert "Cookie" not in upstream.calls[1].request.headers
 
 
@@ -245,72 +252,117 @@ def test_paging_loop_is_an_error(upstream: responses.RequestsMock, store: FhirUp
 # ---- the Slot query and the end search parameter ---------------------------------------------
 
 
-def hapi_without_slot_end(request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
-    """Answers Slot searches like HAPI without the SearchParameter: 400 for ``end``."""
-    if any(name == "end" for name, _ in parse_qsl(urlsplit(str(request.url)).query)):
-        text = 'HAPI-1223: Unknown search parameter "end" for resource type "Slot"'
-        return 400, {}, json.dumps(outcome(text))
-    return 200, {}, json.dumps(bundle([slot(1), slot(2)]))
+class SlotServer:
+    """HAPI as far as Slot searches go: counts (``_summary=count``), with or without ``end``."""
+
+    def __init__(self, total: int = 5, indexed: int | None = 5, slots: int = 1) -> None:
+        self.total = total
+        self.indexed = indexed
+        """Slots found by ``end`` (None: the parameter is unknown, 400)."""
+        self.slots = slots
+
+    def __call__(self, request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
+        params = parse_qsl(urlsplit(str(request.url)).query)
+        has_end = any(name == "end" for name, _ in params)
+        if has_end and self.indexed is None:
+            text = 'HAPI-1223: Unknown search parameter "end" for resource type "Slot"'
+            return 400, {}, json.dumps(outcome(text))
+        if ("_summary", "count") in params:
+            total = self.indexed if has_end else self.total
+            return 200, {}, json.dumps({"resourceType": "Bundle", "type": "searchset", "total": total})
+        return 200, {}, json.dumps(bundle([slot(n) for n in range(1, self.slots + 1)]))
 
 
-def test_slot_query_uses_end_when_supported_and_remembers_it(
-    upstream: responses.RequestsMock, client: UpstreamClient, clock: Clock
+def test_slot_query_uses_end_once_every_slot_is_indexed_and_remembers_it(
+    upstream: responses.RequestsMock, auto: UpstreamClient, clock: Clock
 ) -> None:
-    upstream.get(f"{BASE}/Slot", json=bundle([slot(1)]))
-    store = client.for_request(None)
+    upstream.add_callback(responses.GET, f"{BASE}/Slot", callback=SlotServer())
+    store = auto.as_caller(None)
     assert [s["id"] for s in store.search_slots(["a", "b"], START, END)] == ["s1"]
-    assert query(upstream.calls[0]) == [
+    counts = [query(call) for call in upstream.calls[:3]]
+    assert counts == [
+        [("_summary", "count")],
+        [("end", "ge1000-01-01"), ("_summary", "count")],
+        [("_summary", "count")],
+    ]
+    assert query(upstream.calls[3]) == [
         ("schedule", "Schedule/a,Schedule/b"),
         ("start", "lt2026-12-08T09:00:00Z"),
         ("end", "gt2026-12-01T08:59:59Z"),
         ("_count", "1000"),
     ]
-    assert upstream.calls[0].request.headers["Prefer"] == "handling=strict"
-    assert store.round_trips == 1
-    assert client.slot_end_supported() is True
+    assert all(call.request.headers["Prefer"] == "handling=strict" for call in upstream.calls)
+    assert store.round_trips == 4
+    assert auto.slot_end_supported() is True and auto.slot_end_index_ready() is True
+
+    again = auto.as_caller(None)
+    again.search_slots(["a"], START, END)
+    assert again.round_trips == 1  # known: no counting
     clock.now += SLOT_END_CACHE_SECONDS + 1
-    assert client.slot_end_supported() is None  # probed again after the cache lapses
+    assert auto.slot_end_index_ready() is None  # counted again after the cache lapses
 
 
-def test_slot_query_falls_back_when_the_upstream_answers_400(
-    upstream: responses.RequestsMock, client: UpstreamClient, clock: Clock
+def test_while_the_upstream_is_still_indexing_end_no_decision_uses_it(
+    upstream: responses.RequestsMock, auto: UpstreamClient, clock: Clock
 ) -> None:
-    upstream.add_callback(responses.GET, f"{BASE}/Slot", callback=hapi_without_slot_end)
-    store = client.for_request(None)
+    """The first reindex after registration: Slots stored before the SearchParameter are not
+    found by ``end`` yet, so the look-back query is used until the counts agree."""
+    server = SlotServer(total=5, indexed=3)
+    upstream.add_callback(responses.GET, f"{BASE}/Slot", callback=server)
+    store = auto.as_caller(None)
+    store.search_slots(["a"], START, END)
+    assert ("start", "ge2026-09-30T09:00:00Z") in query(upstream.calls[-1])  # 62 days of look-back
+    assert not any(name == "end" for name, _ in query(upstream.calls[-1]))
+    assert auto.slot_end_index_ready() is False
+
+    clock.now += SLOT_END_NOT_READY_RECHECK_SECONDS + 1
+    server.indexed = 5  # the reindex job finished
+    later = auto.as_caller(None)
+    later.search_slots(["a"], START, END)
+    assert ("end", "gt2026-12-01T08:59:59Z") in query(upstream.calls[-1])
+    assert later.round_trips == 4
+
+
+def test_slot_query_falls_back_when_the_upstream_does_not_know_end(
+    upstream: responses.RequestsMock, auto: UpstreamClient, clock: Clock
+) -> None:
+    upstream.add_callback(responses.GET, f"{BASE}/Slot", callback=SlotServer(indexed=None, slots=2))
+    store = auto.as_caller(None)
     assert len(store.search_slots(["a"], START, END)) == 2
-    assert store.round_trips == 2
-    assert query(upstream.calls[1]) == [
+    assert store.round_trips == 3  # count, refused end count, look-back query
+    assert query(upstream.calls[-1]) == [
         ("schedule", "Schedule/a"),
         ("start", "lt2026-12-08T09:00:00Z"),
         ("start", "ge2026-09-30T09:00:00Z"),  # 62 days of look-back
         ("_count", "1000"),
     ]
-    assert client.slot_end_supported() is False
+    assert auto.slot_end_supported() is False
 
-    again = client.for_request(None)
+    again = auto.as_caller(None)
     again.search_slots(["a"], START, END)
     assert again.round_trips == 1  # the answer is cached: no second probe
-    assert ("start", "ge2026-09-30T09:00:00Z") in query(upstream.calls[2])
 
     clock.now += SLOT_END_CACHE_SECONDS + 1
-    later = client.for_request(None)
+    later = auto.as_caller(None)
     later.search_slots(["a"], START, END)
-    assert later.round_trips == 2  # probed again, refused again, fell back
+    assert later.round_trips == 3  # probed again, refused again, fell back
 
 
-def test_slot_end_search_on_never_falls_back(upstream: responses.RequestsMock, settings: Settings) -> None:
+def test_slot_end_search_on_trusts_the_index_and_never_falls_back(
+    upstream: responses.RequestsMock, settings: Settings
+) -> None:
     forced = Settings(fhir_base_url=settings.fhir_base_url, slot_end_search="on")
-    upstream.get(f"{BASE}/Slot", status=400, json=outcome("unknown parameter end"))
+    upstream.add_callback(responses.GET, f"{BASE}/Slot", callback=SlotServer(indexed=None))
     with pytest.raises(UpstreamRejected) as caught:
-        UpstreamClient(forced).for_request(None).search_slots(["a"], START, END)
+        UpstreamClient(forced).as_caller(None).search_slots(["a"], START, END)
     assert caught.value.status == 502 and caught.value.upstream_status == 400
-    assert len(upstream.calls) == 1
+    assert len(upstream.calls) == 1  # no counting: the operator vouched for the index
 
 
 def test_slot_end_search_off_uses_the_look_back(upstream: responses.RequestsMock, settings: Settings) -> None:
     off = Settings(fhir_base_url=settings.fhir_base_url, slot_end_search="off", slot_lookback_days=7)
     upstream.get(f"{BASE}/Slot", json=bundle([]))
-    UpstreamClient(off).for_request(None).search_slots(["a"], START, END)
+    UpstreamClient(off).as_caller(None).search_slots(["a"], START, END)
     assert ("start", "ge2026-11-24T09:00:00Z") in query(upstream.calls[0])
     assert not any(name == "end" for name, _ in query(upstream.calls[0]))
 
@@ -427,7 +479,7 @@ def test_a_refused_transaction_is_422_with_the_servers_reason(upstream: response
     from plugin.upstream import UpstreamClient
 
     upstream.post(BASE, status=400, json=outcome("HAPI-1094: Resource Patient/ghost not found"))
-    store = UpstreamClient(Settings(fhir_base_url=BASE)).for_request(None)
+    store = UpstreamClient(Settings(fhir_base_url=BASE)).as_caller(None)
     with pytest.raises(Unprocessable, match="Patient/ghost not found") as caught:
         store.transaction({"resourceType": "Bundle", "type": "transaction", "entry": []})
     assert caught.value.status == 422

@@ -5,11 +5,11 @@ from __future__ import annotations
 import copy
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from operations.errors import ConcurrentChange
+from operations.errors import ConcurrentChange, OutcomeUnknown, ReferencedElsewhere, StoreFailure
 from operations.fhir_values import parse_instant
 
 Resource = dict[str, Any]
@@ -58,21 +58,65 @@ class FakeStore:
         ]
 
 
-class ReferentialIntegrity(Exception):
-    """The upstream refused to delete a resource that something still references."""
+class LostAnswer(StoreFailure):
+    """What the fake raises (inside ``OutcomeUnknown``) when a transaction's answer is lost."""
+
+    transient = True
 
 
 class FakeFhirStore(FakeStore):
     """A ``FhirStore``: versioned resources, searches by a few parameters, atomic transactions
-    with ``ifMatch`` checks that raise ``ConcurrentChange`` like the upstream's 409/412."""
+    with ``ifMatch`` checks that raise ``ConcurrentChange`` like the upstream's 409/412, and
+    ``ReferencedElsewhere`` for a delete of something still referenced (HAPI's referential
+    integrity).
+
+    For interleaving tests: ``pause_after(call, action)`` runs ``action`` (typically another
+    request against the same store) right after the first call named ``call`` returns, as if
+    this request had been paused there; ``lose_next_answer`` makes the next transaction's
+    answer go missing, with the write landed, not landed, or still in flight.
+    """
 
     def __init__(self, *resources: Resource) -> None:
         super().__init__()
         self.transactions: list[Resource] = []
         self.before_transaction: list[Any] = []
         """Callables run just before the next transaction (to interleave a concurrent writer)."""
+        self._pauses: list[tuple[str, Callable[[], object]]] = []
+        self._lose: str | None = None
+        self.in_flight: list[Resource] = []
+        """Transactions sent whose answer was lost and which have not landed yet."""
         for resource in resources:
             self.add(resource)
+
+    def pause_after(self, call: str, action: Callable[[], object]) -> None:
+        """Run ``action`` once, right after the next call named ``call`` (as in ``calls``)."""
+        self._pauses.append((call, action))
+
+    def _paused(self, call: str) -> None:
+        for index, (name, action) in enumerate(self._pauses):
+            if name == call:
+                del self._pauses[index]
+                action()
+                return
+
+    def lose_next_answer(self, landed: str) -> None:
+        """The next transaction's answer is lost: ``landed`` is ``"yes"`` (it committed),
+        ``"no"`` (it never arrived) or ``"later"`` (it is still in flight: ``deliver_in_flight``
+        lands it, or fails its version checks, afterwards)."""
+        assert landed in ("yes", "no", "later")
+        self._lose = landed
+
+    def deliver_in_flight(self) -> list[str]:
+        """Let transactions still in flight reach the store; what became of each."""
+        outcomes = []
+        pending, self.in_flight = self.in_flight, []
+        for bundle in pending:
+            try:
+                self._apply(bundle)
+                outcomes.append("landed")
+            except ConcurrentChange:
+                outcomes.append("refused")
+        return outcomes
 
     def add(self, resource: Resource) -> Resource:
         stored = super().add(resource)
@@ -85,17 +129,27 @@ class FakeFhirStore(FakeStore):
     def read(self, resource_type: str, resource_id: str) -> Resource | None:
         self.calls.append(f"read {resource_type}")
         found = self.resources.get(f"{resource_type}/{resource_id}")
-        return copy.deepcopy(found) if found else None
+        result = copy.deepcopy(found) if found else None
+        self._paused(f"read {resource_type}")
+        return result
 
-    def search(self, resource_type: str, params: Sequence[tuple[str, str]]) -> list[Resource]:
+    def search_slots(self, schedule_ids: Sequence[str], start: datetime, end: datetime) -> list[Resource]:
+        found = super().search_slots(schedule_ids, start, end)
+        self._paused("search_slots")
+        return found
+
+    def search(
+        self, resource_type: str, params: Sequence[tuple[str, str]], *, limit: int | None = None
+    ) -> list[Resource]:
         self.calls.append(f"search {resource_type}")
         results = []
-        for resource in self.resources.values():
+        for resource in self.resources.values():  # insertion order: oldest first, as _sort=_lastUpdated
             if resource["resourceType"] != resource_type:
                 continue
             if all(self._matches(resource, name, value) for name, value in params):
                 results.append(copy.deepcopy(resource))
-        return results
+        self._paused(f"search {resource_type}")
+        return results[:limit]
 
     @staticmethod
     def _matches(resource: Resource, name: str, value: str) -> bool:
@@ -106,9 +160,12 @@ class FakeFhirStore(FakeStore):
         if name == "identifier":
             system, _, code = value.rpartition("|")
             return any(
-                i.get("value") == code and (not system or i.get("system") == system)
+                (i.get("value") == code or (not code and system))
+                and (not system or i.get("system") == system)
                 for i in resource.get("identifier", [])
             )
+        if name == "_sort":
+            return True
         if name == "_tag":
             system, _, code = value.rpartition("|")
             return any(
@@ -122,6 +179,18 @@ class FakeFhirStore(FakeStore):
         pending, self.before_transaction = self.before_transaction, []
         for interleaved in pending:
             interleaved()
+        lose, self._lose = self._lose, None
+        if lose == "later":
+            self.in_flight.append(copy.deepcopy(bundle))
+        if lose is not None:
+            if lose == "yes":
+                self._apply(bundle)
+            raise OutcomeUnknown(LostAnswer("the upstream FHIR server did not answer in time"))
+        response = self._apply(bundle)
+        self._paused("transaction")
+        return response
+
+    def _apply(self, bundle: Resource) -> Resource:
         staged = dict(self.resources)
         deleting: list[str] = []
         ids: dict[str, str] = {}
@@ -163,8 +232,12 @@ class FakeFhirStore(FakeStore):
                 entry["resource"] = resource
                 staged[f"{resource['resourceType']}/{resource['id']}"] = resource
         for url in deleting:  # referential integrity, as HAPI keeps it
-            if any(f'"reference": "{url}"' in json.dumps(r) for r in staged.values()):
-                raise ReferentialIntegrity(f"{url} is still referenced")
+            referrers = [k for k, r in staged.items() if f'"reference": "{url}"' in json.dumps(r)]
+            if referrers:
+                raise ReferencedElsewhere(
+                    f"Unable to delete {url} because at least one resource has a reference to this "
+                    f"resource. First reference found was resource {referrers[0]}"
+                )
         self.resources = staged
         self.transactions.append(bundle)
         return {"resourceType": "Bundle", "type": "transaction-response", "entry": out}
