@@ -15,7 +15,6 @@ told nothing was stored). See docs/reliability.md.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import random
 import re
@@ -415,10 +414,18 @@ def read_locks(store: FhirStore, schedule_ids: Sequence[str]) -> dict[str, tuple
             }
             for s in missing
         ]
-        with contextlib.suppress(ConcurrentChange):  # another process created them just now
+        lost: OutcomeUnknown | None = None
+        try:
             store.transaction({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+        except ConcurrentChange:
+            pass  # another process created them just now
+        except OutcomeUnknown as exc:
+            lost = exc  # creating a lock is idempotent: whether it landed, the search tells
         found = _search_locks(store, wanted)
         if any(s not in found for s in schedule_ids):
+            if lost is not None:
+                lost.resolution = "Nothing was stored (checked): ask again."
+                raise lost
             raise Conflict("Could not create the per-Schedule lock resources on the upstream")
     return found
 

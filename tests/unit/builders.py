@@ -143,3 +143,7 @@ def slot(schedule_id: str, status: str, start: str, end: str, **extra: Any) -> R
         "end": end,
         **extra,
     }
+
+
+def patient(pid: str) -> Resource:
+    return {"resourceType": "Patient", "id": pid, "name": [{"family": pid}]}
