@@ -23,7 +23,7 @@ from operations.model import HOLD_EXPIRES_URL
 from operations.store import Stores
 from tests.unit.builders import patient
 from tests.unit.fake_store import FakeFhirStore
-from tests.unit.test_booking import NOW, TTL, FakeClock, at, clinic, of_type, proposals
+from tests.unit.test_booking import NOW, TTL, FakeClock, at, clinic, of_type
 
 Resource = dict[str, Any]
 
