@@ -1,11 +1,18 @@
 """`make run`: HAPI FHIR on :8080, the sidecar on :8090, the sample clinic, a working $find URL.
 
+HAPI runs with the guard (keyed by a guard key generated for this run), subscriptions and the
+forwarding interceptor on; the sidecar registers the Subscription to its webhook. So a direct
+``POST Slot`` with ``status: busy`` on HAPI is refused, an Appointment cancelled with a plain
+``PUT`` frees its time, and the operations answer at HAPI's base too.
+
 Runs until Ctrl-C, then stops everything it started. Ports: HAPI_PORT (8080), SIDECAR_PORT (8090).
+GUARD_KEY and NOTIFICATION_SECRET are generated unless set.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -28,8 +35,8 @@ FHIR_BASE = f"http://localhost:{HAPI_PORT}/fhir"
 SIDECAR_BASE = f"http://localhost:{SIDECAR_PORT}/fhir"
 
 
-def hapi(command: str) -> None:
-    subprocess.run([str(ROOT / "scripts" / "hapi.sh"), command, str(HAPI_PORT)], check=True)
+def hapi(command: str, *args: str) -> None:
+    subprocess.run([str(ROOT / "scripts" / "hapi.sh"), command, str(HAPI_PORT), *args], check=True)
 
 
 def wait_for(url: str, seconds: float, process: subprocess.Popen[bytes]) -> None:
@@ -67,13 +74,23 @@ def find_url() -> str:
 
 
 def main() -> int:
-    env = {**os.environ, "FHIR_BASE_URL": FHIR_BASE}
+    guard_key = os.environ.get("GUARD_KEY") or secrets.token_urlsafe(24)
+    env = {
+        **os.environ,
+        "FHIR_BASE_URL": FHIR_BASE,
+        "GUARD_KEY": guard_key,
+        "NOTIFICATION_URL": f"http://localhost:{SIDECAR_PORT}/fanoni/notifications",
+        "NOTIFICATION_SECRET": os.environ.get("NOTIFICATION_SECRET") or secrets.token_urlsafe(24),
+    }
     print(f"Starting HAPI FHIR on {FHIR_BASE} (first start builds it with Maven) ...", flush=True)
-    hapi("start")
+    hapi("start", f"--hapi.fanoni_guard_key={guard_key}", f"--hapi.fanoni_sidecar_url={SIDECAR_BASE}")
     sidecar: subprocess.Popen[bytes] | None = None
     try:
         response = requests.post(
-            FHIR_BASE, json=sample_bundle(), headers={"Content-Type": "application/fhir+json"}, timeout=120
+            FHIR_BASE,
+            json=sample_bundle(),
+            headers={"Content-Type": "application/fhir+json", "X-Fanoni-Service-Key": guard_key},
+            timeout=120,
         )
         response.raise_for_status()
         print("Loaded the sample clinic: Dr. Alice (New York), Dr. Ravi (Kolkata), Exam room 1,")
@@ -97,9 +114,11 @@ def main() -> int:
         url = find_url()
         first = requests.get(url, timeout=60).json()
         print()
-        print(f"Sidecar: {SIDECAR_BASE}   HAPI: {FHIR_BASE}")
+        print(f"Sidecar: {SIDECAR_BASE}   HAPI: {FHIR_BASE} (forwards the operations to the sidecar)")
         print(f"Try:  curl -s '{url}'")
         print(f"      ({first.get('total', 0)} proposals for Dr. Alice and Exam room 1 on the next weekday)")
+        print(f"      the same at HAPI's base: curl -s '{url.replace(SIDECAR_BASE, FHIR_BASE)}'")
+        print("Guard: a Slot with status busy POSTed to HAPI directly is refused (403); book with $book.")
         print("Ctrl-C stops everything.", flush=True)
         sidecar.wait()
         print(f"the sidecar exited with status {sidecar.returncode}", file=sys.stderr)

@@ -11,6 +11,7 @@ from typing import Any
 
 import requests
 
+from tests.integration.trust import SERVICE_HEADERS
 from tests.unit import builders
 
 Resource = dict[str, Any]
@@ -22,7 +23,8 @@ def new_prefix() -> str:
 
 
 def load(fhir_base: str, *resources: Resource) -> None:
-    """PUT the resources (with their ids) in one transaction."""
+    """PUT the resources (with their ids) in one transaction, as the sidecar would: test data
+    may include booked Slots, which the HAPI guard accepts only from the sidecar."""
     bundle = {
         "resourceType": "Bundle",
         "type": "transaction",
@@ -37,7 +39,10 @@ def load(fhir_base: str, *resources: Resource) -> None:
         ],
     }
     response = requests.post(
-        fhir_base, json=bundle, headers={"Content-Type": "application/fhir+json"}, timeout=60
+        fhir_base,
+        json=bundle,
+        headers={"Content-Type": "application/fhir+json", **SERVICE_HEADERS},
+        timeout=60,
     )
     assert response.status_code == 200, response.text
 

@@ -25,13 +25,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def register(fhir_base_url: str) -> subprocess.CompletedProcess[str]:
+def register(fhir_base_url: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """``python -m plugin register`` against ``fhir_base_url``; the caller checks the result."""
     return subprocess.run(
         [sys.executable, "-m", "plugin", "register"],
         check=False,
         cwd=REPO,
-        env={**os.environ, "FHIR_BASE_URL": fhir_base_url},
+        env={**os.environ, "FHIR_BASE_URL": fhir_base_url, **(env or {})},
         capture_output=True,
         text=True,
         timeout=120,
@@ -53,8 +53,9 @@ class SidecarProcess:
         log_path: Path,
         env: Mapping[str, str] | None = None,
         ready_timeout: float = 60.0,
+        port: int | None = None,
     ) -> None:
-        self.port = free_port()
+        self.port = port if port is not None else free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/fhir"
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ from tests.integration.clinic import Clinic
 from tests.integration.conftest import REPO, Sidecar, free_port
 from tests.integration.hapi_server import BASE_URL_ENV, HapiServer, build_hapi, start_hapi
 from tests.integration.test_find import local, monday_ahead, starts
+from tests.integration.trust import hapi_args
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
 ORPHAN_REQUEST_TIMEOUT_SECONDS = 2
@@ -53,7 +54,9 @@ def through() -> Iterator[ThroughHapi]:
         # Both HAPI servers start at once (about 20 s on a small machine, instead of 40 s).
         with ThreadPoolExecutor(max_workers=2) as pool:
             starting = [
-                pool.submit(start_hapi, hapi_port, [f"--hapi.fanoni_sidecar_url={sidecar.base_url}"]),
+                pool.submit(
+                    start_hapi, hapi_port, [f"--hapi.fanoni_sidecar_url={sidecar.base_url}", *hapi_args()]
+                ),
                 pool.submit(
                     start_hapi,
                     None,
