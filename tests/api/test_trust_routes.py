@@ -109,7 +109,7 @@ def jwks() -> Iterator[tuple[JwksServer, Any]]:
 
 
 def sidecar(**settings: Any) -> FlaskClient:
-    base = {
+    base: dict[str, Any] = {
         "fhir_base_url": BASE,
         "upstream_authorization": SIDECAR,
         "guard_key": GUARD_KEY,
