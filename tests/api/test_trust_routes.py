@@ -254,7 +254,7 @@ def test_with_no_secret_configured_every_notification_is_401() -> None:
 
 def test_a_notification_rereads_the_appointment_and_deletes_only_the_sidecars_slots() -> None:
     stored = ended_appointment()
-    slots = [
+    slots: list[dict[str, Any]] = [
         {
             "resourceType": "Slot",
             "id": "visit",
