@@ -59,7 +59,7 @@ import org.slf4j.LoggerFactory;
  * <p>Configuration, for the no-argument constructor (which HAPI's JPA starter uses for classes listed
  * in {@code hapi.fhir.custom-interceptor-classes}): JVM system property, else environment variable,
  * {@value #SIDECAR_URL} (empty: the interceptor does nothing), {@value #CONNECT_TIMEOUT_SECONDS}
- * (default 5) and {@value #REQUEST_TIMEOUT_SECONDS} (default 60).
+ * (default 5) and {@value #REQUEST_TIMEOUT_SECONDS} (default 90).
  */
 @Interceptor
 public class FanoniForwardingInterceptor {
@@ -72,7 +72,11 @@ public class FanoniForwardingInterceptor {
 	public static final String REQUEST_TIMEOUT_SECONDS = "FANONI_SIDECAR_REQUEST_TIMEOUT_SECONDS";
 
 	public static final Duration DEFAULT_CONNECT_TIMEOUT = Duration.ofSeconds(5);
-	public static final Duration DEFAULT_REQUEST_TIMEOUT = Duration.ofSeconds(60);
+	/**
+	 * 90 s: the sidecar bounds a booking at BOOKING_DEADLINE_SECONDS (20) + UPSTREAM_READ_TIMEOUT (30)
+	 * + 10 s = 60 s, and this interceptor must never answer 504 while the sidecar may still commit.
+	 */
+	public static final Duration DEFAULT_REQUEST_TIMEOUT = Duration.ofSeconds(90);
 
 	/**
 	 * Sent on every forwarded call. A request that arrives with it is never forwarded again, so a
@@ -116,7 +120,7 @@ public class FanoniForwardingInterceptor {
 		}
 	}
 
-	/** Forwards to the sidecar at {@code theSidecarBaseUrl} with the default timeouts (5 s, 60 s). */
+	/** Forwards to the sidecar at {@code theSidecarBaseUrl} with the default timeouts (5 s, 90 s). */
 	public FanoniForwardingInterceptor(String theSidecarBaseUrl) {
 		this(theSidecarBaseUrl, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT);
 	}
