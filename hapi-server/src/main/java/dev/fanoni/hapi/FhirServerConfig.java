@@ -18,6 +18,9 @@ import ca.uhn.fhir.jpa.provider.IJpaSystemProvider;
 import ca.uhn.fhir.jpa.provider.JpaCapabilityStatementProvider;
 import ca.uhn.fhir.jpa.search.DatabaseBackedPagingProvider;
 import ca.uhn.fhir.jpa.subscription.channel.config.SubscriptionChannelConfig;
+import ca.uhn.fhir.jpa.subscription.match.config.SubscriptionProcessorConfig;
+import ca.uhn.fhir.jpa.subscription.match.deliver.email.IEmailSender;
+import ca.uhn.fhir.jpa.subscription.submit.config.SubscriptionSubmitterConfig;
 import ca.uhn.fhir.narrative2.NullNarrativeGenerator;
 import ca.uhn.fhir.rest.api.EncodingEnum;
 import ca.uhn.fhir.rest.server.RestfulServer;
@@ -30,6 +33,7 @@ import java.time.Duration;
 import java.util.Properties;
 import javax.sql.DataSource;
 import org.apache.commons.dbcp2.BasicDataSource;
+import org.hl7.fhir.dstu2.model.Subscription.SubscriptionChannelType;
 import org.springframework.beans.factory.ObjectProvider;
 import org.springframework.beans.factory.config.ConfigurableListableBeanFactory;
 import org.springframework.boot.web.servlet.ServletRegistrationBean;
@@ -58,8 +62,13 @@ import org.springframework.transaction.annotation.EnableTransactionManagement;
 	HapiJpaConfig.class,
 	JpaBatch2Config.class,
 	Batch2JobsConfig.class,
-	// Only the in-memory message channel infrastructure batch2 runs on; no subscription matching/delivery.
+	// In-memory message channels (batch2 and subscriptions run on them; this is a single node).
 	SubscriptionChannelConfig.class,
+	// Subscriptions: the submitter matches each write against the active Subscriptions, the processor
+	// activates Subscriptions and delivers rest-hook notifications. Both are inert unless
+	// subscriptionSettings() names a channel type (hapi.subscriptions_enabled).
+	SubscriptionSubmitterConfig.class,
+	SubscriptionProcessorConfig.class,
 	ThreadPoolFactoryConfig.class
 })
 public class FhirServerConfig {
@@ -115,8 +124,32 @@ public class FhirServerConfig {
 	}
 
 	@Bean
-	public SubscriptionSettings subscriptionSettings() {
-		return new SubscriptionSettings();
+	public SubscriptionSettings subscriptionSettings(Environment env) {
+		SubscriptionSettings s = new SubscriptionSettings();
+		// REST-hook Subscriptions (R4 Subscription, channel.type = rest-hook) become active when created
+		// and are delivered; without a supported type HAPI stores Subscriptions but never activates them.
+		if (env.getProperty("hapi.subscriptions_enabled", Boolean.class, true)) {
+			s.addSupportedSubscriptionType(SubscriptionChannelType.RESTHOOK);
+		}
+		// HAPI 8 stores each change in a table and a scheduled job hands the stored changes to the
+		// matcher, every 5 s by default: a notification then comes 0-5 s after the write. A short pass on
+		// this single in-memory node makes it well under a second (the JPA starter's
+		// hapi.fhir.subscription.polling_interval_ms sets the same value).
+		s.setSubscriptionIntervalInMs(env.getProperty("hapi.subscription_polling_interval_ms", Long.class, 200L));
+		// A new Subscription is activated (requested -> active) by the same pass. Not
+		// setSubscriptionChangeQueuedImmediately(true): HAPI 8.8 then hands the Subscription over
+		// before its transaction commits, the activation fails ("HAPI-2001 ... is not known", logged at
+		// ERROR) and succeeds only on a retry about a second later.
+		if (!s.getSupportedSubscriptionTypes().isEmpty()) {
+			ourLog.info("REST-hook subscriptions enabled (polling interval {} ms)", s.getSubscriptionIntervalInMs());
+		}
+		return s;
+	}
+
+	/** The subscription processor needs an email sender even when email Subscriptions are off; none here. */
+	@Bean
+	public IEmailSender emailSender() {
+		return theDetails -> ourLog.warn("Email subscriptions are not supported by this server; not sent");
 	}
 
 	@Bean(destroyMethod = "close")
