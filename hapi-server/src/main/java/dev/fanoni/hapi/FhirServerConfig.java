@@ -28,6 +28,7 @@ import ca.uhn.fhir.rest.server.interceptor.LoggingInterceptor;
 import ca.uhn.fhir.rest.server.provider.ResourceProviderFactory;
 import ca.uhn.fhir.rest.server.util.ISearchParamRegistry;
 import dev.fanoni.hapi.forwarding.FanoniForwardingInterceptor;
+import dev.fanoni.hapi.guard.FanoniGuardInterceptor;
 import jakarta.persistence.EntityManagerFactory;
 import java.time.Duration;
 import java.util.Properties;
@@ -237,11 +238,27 @@ public class FhirServerConfig {
 
 		// Fanoni Scheduling operations ($find, $hold, $book, $confirm, $cancel) forwarded to the sidecar
 		// when hapi.fanoni_sidecar_url (HAPI_FANONI_SIDECAR_URL) is set; not registered otherwise.
+		// Registered before the authorization interceptor: forwarded calls never reach it (see
+		// plugin/hapi/README.md), the sidecar passes the caller's Authorization on to this server.
 		FanoniForwardingInterceptor.forSidecar(
 						env.getProperty("hapi.fanoni_sidecar_url", ""),
 						seconds(env, "hapi.fanoni_sidecar_connect_timeout_seconds", 5),
-						seconds(env, "hapi.fanoni_sidecar_request_timeout_seconds", 60))
+						seconds(env, "hapi.fanoni_sidecar_request_timeout_seconds", 90))
 				.ifPresent(server::registerInterceptor);
+
+		// The guard: busy Slots, locks and booking markers are written only by the sidecar, recognised
+		// by X-Fanoni-Service-Key = hapi.fanoni_guard_key (empty: nobody; the guard fails closed).
+		if (env.getProperty("hapi.fanoni_guard_enabled", Boolean.class, true)) {
+			server.registerInterceptor(
+					FanoniGuardInterceptor.withServiceKey(env.getProperty("hapi.fanoni_guard_key", "")));
+		}
+
+		// Fixed test bearer tokens (test server only): see FanoniTestAuthorizationInterceptor.
+		if (env.getProperty("hapi.fanoni_test_authorization", Boolean.class, false)) {
+			server.registerInterceptor(new FanoniTestAuthorizationInterceptor());
+			ourLog.warn("Test authorization on: fixed bearer tokens (test-sidecar, test-front-desk, test-patient.<id>)"
+					+ " are accepted; never use this server outside tests");
+		}
 		return server;
 	}
 
