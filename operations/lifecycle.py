@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from operations.booking import (
@@ -338,6 +338,62 @@ def _expire_one(store: FhirStore, appointment: Resource, now: datetime) -> int:
     return 1
 
 
+RECONCILE_WINDOW = timedelta(hours=24)
+RECONCILE_LIMIT = 500
+
+
+def release_missed(store: FhirStore, now: datetime, *, window: timedelta = RECONCILE_WINDOW) -> int:
+    """The safety net under the webhook: Appointments that ended on the upstream in the last
+    ``window`` and still reference Slots the sidecar wrote get them deleted. Returns how many
+    Slots were deleted.
+
+    A notification can be lost -- HAPI gives up after a minute of failed deliveries, e.g. while
+    every sidecar is down -- and the sweep (each worker, every ``HOLD_SWEEP_SECONDS``) catches
+    what the webhook missed. One search, newest first, at most ``RECONCILE_LIMIT`` Appointments;
+    those already released reference none of the sidecar's Slots and cost nothing more.
+    """
+    ended = store.search(
+        "Appointment",
+        [
+            ("status", ",".join(sorted(ENDED_STATUSES))),
+            ("identifier", f"{BOOKING_REQUEST_SYSTEM}|"),
+            ("_lastUpdated", f"ge{format_instant(now - window)}"),
+            ("_sort", "-_lastUpdated"),
+        ],
+        limit=RECONCILE_LIMIT,
+    )
+    freed = 0
+    for appointment in ended:
+        if booking_marker(appointment) is None or not slot_ids(appointment):
+            continue
+        try:
+            freed += _release(store, appointment)
+        except (ConcurrentChange, OutcomeUnknown):
+            continue  # changed meanwhile, or no answer: the next pass re-reads it
+    return freed
+
+
+def _release(store: FhirStore, appointment: Resource) -> int:
+    """Delete the Slots carrying ``appointment``'s booking request id and drop its references
+    to them, version-checked on the Appointment as read. Returns how many were deleted."""
+    marker = booking_marker(appointment)
+    ids = slot_ids(appointment)
+    if marker is None or not ids:
+        return 0
+    slots = store.search("Slot", [("_id", ",".join(ids))])
+    ours = [str(s.get("id")) for s in slots if booking_marker(s) == marker]
+    if not ours:
+        return 0
+    kept = [r for r in appointment.get("slot") or [] if _slot_ref_id(r) not in ours]
+    updated = {k: v for k, v in appointment.items() if k != "slot"}
+    if kept:
+        updated["slot"] = kept
+    entries = [_put(updated, _version(appointment))]
+    entries += [{"request": {"method": "DELETE", "url": f"Slot/{sid}"}} for sid in ours]
+    store.transaction(_bundle(entries))
+    return len(ours)
+
+
 def release_ended(
     store: FhirStore, appointment_id: str, *, clock: Clock, policy: RetryPolicy | None = None
 ) -> int:
@@ -356,24 +412,9 @@ def release_ended(
         appointment = store.read("Appointment", appointment_id)
         if appointment is None or appointment.get("status") not in ENDED_STATUSES:
             return 0
-        marker = booking_marker(appointment)
-        ids = slot_ids(appointment)
-        if marker is None or not ids:
-            return 0
-        slots = store.search("Slot", [("_id", ",".join(ids))])
-        ours = [str(s.get("id")) for s in slots if booking_marker(s) == marker]
-        if not ours:
-            return 0
-        kept = [r for r in appointment.get("slot") or [] if _slot_ref_id(r) not in ours]
-        updated = {k: v for k, v in appointment.items() if k != "slot"}
-        if kept:
-            updated["slot"] = kept
-        entries = [_put(updated, _version(appointment))]
-        entries += [{"request": {"method": "DELETE", "url": f"Slot/{sid}"}} for sid in ours]
         try:
-            store.transaction(_bundle(entries))
+            return _release(store, appointment)
         except OutcomeUnknown as exc:
             raise ConcurrentChange("the answer was lost; re-reading") from exc
-        return len(ours)
 
     return retrying(policy or RetryPolicy(), clock, attempt)

@@ -1,4 +1,6 @@
-"""Background clean-up of lapsed holds, one daemon thread per worker process.
+"""Background clean-up of lapsed holds, one daemon thread per worker process; and the safety
+net under the subscription webhook (Appointments ended on the upstream whose notification was
+lost still get their time freed, within one sweep period).
 
 Lapsed holds already block nothing (``$find`` and ``$book`` ignore Slots whose recorded expiry
 has passed), so this is housekeeping: the Appointment becomes ``cancelled`` and its Slots are
@@ -17,7 +19,7 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime
 
-from operations.lifecycle import expire_holds
+from operations.lifecycle import expire_holds, release_missed
 from plugin.upstream import UpstreamClient, UpstreamError
 
 logger = logging.getLogger(__name__)
@@ -44,11 +46,20 @@ def start_sweeper(upstream: UpstreamClient, period_seconds: int, clock: Callable
 
 def sweep_once(upstream: UpstreamClient, clock: Callable[[], datetime]) -> int:
     """One pass, with the sidecar's own credentials: cancel lapsed holds the sidecar wrote
-    (bounded pages, oldest first)."""
+    (bounded pages, oldest first), then free the time of Appointments that ended on the
+    upstream in the last day but whose notification never arrived."""
     store = upstream.background(f"sweep-{uuid.uuid4().hex[:12]}", "hold-expiry")
-    cancelled = expire_holds(store, clock())
+    now = clock()
+    cancelled = expire_holds(store, now)
     if cancelled:
         logger.info("expired holds cancelled", extra={"cancelled": cancelled})
+    reconciler = upstream.background(f"reconcile-{uuid.uuid4().hex[:12]}", "release-ended-appointment")
+    freed = release_missed(reconciler, now)
+    if freed:
+        logger.warning(
+            "freed Slots of ended Appointments whose notification was missed",
+            extra={"slots_deleted": freed},
+        )
     return cancelled
 
 

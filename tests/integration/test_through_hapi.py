@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -232,3 +233,33 @@ def test_sidecar_unreachable_is_503_and_silent_is_504(through: ThroughHapi) -> N
     assert timed_out.json()["issue"][0]["code"] == "timeout"
     # HAPI keeps serving everything else.
     assert requests.get(f"{through.orphan.base_url}/metadata", timeout=30).status_code == 200
+
+
+def test_without_a_subscription_the_sweep_still_frees_a_directly_cancelled_visit(
+    through: ThroughHapi,
+) -> None:
+    """This HAPI has no Subscription (registered without NOTIFICATION_URL), as when every
+    notification was lost: the sidecar's sweep (every 2 s here) frees the time anyway."""
+    base = through.hapi.base_url
+    clinic = Clinic(base).load()
+    day = monday_ahead()
+    proposal = proposals(base, clinic, local(day, "09:00"), local(day, "10:00"))[0]
+    booked = requests.post(
+        f"{base}/Appointment/$book", json=parameters(proposal), headers=FHIR_JSON, timeout=120
+    )
+    assert booked.status_code == 201, booked.text
+    appointment = booked.json()["entry"][0]["resource"]
+    stored = requests.get(
+        f"{base}/Appointment/{appointment['id']}", headers={"Cache-Control": "no-cache"}, timeout=30
+    )
+    put = requests.put(
+        f"{base}/Appointment/{appointment['id']}",
+        json=stored.json() | {"status": "noshow"},
+        headers=FHIR_JSON,
+        timeout=30,
+    )
+    assert put.status_code == 200, put.text
+    deadline = time.monotonic() + 15
+    while clinic.slots() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert clinic.slots() == []

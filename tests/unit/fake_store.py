@@ -164,8 +164,8 @@ class FakeFhirStore(FakeStore):
                 and (not system or i.get("system") == system)
                 for i in resource.get("identifier", [])
             )
-        if name == "_sort":
-            return True
+        if name in ("_sort", "_lastUpdated"):
+            return True  # the fake keeps no timestamps: every resource is recent, in insertion order
         if name == "_tag":
             system, _, code = value.rpartition("|")
             return any(

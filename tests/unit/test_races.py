@@ -18,7 +18,7 @@ import pytest
 from operations.booking import BOOKING_REQUEST_SYSTEM, HOLD_TAG, BookingRequest, book, booking_marker
 from operations.errors import Conflict, InvalidRequest, OutcomeUnknown, ReferencedElsewhere, Unprocessable
 from operations.find import FindRequest, find_appointments
-from operations.lifecycle import cancel, confirm, expire_holds, release_ended
+from operations.lifecycle import cancel, confirm, expire_holds, release_ended, release_missed
 from operations.model import HOLD_EXPIRES_URL
 from operations.store import Stores
 from tests.unit.builders import patient
@@ -326,6 +326,22 @@ def test_an_appointment_cancelled_directly_gets_its_slots_deleted_once() -> None
     assert [s["id"] for s in of_type(store, "Slot")] == ["admin-block"]  # not the sidecar's: kept
     assert release_ended(store, booked["id"], clock=FakeClock().clock()) == 0
     assert at(store, "09:15")["start"] == "2026-12-07T09:15:00-05:00"  # offered again
+
+
+def test_the_sweep_frees_what_a_lost_notification_did_not() -> None:
+    """HAPI drops a notification after a minute of failed deliveries (every sidecar down)."""
+    store = clinic()
+    booked = appointment_of(
+        book(store, request_for(at(store, "09:15")), hold=False, hold_ttl=TTL, clock=FakeClock().clock())
+    )
+    kept = appointment_of(
+        book(store, request_for(at(store, "10:15")), hold=False, hold_ttl=TTL, clock=FakeClock().clock())
+    )
+    store.resources[f"Appointment/{booked['id']}"]["status"] = "noshow"
+    assert release_missed(store, NOW) == 3
+    assert release_missed(store, NOW) == 0
+    assert visits(store) == [("2026-12-07T10:15:00-05:00", "busy")]
+    assert store.resources[f"Appointment/{kept['id']}"]["status"] == "booked"
 
 
 def test_a_booked_appointment_is_left_alone_by_the_webhook() -> None:
