@@ -21,7 +21,7 @@ from plugin.app import create_app
 from plugin.config import Settings
 from plugin.upstream import SERVICE_KEY_HEADER
 from tests.api.conftest import BASE, NOW, bundle
-from tests.api.test_fuzz_routes import CLINIC
+from tests.api.test_fuzz_routes import CLINIC, proposal
 from tests.support.token_server import JwksServer, generate_key_pair, sign_token
 from tests.unit import builders
 
@@ -29,40 +29,11 @@ SIDECAR = "Bearer sidecar-own-token"
 GUARD_KEY = "api-test-guard-key-0123456789"
 SECRET = "api-test-notification-secret"
 PATIENT = builders.patient("pat")
-PROPOSAL: dict[str, Any] = {
-    "resourceType": "Appointment",
-    "status": "proposed",
-    "serviceType": [
-        {
-            "extension": [
-                {
-                    "url": "https://medplum.com/fhir/service-type-reference",
-                    "valueReference": {"reference": "HealthcareService/checkup"},
-                }
-            ]
-        }
-    ],
+PROPOSAL: dict[str, Any] = proposal() | {
     "participant": [
         {"actor": {"reference": "Practitioner/alice"}, "required": "required", "status": "needs-action"},
         {"actor": {"reference": "Patient/pat"}, "required": "required", "status": "accepted"},
-    ],
-    "contained": [
-        {
-            "resourceType": "Slot",
-            "schedule": {"reference": "Schedule/alice"},
-            "status": "busy",
-            "start": "2026-12-07T09:00:00-05:00",
-            "end": "2026-12-07T09:30:00-05:00",
-        },
-        {
-            "resourceType": "Slot",
-            "schedule": {"reference": "Schedule/alice"},
-            "status": "busy-unavailable",
-            "comment": "buffer after appointment",
-            "start": "2026-12-07T09:30:00-05:00",
-            "end": "2026-12-07T09:35:00-05:00",
-        },
-    ],
+    ]
 }
 
 
