@@ -749,14 +749,18 @@ def _landed_booking(store: FhirStore, marker: str) -> Resource | None:
 
 
 def settle_lost_booking(
-    store: FhirStore, locks: dict[str, tuple[str, int]], marker: str, clock: Clock
+    store: FhirStore, locks: dict[str, tuple[str, int]], marker: str, clock: Clock, lost: OutcomeUnknown
 ) -> Resource | None:
-    """The stored Appointment when a booking whose answer was lost has landed; ``None`` when it
-    has not and never will (the lock is fenced). Raises ``OutcomeUnknown`` when neither can be
-    established."""
-    if fence(store, locks, clock):
-        return None
-    return _landed_booking(store, marker)
+    """The stored Appointment when a booking whose answer was ``lost`` has landed; ``None`` when
+    it has not and never will (the lock is fenced). Raises ``lost`` itself -- the outcome is
+    unknown -- when neither can be established (the upstream stays unreachable, the operation's
+    time runs out)."""
+    try:
+        if fence(store, locks, clock):
+            return None
+        return _landed_booking(store, marker)
+    except StoreFailure:
+        raise lost from None
 
 
 def book(
@@ -805,7 +809,7 @@ def book(
         try:
             response = store.transaction(bundle)
         except OutcomeUnknown as lost:
-            landed = settle_lost_booking(store, locks, marker, clock)
+            landed = settle_lost_booking(store, locks, marker, clock, lost)
             if landed is None:
                 lost.resolution = "Nothing was stored (checked): ask again."
                 raise

@@ -42,6 +42,7 @@ from operations.errors import (
     NotFound,
     OutcomeUnknown,
     ReferencedElsewhere,
+    StoreFailure,
     Unprocessable,
 )
 from operations.fhir_values import dig, format_instant, reference_id
@@ -158,7 +159,10 @@ def confirm(
             # otherwise it never will. Without Slots there is no lock: the next attempt sends
             # the same version-checked update again, which lands at most once.
             if locks:
-                fence(store, locks, clock)
+                try:
+                    fence(store, locks, clock)
+                except StoreFailure:
+                    raise exc from None  # no answer to the fence either: the outcome is unknown
                 fenced = True
             lost = exc
             raise ConcurrentChange("the answer to the confirmation was lost; re-reading") from exc

@@ -83,6 +83,8 @@ class FakeFhirStore(FakeStore):
         """Callables run just before the next transaction (to interleave a concurrent writer)."""
         self._pauses: list[tuple[str, Callable[[], object]]] = []
         self._lose: str | None = None
+        self.unreachable = 0
+        """How many more transactions fail as if the upstream were down (nothing lands)."""
         self.in_flight: list[Resource] = []
         """Transactions sent whose answer was lost and which have not landed yet."""
         for resource in resources:
@@ -179,6 +181,9 @@ class FakeFhirStore(FakeStore):
         pending, self.before_transaction = self.before_transaction, []
         for interleaved in pending:
             interleaved()
+        if self.unreachable > 0 and self._lose is None:
+            self.unreachable -= 1
+            raise OutcomeUnknown(LostAnswer("the upstream FHIR server is unreachable"))
         lose, self._lose = self._lose, None
         if lose == "later":
             self.in_flight.append(copy.deepcopy(bundle))

@@ -178,6 +178,18 @@ def test_a_booking_that_never_arrived_is_reported_as_not_stored() -> None:
     )
 
 
+def test_when_the_upstream_stays_down_the_caller_is_told_the_outcome_is_unknown() -> None:
+    store = clinic()
+    book(store, request_for(at(store, "11:15")), hold=False, hold_ttl=TTL, clock=FakeClock().clock())
+    store.lose_next_answer("later")
+    store.unreachable = 100  # the fence cannot reach the upstream either
+    clock = FakeClock()
+    with pytest.raises(OutcomeUnknown) as caught:
+        book(store, request_for(at(store, "09:15")), hold=False, hold_ttl=TTL, clock=clock.clock())
+    assert caught.value.resolution is None  # rendered as "may or may not have been stored"
+    assert len(clock.slept) == 6  # the fence was tried six times, with backoff
+
+
 @pytest.mark.parametrize("landed", ["yes", "later"])
 def test_a_confirm_whose_answer_was_lost_answers_the_truth(landed: str) -> None:
     store = clinic()
