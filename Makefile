@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install hapi lint typecheck unit api integration bench clean
+.PHONY: run test install hapi java-test lint typecheck unit api integration bench clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) is required"; exit 1; }
@@ -18,6 +18,10 @@ install: $(STAMP)
 hapi:
 	scripts/hapi.sh build
 
+# The HAPI interceptors' own unit tests (the guard's decisions); the Python suites test them in HAPI.
+java-test:
+	mvn -q -B -Dstyle.color=never -f plugin/hapi/pom.xml test
+
 # Starts HAPI (:8080) and the sidecar (:8090), loads the sample clinic, prints a $find URL.
 run: install hapi
 	$(PY) scripts/run_local.py
@@ -30,7 +34,7 @@ typecheck: install
 	$(VENV)/bin/mypy
 
 # The whole suite: lint, types, unit, API and integration tests against a real HAPI FHIR server.
-test: install hapi lint typecheck
+test: install hapi java-test lint typecheck
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
 unit: install

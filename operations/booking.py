@@ -6,9 +6,9 @@ Race freedom (docs/consistency.md): each booking transaction carries a version-c
 both saw a time as free both hold the same lock version; the upstream lets only one of them
 commit. The other gets 409/412, re-reads and decides again, until a deadline.
 
-Every booking carries a sidecar-generated *booking request* identifier on its Appointment and
-Slots. When the answer to the transaction is lost (timeout, connection cut), the sidecar fences
-the lock version the transaction was checked against and looks the identifier up: the
+Every booking carries a sidecar-generated *booking request* id, as a ``meta.tag``, on its
+Appointment and Slots. When the answer to the transaction is lost (timeout, connection cut), the
+sidecar fences the lock version the transaction was checked against and looks the tag up: the
 transaction then either has landed (201, as if nothing happened) or never will (the caller is
 told nothing was stored). See docs/reliability.md.
 """
@@ -52,9 +52,12 @@ FANONI_CODE_SYSTEM = "https://fanoni.dev/fhir/CodeSystem/fanoni"
 ENDED_STATUSES = frozenset({"cancelled", "entered-in-error", "noshow"})
 HOLD_TAG = {"system": FANONI_CODE_SYSTEM, "code": "hold", "display": "Held by Fanoni $hold"}
 BOOKING_REQUEST_SYSTEM = "https://fanoni.dev/fhir/booking-request"
-"""Identifier system of the sidecar-generated booking request id, on the Appointment and on
-every Slot written with it: how the sidecar recognises what it wrote (the HAPI guard refuses
-anyone else introducing it)."""
+"""Tag system of the sidecar-generated booking request id (the code), on the Appointment and on
+every Slot written with it: how the sidecar recognises what it wrote. A tag, not an identifier:
+callers' identifiers stay as they sent them, the upstream keeps tags across updates that omit
+them (HAPI does), and the HAPI guard refuses anyone else introducing one."""
+BOOKING_TAG = {"system": FANONI_CODE_SYSTEM, "code": "booking", "display": "Written by Fanoni $book/$hold"}
+"""On every Appointment the sidecar writes: what the background work searches for."""
 MAX_PARTICIPANTS = 50
 
 
@@ -235,13 +238,6 @@ class BookingRequest:
                     "An identifier needs a value",
                     code="value",
                     expression=f"{root}.identifier[{index}]",
-                )
-            if identifier.get("system") == BOOKING_REQUEST_SYSTEM:
-                raise InvalidRequest(
-                    f"The identifier system {BOOKING_REQUEST_SYSTEM} is reserved for the sidecar's own "
-                    "booking request ids; use an identifier system of your own",
-                    code="value",
-                    expression=f"{root}.identifier[{index}].system",
                 )
             identifiers.append((identifier.get("system"), identifier["value"]))
         return cls(
@@ -479,7 +475,7 @@ def _written_slots(
     for role, part in footprint(leg, visit):
         slot: Resource = {
             "resourceType": "Slot",
-            "identifier": [booking_request_identifier(marker)],
+            "meta": {"tag": [booking_request_tag(marker)]},
             "extension": list(extensions),
             "schedule": {"reference": f"Schedule/{leg.schedule.id}"},
             "status": SlotStatus.BUSY_UNAVAILABLE,
@@ -494,17 +490,18 @@ def _written_slots(
     return slots
 
 
-def booking_request_identifier(marker: str) -> Resource:
-    """The identifier that marks what one booking request wrote."""
-    return {"system": BOOKING_REQUEST_SYSTEM, "value": marker}
+def booking_request_tag(marker: str) -> Resource:
+    """The tag that marks what one booking request wrote."""
+    return {"system": BOOKING_REQUEST_SYSTEM, "code": marker}
 
 
 def booking_marker(resource: Resource) -> str | None:
     """The booking request id a stored Appointment or Slot carries, if the sidecar wrote it."""
-    for identifier in resource.get("identifier") or []:
-        if isinstance(identifier, dict) and identifier.get("system") == BOOKING_REQUEST_SYSTEM:
-            value = identifier.get("value")
-            return value if isinstance(value, str) else None
+    meta = resource.get("meta")
+    for tag in (meta.get("tag") if isinstance(meta, dict) else None) or []:
+        if isinstance(tag, dict) and tag.get("system") == BOOKING_REQUEST_SYSTEM:
+            code = tag.get("code")
+            return code if isinstance(code, str) and code else None
     return None
 
 
@@ -539,7 +536,7 @@ def booking_bundle(
             "start": format_instant(request.visit.start, zone),
             "end": format_instant(request.visit.end, zone),
             "slot": [{"reference": e["fullUrl"]} for e in slot_entries],
-            "identifier": [*(appointment.get("identifier") or []), booking_request_identifier(marker)],
+            "meta": {"tag": [BOOKING_TAG, booking_request_tag(marker)]},
         }
     )
     participants = list(appointment.get("participant") or [])
@@ -561,7 +558,7 @@ def booking_bundle(
     ]
     if expires is not None:
         extensions.append({"url": HOLD_EXPIRES_URL, "valueInstant": format_instant(expires)})
-        appointment["meta"] = {"tag": [HOLD_TAG]}
+        appointment["meta"]["tag"].append(HOLD_TAG)
     if extensions:
         appointment["extension"] = extensions
     entries = [
@@ -744,7 +741,7 @@ def fence(store: FhirStore, locks: dict[str, tuple[str, int]], clock: Clock) -> 
 
 
 def _landed_booking(store: FhirStore, marker: str) -> Resource | None:
-    found = store.search("Appointment", [("identifier", f"{BOOKING_REQUEST_SYSTEM}|{marker}")])
+    found = store.search("Appointment", [("_tag", f"{BOOKING_REQUEST_SYSTEM}|{marker}")])
     return found[0] if found else None
 
 
@@ -821,6 +818,7 @@ def book(
 
 __all__ = [
     "BOOKING_REQUEST_SYSTEM",
+    "BOOKING_TAG",
     "BookingRequest",
     "BookingResult",
     "Clock",

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from operations.booking import (
-    BOOKING_REQUEST_SYSTEM,
+    BOOKING_TAG,
     ENDED_STATUSES,
     HOLD_TAG,
     Clock,
@@ -294,7 +294,6 @@ def expire_holds(
     query = [
         ("status", "pending"),
         ("_tag", f"{HOLD_TAG['system']}|{HOLD_TAG['code']}"),
-        ("identifier", f"{BOOKING_REQUEST_SYSTEM}|"),
         ("_sort", "_lastUpdated"),
     ]
     for _ in range(max_pages):
@@ -360,7 +359,7 @@ def release_missed(store: FhirStore, now: datetime, *, window: timedelta = RECON
         "Appointment",
         [
             ("status", ",".join(sorted(ENDED_STATUSES))),
-            ("identifier", f"{BOOKING_REQUEST_SYSTEM}|"),
+            ("_tag", f"{BOOKING_TAG['system']}|{BOOKING_TAG['code']}"),
             ("_lastUpdated", f"ge{format_instant(now - window)}"),
             ("_sort", "-_lastUpdated"),
         ],

@@ -145,7 +145,9 @@ def test_permission_reads_as_the_caller_decisions_and_writes_as_the_sidecar(
     assert enterer["who"]["identifier"] == {"system": "https://idp.test", "value": "patient-app-user"}
     assert enterer["extension"][0]["valueCode"] == "verified"
     assert provenance["extension"][0]["valueString"] == answer.headers["X-Request-ID"]
-    marker = [i for i in appointment_entry["resource"]["identifier"] if i["system"] == BOOKING_REQUEST_SYSTEM]
+    marker = [
+        t for t in appointment_entry["resource"]["meta"]["tag"] if t["system"] == BOOKING_REQUEST_SYSTEM
+    ]
     assert len(marker) == 1
 
 
@@ -193,9 +195,8 @@ def ended_appointment() -> dict[str, Any]:
     return {
         "resourceType": "Appointment",
         "id": "appt-1",
-        "meta": {"versionId": "2"},
         "status": "cancelled",
-        "identifier": [{"system": BOOKING_REQUEST_SYSTEM, "value": "req-9"}],
+        "meta": {"versionId": "2", "tag": [{"system": BOOKING_REQUEST_SYSTEM, "code": "req-9"}]},
         "slot": [{"reference": "Slot/visit"}, {"reference": "Slot/block"}],
         "participant": [{"status": "declined"}],
     }
@@ -229,7 +230,7 @@ def test_a_notification_rereads_the_appointment_and_deletes_only_the_sidecars_sl
         {
             "resourceType": "Slot",
             "id": "visit",
-            "identifier": [{"system": BOOKING_REQUEST_SYSTEM, "value": "req-9"}],
+            "meta": {"tag": [{"system": BOOKING_REQUEST_SYSTEM, "code": "req-9"}]},
         },
         {"resourceType": "Slot", "id": "block"},  # an administrator's: not the sidecar's to delete
     ]

@@ -261,7 +261,7 @@ def forged_hold(slot_references: list[str], marker: str | None) -> Resource:
         "slot": [{"reference": ref} for ref in slot_references],
     }
     if marker is not None:
-        forged["identifier"] = [{"system": BOOKING_REQUEST_SYSTEM, "value": marker}]
+        forged["meta"]["tag"].append({"system": BOOKING_REQUEST_SYSTEM, "code": marker})
     return forged
 
 
@@ -462,14 +462,10 @@ def test_at_most_max_schedules_per_request() -> None:
     assert caught.value.status == 400
 
 
-def test_the_booking_request_identifier_system_is_reserved() -> None:
-    proposal = at(clinic(), "09:15") | {"identifier": [{"system": BOOKING_REQUEST_SYSTEM, "value": "x"}]}
-    with pytest.raises(InvalidRequest, match="reserved"):
-        BookingRequest.from_body(proposal)
-
-
-def test_every_written_resource_carries_the_booking_request_id() -> None:
+def test_every_written_resource_carries_the_booking_request_id_and_identifiers_stay_the_callers() -> None:
     store = clinic()
-    result = book(store, request_for(at(store, "09:15")), hold=True, hold_ttl=TTL, clock=FakeClock().clock())
+    proposal = at(store, "09:15") | {"identifier": [{"system": "urn:app", "value": "v1"}]}
+    result = book(store, request_for(proposal), hold=True, hold_ttl=TTL, clock=FakeClock().clock())
     markers = {booking_marker(e["resource"]) for e in result.bundle["entry"]}
     assert len(markers) == 1 and None not in markers
+    assert appointment_of(result)["identifier"] == [{"system": "urn:app", "value": "v1"}]

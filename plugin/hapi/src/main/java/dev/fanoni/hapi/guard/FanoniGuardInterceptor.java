@@ -15,7 +15,6 @@ import ca.uhn.fhir.util.OperationOutcomeUtil;
 import java.nio.charset.StandardCharsets;
 import java.security.MessageDigest;
 import java.util.HashSet;
-import java.util.List;
 import java.util.Set;
 import org.hl7.fhir.instance.model.api.IBase;
 import org.hl7.fhir.instance.model.api.IBaseCoding;
@@ -39,10 +38,10 @@ import org.slf4j.LoggerFactory;
  *       {@value #LOCK_ID_PREFIX}, or whose {@code code} has the coding {@value #FANONI_SYSTEM}|{@value
  *       #LOCK_CODE} (old or new version);
  *   <li>a write that introduces one of the sidecar's markers onto an {@code Appointment} or {@code Slot}:
- *       an {@code identifier} with system {@value #BOOKING_REQUEST_SYSTEM} that the old version did not
- *       have with the same value, or the {@code meta.tag} {@value #FANONI_SYSTEM}|{@value #HOLD_TAG} that
- *       the old version did not have. Updates that keep the existing markers unchanged are allowed (an
- *       EHR cancelling a held Appointment with a plain {@code PUT} works).
+ *       a {@code meta.tag} with system {@value #BOOKING_REQUEST_SYSTEM} (the booking request id, any
+ *       code) or the {@code meta.tag} {@value #FANONI_SYSTEM}|{@value #HOLD_TAG}, that the old version did
+ *       not have. Updates that keep the existing markers are allowed (an EHR cancelling a held
+ *       Appointment with a plain {@code PUT} works; HAPI keeps a resource's tags across updates anyway).
  * </ol>
  *
  * <p>The sidecar is recognised by the request header {@value #SERVICE_KEY_HEADER} carrying the
@@ -73,7 +72,7 @@ public class FanoniGuardInterceptor {
 
 	/** Fanoni's CodeSystem: lock codes and the hold tag. */
 	public static final String FANONI_SYSTEM = "https://fanoni.dev/fhir/CodeSystem/fanoni";
-	/** Identifier system of the booking requests the sidecar writes on Appointments and Slots. */
+	/** Tag system of the booking request id the sidecar writes on its Appointments and Slots. */
 	public static final String BOOKING_REQUEST_SYSTEM = "https://fanoni.dev/fhir/booking-request";
 	public static final String LOCK_CODE = "schedule-lock";
 	public static final String HOLD_TAG = "hold";
@@ -89,8 +88,8 @@ public class FanoniGuardInterceptor {
 		BUSY_SLOT,
 		/** A lock resource (Basic). */
 		LOCK,
-		/** A booking-request identifier the old version did not have. */
-		BOOKING_IDENTIFIER,
+		/** A booking-request tag the old version did not have. */
+		BOOKING_TAG,
 		/** The hold tag the old version did not have. */
 		HOLD_TAG
 	}
@@ -177,8 +176,9 @@ public class FanoniGuardInterceptor {
 	}
 
 	/**
-	 * {@code $meta-add} adds tags without passing through the storage pointcuts: one that would add the
-	 * hold tag to an Appointment or Slot is refused here, before HAPI runs it (unless from the sidecar).
+	 * {@code $meta-add} adds tags without passing through the storage pointcuts: one that would add a
+	 * marker tag (the hold tag, a booking request tag) to an Appointment or Slot is refused here, before
+	 * HAPI runs it (unless from the sidecar).
 	 */
 	@Hook(Pointcut.SERVER_INCOMING_REQUEST_PRE_HANDLED)
 	public void incomingRequestPreHandled(RequestDetails theRequestDetails) {
@@ -193,7 +193,7 @@ public class FanoniGuardInterceptor {
 		}
 		String header = theRequestDetails.getHeader(SERVICE_KEY_HEADER);
 		FhirContext ctx = theRequestDetails.getFhirContext();
-		if (isSidecar(header) || ctx == null || !addsHoldTag(ctx, theRequestDetails)) {
+		if (isSidecar(header) || ctx == null || !addsMarkerTag(ctx, theRequestDetails)) {
 			return;
 		}
 		IIdType id = theRequestDetails.getId();
@@ -202,8 +202,8 @@ public class FanoniGuardInterceptor {
 		throw refuse(ctx, "$meta-add", refusal, header);
 	}
 
-	/** Whether the body of a {@code $meta-add} request carries the hold tag. */
-	private static boolean addsHoldTag(FhirContext theCtx, RequestDetails theRequestDetails) {
+	/** Whether the body of a {@code $meta-add} request carries a marker tag. */
+	private static boolean addsMarkerTag(FhirContext theCtx, RequestDetails theRequestDetails) {
 		byte[] body = theRequestDetails.loadRequestContents();
 		if (body == null || body.length == 0) {
 			return false;
@@ -218,7 +218,7 @@ public class FanoniGuardInterceptor {
 			return false; // HAPI answers 400 for it itself
 		}
 		for (IBaseCoding coding : theCtx.newTerser().getAllPopulatedChildElementsOfType(parameters, IBaseCoding.class)) {
-			if (FANONI_SYSTEM.equals(coding.getSystem()) && HOLD_TAG.equals(coding.getCode())) {
+			if (isMarker(coding)) {
 				return true;
 			}
 		}
@@ -310,20 +310,21 @@ public class FanoniGuardInterceptor {
 		}
 
 		if (theNew != null && ("Appointment".equals(type) || "Slot".equals(type))) {
-			Set<String> oldValues = bookingIdentifierValues(terser, theOld);
-			for (String value : bookingIdentifierValues(terser, theNew)) {
-				if (!oldValues.contains(value)) {
-					return new Refusal(
-							Rule.BOOKING_IDENTIFIER,
-							target,
-							type + ".identifier",
-							refused
-									+ "identifiers with system " + BOOKING_REQUEST_SYSTEM + " are set only by Fanoni"
-									+ " Scheduling when it books: book with POST [base]/Appointment/$book (or $hold)."
-									+ " Writes that keep the existing identifiers unchanged are allowed.");
+			Set<String> oldMarkers = markerTags(theOld);
+			for (String marker : markerTags(theNew)) {
+				if (oldMarkers.contains(marker)) {
+					continue;
 				}
-			}
-			if (hasHoldTag(theNew) && !hasHoldTag(theOld)) {
+				if (marker.startsWith(BOOKING_REQUEST_SYSTEM + "|")) {
+					return new Refusal(
+							Rule.BOOKING_TAG,
+							target,
+							type + ".meta.tag",
+							refused
+									+ "tags with system " + BOOKING_REQUEST_SYSTEM + " are set only by Fanoni"
+									+ " Scheduling when it books: book with POST [base]/Appointment/$book (or $hold)."
+									+ " Writes that keep the existing tags are allowed.");
+				}
 				return new Refusal(Rule.HOLD_TAG, target, type + ".meta.tag", holdTagText(theAction + " " + target));
 			}
 		}
@@ -357,35 +358,23 @@ public class FanoniGuardInterceptor {
 		return false;
 	}
 
-	private static Set<String> bookingIdentifierValues(FhirTerser theTerser, IBaseResource theResource) {
-		Set<String> values = new HashSet<>();
-		if (theResource == null) {
-			return values;
+	/** The marker tags of a resource, as {@code system|code}: booking request tags and the hold tag. */
+	private static Set<String> markerTags(IBaseResource theResource) {
+		Set<String> markers = new HashSet<>();
+		if (theResource == null || theResource.getMeta() == null || theResource.getMeta().getTag() == null) {
+			return markers;
 		}
-		for (IBase identifier : theTerser.getValues(theResource, "identifier")) {
-			if (BOOKING_REQUEST_SYSTEM.equals(theTerser.getSinglePrimitiveValueOrNull(identifier, "system"))) {
-				String value = theTerser.getSinglePrimitiveValueOrNull(identifier, "value");
-				// An identifier with the system and no value is a marker too: "" stands for it.
-				values.add(value == null ? "" : value);
+		for (IBaseCoding tag : theResource.getMeta().getTag()) {
+			if (isMarker(tag)) {
+				markers.add(tag.getSystem() + "|" + (tag.getCode() == null ? "" : tag.getCode()));
 			}
 		}
-		return values;
+		return markers;
 	}
 
-	private static boolean hasHoldTag(IBaseResource theResource) {
-		if (theResource == null || theResource.getMeta() == null) {
-			return false;
-		}
-		List<? extends IBaseCoding> tags = theResource.getMeta().getTag();
-		if (tags == null) {
-			return false;
-		}
-		for (IBaseCoding tag : tags) {
-			if (FANONI_SYSTEM.equals(tag.getSystem()) && HOLD_TAG.equals(tag.getCode())) {
-				return true;
-			}
-		}
-		return false;
+	private static boolean isMarker(IBaseCoding theCoding) {
+		return BOOKING_REQUEST_SYSTEM.equals(theCoding.getSystem())
+				|| (FANONI_SYSTEM.equals(theCoding.getSystem()) && HOLD_TAG.equals(theCoding.getCode()));
 	}
 
 	private static String target(String theType, IBaseResource theOld, IBaseResource theNew) {

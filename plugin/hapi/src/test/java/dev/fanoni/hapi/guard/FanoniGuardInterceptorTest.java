@@ -53,7 +53,7 @@ class FanoniGuardInterceptorTest {
 
 	private static Appointment held(String theId, Appointment.AppointmentStatus theStatus) {
 		Appointment appointment = appointment(theId, theStatus);
-		appointment.addIdentifier().setSystem(FanoniGuardInterceptor.BOOKING_REQUEST_SYSTEM).setValue("req-1");
+		appointment.getMeta().addTag(FanoniGuardInterceptor.BOOKING_REQUEST_SYSTEM, "req-1", null);
 		appointment.getMeta().addTag(FanoniGuardInterceptor.FANONI_SYSTEM, FanoniGuardInterceptor.HOLD_TAG, null);
 		return appointment;
 	}
@@ -124,26 +124,27 @@ class FanoniGuardInterceptorTest {
 	}
 
 	@Test
-	void introducingABookingIdentifierIsRefused() {
+	void introducingABookingTagIsRefused() {
 		Appointment plain = appointment("a1", Appointment.AppointmentStatus.BOOKED);
 		Appointment marked = plain.copy();
-		marked.addIdentifier().setSystem(FanoniGuardInterceptor.BOOKING_REQUEST_SYSTEM).setValue("req-1");
+		marked.getMeta().addTag(FanoniGuardInterceptor.BOOKING_REQUEST_SYSTEM, "req-1", null);
 		Refusal refusal = create(marked, null);
-		assertEquals(Rule.BOOKING_IDENTIFIER, refusal.rule());
-		assertEquals("Appointment.identifier", refusal.expression());
-		assertEquals(Rule.BOOKING_IDENTIFIER, update(plain, marked, null).rule());
-		// Another value than the stored one counts as introducing one.
+		assertEquals(Rule.BOOKING_TAG, refusal.rule());
+		assertEquals("Appointment.meta.tag", refusal.expression());
+		assertEquals(Rule.BOOKING_TAG, update(plain, marked, null).rule());
+		// Another code than the stored one counts as introducing one.
 		Appointment other = plain.copy();
-		other.addIdentifier().setSystem(FanoniGuardInterceptor.BOOKING_REQUEST_SYSTEM).setValue("req-2");
-		assertEquals(Rule.BOOKING_IDENTIFIER, update(marked, other, null).rule());
+		other.getMeta().addTag(FanoniGuardInterceptor.BOOKING_REQUEST_SYSTEM, "req-2", null);
+		assertEquals(Rule.BOOKING_TAG, update(marked, other, null).rule());
 		// On a Slot too (a free one: busy Slots are refused by the first rule anyway).
 		Slot slot = slot("s1", Slot.SlotStatus.FREE);
-		slot.addIdentifier().setSystem(FanoniGuardInterceptor.BOOKING_REQUEST_SYSTEM).setValue("req-1");
-		assertEquals("Slot.identifier", create(slot, null).expression());
+		slot.getMeta().addTag(FanoniGuardInterceptor.BOOKING_REQUEST_SYSTEM, "req-1", null);
+		assertEquals("Slot.meta.tag", create(slot, null).expression());
 		assertNull(create(marked, KEY));
-		// Other identifier systems are anybody's.
+		// Other tag systems, and identifiers of any system, are anybody's.
 		Appointment ehr = plain.copy();
-		ehr.addIdentifier().setSystem("urn:ehr").setValue("123");
+		ehr.getMeta().addTag("urn:ehr", "imported", null);
+		ehr.addIdentifier().setSystem(FanoniGuardInterceptor.BOOKING_REQUEST_SYSTEM).setValue("123");
 		assertNull(create(ehr, null));
 	}
 
@@ -178,7 +179,7 @@ class FanoniGuardInterceptorTest {
 	void otherResourcesAreNotGuarded() {
 		Patient patient = new Patient();
 		patient.getMeta().addTag(FanoniGuardInterceptor.FANONI_SYSTEM, FanoniGuardInterceptor.HOLD_TAG, null);
-		patient.addIdentifier().setSystem(FanoniGuardInterceptor.BOOKING_REQUEST_SYSTEM).setValue("x");
+		patient.getMeta().addTag(FanoniGuardInterceptor.BOOKING_REQUEST_SYSTEM, "x", null);
 		assertNull(create(patient, null));
 	}
 
