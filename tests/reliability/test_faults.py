@@ -205,14 +205,22 @@ def test_a_hold_whose_answer_was_cut_is_201_with_its_expiry(
     clinic = fresh_clinic(hapi)
     proposal = proposals(sidecar, clinic, monday_ahead())[0]
     proxy.inject(Fault(faults.CUT_AFTER_SEND, faults.transaction(operation="hold", containing=clinic.prefix)))
+    started = time.monotonic()
     held = book(sidecar, proposal, operation="hold")
+    seconds = time.monotonic() - started
     assert held.status_code == 201, held.text
     assert "Expires" in held.headers
     appointment = appointment_of(held)
     assert appointment["status"] == "pending"
     report = scanned(hapi, clinic)
     assert [(a.id, a.status) for a in report.live()] == [(appointment["id"], "pending")]
-    record(fault=str(faults.CUT_AFTER_SEND), operation="hold", answer=held.status_code, scan=report.summary())
+    record(
+        fault=str(faults.CUT_AFTER_SEND),
+        operation="hold",
+        answer=held.status_code,
+        seconds=round(seconds, 2),
+        scan=report.summary(),
+    )
 
 
 @dataclass(frozen=True)
@@ -399,7 +407,7 @@ def test_hapi_timing_out_until_the_budget_is_spent_is_504_may_or_may_not(
     assert book(sidecar, first).status_code == 201  # the Schedule's lock exists from now on
     mine = new_identifier()
     proposal = identified(second, mine)
-    slow_reads = proxy.inject(Fault(faults.delay_request(1.5), faults.reads(clinic.prefix), times=4))
+    slow_reads = proxy.inject(Fault(faults.delay_request(1.2), faults.reads(clinic.prefix), times=4))
     lost = proxy.inject(
         Fault(
             faults.delay_response(BEYOND_TIMEOUT),
@@ -423,7 +431,7 @@ def test_hapi_timing_out_until_the_budget_is_spent_is_504_may_or_may_not(
     assert retried.status_code == 200, retried.text
     assert appointment_of(retried)["id"] == stored[0].id
     record(
-        fault="reads delayed 1.5 s x4, answer to the booking lost, every fence timing out",
+        fault="reads delayed 1.2 s x4, answer to the booking lost, every fence timing out",
         answer=answer.status_code,
         code=code,
         diagnostics=text,
@@ -458,7 +466,9 @@ def test_a_booking_found_landed_but_not_read_back_is_not_a_plain_504(
     read_back = proxy.inject(
         Fault(faults.delay_request(BEYOND_TIMEOUT), faults.reads("/Slot?_id=", request_id=request_id))
     )
+    started = time.monotonic()
     answer = book(sidecar, proposal, request_id=request_id)
+    seconds = time.monotonic() - started
     assert read_back.wait_done(timeout=BEYOND_TIMEOUT + 10)
     report = scanned(hapi, clinic)
     assert len(report.with_identifier(CALLER_SYSTEM, mine)) == 1  # it landed
@@ -468,6 +478,7 @@ def test_a_booking_found_landed_but_not_read_back_is_not_a_plain_504(
         answer=answer.status_code,
         code=code,
         diagnostics=text,
+        seconds=round(seconds, 2),
         scan=report.summary(),
     )
     if answer.status_code != 201 and not (text and MAYBE_STORED in text):
@@ -495,7 +506,9 @@ def test_a_cancellation_landed_but_not_read_back_is_not_a_plain_504(
             skip=2,
         )
     )
+    started = time.monotonic()
     answer = cancel(sidecar, appointment_id, request_id=request_id)
+    seconds = time.monotonic() - started
     assert reread.wait_done(timeout=BEYOND_TIMEOUT + 10)
     report = scanned(hapi, clinic)
     assert [a.status for a in report.sidecar_appointments()] == ["cancelled"]  # it landed
@@ -506,6 +519,7 @@ def test_a_cancellation_landed_but_not_read_back_is_not_a_plain_504(
         answer=answer.status_code,
         code=code,
         diagnostics=text,
+        seconds=round(seconds, 2),
         cancel_again=again.status_code,
         scan=report.summary(),
     )
