@@ -614,7 +614,10 @@ def replay_bundle(store: FhirStore, appointment: Resource) -> Resource:
     ids = slot_ids(appointment)
     slots = store.search("Slot", [("_id", ",".join(ids))]) if ids else []
     by_id = {s.get("id"): s for s in slots}
-    ordered = [appointment, *(by_id[i] for i in ids if i in by_id)]
+    return _bundle_of([appointment, *(by_id[i] for i in ids if i in by_id)])
+
+
+def _bundle_of(ordered: Sequence[Resource]) -> Resource:
     return {
         "resourceType": "Bundle",
         "type": "transaction-response",
@@ -810,7 +813,13 @@ def book(
             if landed is None:
                 lost.resolution = "Nothing was stored (checked): ask again."
                 raise
-            return BookingResult(201, replay_bundle(store, landed), hold_expiry(landed))
+            try:
+                bundle = replay_bundle(store, landed)
+            except StoreFailure:
+                # It is stored: say so with what is already known (the Appointment, whose
+                # ``slot`` names its Slots), not with an error that reads "nothing happened".
+                bundle = _bundle_of([landed])
+            return BookingResult(201, bundle, hold_expiry(landed))
         return BookingResult(201, response_bundle(response), expires)
 
     return retrying(policy or RetryPolicy(), clock, attempt)

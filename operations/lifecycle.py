@@ -118,6 +118,14 @@ def confirm(
     fenced = False
 
     def attempt() -> OperationResult:
+        try:
+            return settle_or_confirm()
+        except StoreFailure:
+            if lost is not None:
+                raise lost from None  # a write was lost and what became of it is unknown
+            raise
+
+    def settle_or_confirm() -> OperationResult:
         nonlocal lost, fenced
         appointment = _read_appointment(store, appointment_id)
         status = appointment.get("status")
@@ -208,6 +216,14 @@ def cancel(
     lost: OutcomeUnknown | None = None
 
     def attempt() -> OperationResult:
+        try:
+            return settle_or_cancel()
+        except StoreFailure:
+            if lost is not None:
+                raise lost from None  # a write was lost and what became of it is unknown
+            raise
+
+    def settle_or_cancel() -> OperationResult:
         nonlocal lost
         appointment = _read_appointment(store, appointment_id)
         status = appointment.get("status")

@@ -85,6 +85,8 @@ class FakeFhirStore(FakeStore):
         self._lose: str | None = None
         self.unreachable = 0
         """How many more transactions fail as if the upstream were down (nothing lands)."""
+        self.unreachable_reads = 0
+        """How many more reads and searches fail as if the upstream were down."""
         self.in_flight: list[Resource] = []
         """Transactions sent whose answer was lost and which have not landed yet."""
         for resource in resources:
@@ -128,7 +130,13 @@ class FakeFhirStore(FakeStore):
         self.resources[f"{stored['resourceType']}/{stored['id']}"] = stored
         return stored
 
+    def _reachable(self) -> None:
+        if self.unreachable_reads > 0:
+            self.unreachable_reads -= 1
+            raise LostAnswer("the upstream FHIR server did not answer in time")
+
     def read(self, resource_type: str, resource_id: str) -> Resource | None:
+        self._reachable()
         self.calls.append(f"read {resource_type}")
         found = self.resources.get(f"{resource_type}/{resource_id}")
         result = copy.deepcopy(found) if found else None
@@ -143,6 +151,7 @@ class FakeFhirStore(FakeStore):
     def search(
         self, resource_type: str, params: Sequence[tuple[str, str]], *, limit: int | None = None
     ) -> list[Resource]:
+        self._reachable()
         self.calls.append(f"search {resource_type}")
         results = []
         for resource in self.resources.values():  # insertion order: oldest first, as _sort=_lastUpdated

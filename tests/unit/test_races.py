@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from operations.booking import BOOKING_REQUEST_SYSTEM, HOLD_TAG, BookingRequest, book, booking_marker
+from operations.booking import BOOKING_REQUEST_SYSTEM, HOLD_TAG, BookingRequest, Clock, book, booking_marker
 from operations.errors import Conflict, InvalidRequest, OutcomeUnknown, ReferencedElsewhere, Unprocessable
 from operations.find import FindRequest, find_appointments
 from operations.lifecycle import cancel, confirm, expire_holds, release_ended, release_missed
@@ -205,6 +205,41 @@ def test_a_confirm_whose_answer_was_lost_answers_the_truth(landed: str) -> None:
             confirm(store, held["id"], clock=FakeClock().clock())
         assert store.deliver_in_flight() == ["refused"]
         assert store.resources[f"Appointment/{held['id']}"]["status"] == "pending"
+
+
+def test_a_booking_found_landed_is_201_even_when_its_slots_cannot_be_read_back() -> None:
+    store = clinic()
+    book(store, request_for(at(store, "11:15")), hold=False, hold_ttl=TTL, clock=FakeClock().clock())
+    store.lose_next_answer("yes")
+    store.pause_after("search Appointment", lambda: setattr(store, "unreachable_reads", 1))
+    result = book(store, request_for(at(store, "09:15")), hold=False, hold_ttl=TTL, clock=FakeClock().clock())
+    assert result.status == 201
+    assert [e["resource"]["resourceType"] for e in result.bundle["entry"]] == ["Appointment"]
+    assert len(appointment_of(result)["slot"]) == 3
+
+
+@pytest.mark.parametrize("operation", ["cancel", "confirm"])
+def test_a_lost_answer_then_no_answer_to_the_re_read_is_unknown_not_nothing(operation: str) -> None:
+    """The write landed, its answer was lost, and finding out fails too: the caller must be
+    told it may have been stored, not a plain error that reads "nothing happened"."""
+    store = clinic()
+    held = appointment_of(
+        book(store, request_for(at(store, "09:15")), hold=True, hold_ttl=TTL, clock=FakeClock().clock())
+    )
+    store.lose_next_answer("yes")
+    now = FakeClock()
+    flaky = Clock(
+        now=lambda: now.current, monotonic=lambda: 0.0, sleep=lambda _: setattr(store, "unreachable_reads", 1)
+    )
+    with pytest.raises(OutcomeUnknown) as caught:
+        if operation == "cancel":
+            cancel(store, held["id"], reason=None, clock=flaky)
+        else:
+            store.pause_after(
+                "transaction", lambda: setattr(store, "unreachable_reads", 1)
+            )  # after the fence
+            confirm(store, held["id"], clock=flaky)
+    assert caught.value.resolution is None  # "may or may not have been stored"
 
 
 def test_a_cancel_whose_answer_was_lost_after_it_landed_is_200() -> None:
