@@ -481,8 +481,6 @@ def test_a_booking_found_landed_but_not_read_back_is_not_a_plain_504(
         seconds=round(seconds, 2),
         scan=report.summary(),
     )
-    if answer.status_code != 201 and not (text and MAYBE_STORED in text):
-        pytest.xfail(f"finding (docs/reliability.md, 'Findings'): {answer.status_code} {text!r}")
     assert answer.status_code == 201 or (text is not None and MAYBE_STORED in text), answer.text
 
 
@@ -523,6 +521,4 @@ def test_a_cancellation_landed_but_not_read_back_is_not_a_plain_504(
         cancel_again=again.status_code,
         scan=report.summary(),
     )
-    if answer.status_code != 200 and not (text and MAYBE_STORED in text):
-        pytest.xfail(f"finding (docs/reliability.md, 'Findings'): {answer.status_code} {text!r}")
     assert answer.status_code == 200 or (text is not None and MAYBE_STORED in text), answer.text
