@@ -17,6 +17,7 @@ from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
 
 from plugin.app import create_app
 from plugin.config import ConfigError, Settings
+from plugin.identity import credentials_from_settings
 from plugin.logs import configure_logging
 from plugin.registration import keep_registering, register
 
@@ -104,6 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_env()
+        # The sidecar's own credentials, checked once here (a SMART key that does not fit its
+        # algorithm stops the process now, not every gunicorn worker as it boots).
+        credentials_from_settings(settings)
     except ConfigError as exc:
         print(f"fanoni-scheduling: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -305,10 +305,6 @@ class FhirUpstream:
         self._deadline = deadline
         self.round_trips = 0
 
-    @property
-    def acts_as_service(self) -> bool:
-        return self._credentials is not None
-
     # ---- SchedulingStore -------------------------------------------------------------------
 
     def read_schedules(self, ids: Sequence[str]) -> tuple[list[Resource], dict[str, Resource]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -79,3 +80,20 @@ def test_bad_port_is_a_usage_error() -> None:
     with pytest.raises(SystemExit) as caught:
         cli.main(["serve", "--port", "70000"])
     assert caught.value.code == 2
+
+
+def test_a_smart_key_that_does_not_fit_stops_the_process_at_start(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = tmp_path / "key.pem"
+    key.write_text("not a key")
+    for name, value in {
+        "FHIR_BASE_URL": "http://hapi.test/fhir",
+        "SMART_TOKEN_URL": "http://idp.test/token",
+        "SMART_CLIENT_ID": "fanoni",
+        "SMART_PRIVATE_KEY_FILE": str(key),
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("UPSTREAM_AUTHORIZATION")
+    assert cli.main(["serve", "--no-register"]) == 2
+    assert "configuration error: SMART" in capsys.readouterr().err
