@@ -60,7 +60,8 @@ from operations.booking import LOCK_COUNTER_URL, RetryPolicy, lock_id, lock_reso
 from operations.model import SLOT_CAPACITY_URL
 from tests.integration.clinic import load, search
 from tests.integration.hapi_server import HapiServer, start_hapi
-from tests.integration.processes import REPO, SidecarProcess, register
+from tests.integration.processes import REPO, SidecarProcess, free_port, register
+from tests.integration.trust import SERVICE_HEADERS, hapi_args, sidecar_env
 from tests.unit import builders
 
 Resource = dict[str, Any]
@@ -275,6 +276,7 @@ def book_raw(session: requests.Session, fhir_base: str, proposal: Resource, requ
                 "Accept": FHIR_JSON,
                 "Prefer": "return=representation",
                 "X-Request-ID": request_id,
+                **SERVICE_HEADERS,  # the raw side writes booked Slots as the sidecar would
             },
             timeout=120,
         )
@@ -466,16 +468,19 @@ def servers(fhir_base: str | None) -> Iterator[tuple[str, SidecarProcess, float]
     with contextlib.ExitStack() as stack:
         began = time.perf_counter()
         if fhir_base is None:
-            hapi: HapiServer = start_hapi()
+            hapi: HapiServer = start_hapi(extra_args=hapi_args())
             stack.callback(hapi.stop)
             fhir_base = hapi.base_url
         hapi_seconds = time.perf_counter() - began
         register_upstream(fhir_base)
+        port = free_port()
         sidecar = SidecarProcess(
             fhir_base,
             workers=SIDECAR_WORKERS,
             log_path=LOG_DIR / "sidecar.log",
+            port=port,
             env={
+                **sidecar_env(port),  # the guard key, as the test HAPI expects it
                 "HOLD_SWEEP_SECONDS": "0",
                 "SLOT_END_SEARCH": "on",  # `register` installed it
                 "LOG_LEVEL": "DEBUG",  # one JSON line per upstream call, with its duration
