@@ -15,9 +15,9 @@ read); every other read and every write uses the sidecar's own (``Stores``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from operations.booking import (
     BOOKING_TAG,
@@ -50,6 +50,7 @@ from operations.model import HOLD_EXPIRES_URL, SlotStatus
 from operations.store import FhirReader, FhirStore, Resource, Stores, as_stores
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SWEEP_PAGE_SIZE = 100
 SWEEP_MAX_PAGES = 5
@@ -106,6 +107,39 @@ def _bundle(entries: list[Resource]) -> Resource:
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 
 
+class _LostWrite:
+    """The write of one operation whose answer was lost, if any. Once there is one, the
+    operation's next attempt settles it, and any failure to reach the upstream on the way is
+    answered as that write's unknown outcome -- never as a plain error that reads "nothing
+    happened" (it may have)."""
+
+    def __init__(self) -> None:
+        self.error: OutcomeUnknown | None = None
+        self.fenced = False
+        """Whether the lock it was checked against has been fenced: it can no longer land."""
+
+    def lose(self, error: OutcomeUnknown, what: str) -> ConcurrentChange:
+        """Remember ``error``; the ``ConcurrentChange`` to raise so that the operation re-reads.
+        A second lost answer in a row is raised as it is: the upstream is not answering."""
+        if self.error is not None:
+            raise error
+        self.error = error
+        return ConcurrentChange(f"the answer to the {what} was lost; re-reading")
+
+    def guarding(self, step: Callable[[], T]) -> Callable[[], T]:
+        """``step`` as an attempt that answers a failure after a lost write as its outcome."""
+
+        def attempt() -> T:
+            try:
+                return step()
+            except StoreFailure:
+                if self.error is not None:
+                    raise self.error from None
+                raise
+
+        return attempt
+
+
 def confirm(
     stores: Stores | FhirStore, appointment_id: str, *, clock: Clock, policy: RetryPolicy | None = None
 ) -> OperationResult:
@@ -114,26 +148,16 @@ def confirm(
     stores = as_stores(stores)
     store = stores.service
     _read_appointment(stores.caller, appointment_id)  # permission: the caller may read it
-    lost: OutcomeUnknown | None = None
-    fenced = False
+    lost = _LostWrite()
 
     def attempt() -> OperationResult:
-        try:
-            return settle_or_confirm()
-        except StoreFailure:
-            if lost is not None:
-                raise lost from None  # a write was lost and what became of it is unknown
-            raise
-
-    def settle_or_confirm() -> OperationResult:
-        nonlocal lost, fenced
         appointment = _read_appointment(store, appointment_id)
         status = appointment.get("status")
-        if lost is not None and status == "booked":
+        if lost.error is not None and status == "booked":
             return OperationResult(200, replay_bundle(store, appointment))  # the lost write landed
-        if lost is not None and fenced:
-            lost.resolution = "Nothing was stored (checked): ask again."
-            raise lost
+        if lost.error is not None and lost.fenced:
+            lost.error.resolution = "Nothing was stored (checked): ask again."
+            raise lost.error
         if status not in ("pending", "proposed"):
             raise Unprocessable(
                 f"Appointment/{appointment_id} is {status!r}: only a pending hold or a proposed "
@@ -161,22 +185,17 @@ def confirm(
         try:
             response = store.transaction(_bundle(entries))
         except OutcomeUnknown as exc:
-            if lost is not None:
-                raise  # twice in a row: the upstream is not answering; say so
+            retry = lost.lose(exc, "confirmation")
             # Fence the lock it was checked against, then re-read: booked means it landed,
             # otherwise it never will. Without Slots there is no lock: the next attempt sends
             # the same version-checked update again, which lands at most once.
             if locks:
-                try:
-                    fence(store, locks, clock)
-                except StoreFailure:
-                    raise exc from None  # no answer to the fence either: the outcome is unknown
-                fenced = True
-            lost = exc
-            raise ConcurrentChange("the answer to the confirmation was lost; re-reading") from exc
+                fence(store, locks, clock)  # a failure here is answered as ``exc`` (guarding)
+                lost.fenced = True
+            raise retry from exc
         return OperationResult(200, response_bundle(response))
 
-    return retrying(policy or RetryPolicy(), clock, attempt)
+    return retrying(policy or RetryPolicy(), clock, lost.guarding(attempt))
 
 
 def cancellation_reason(params: Sequence[tuple[str, Any]]) -> Resource | None:
@@ -213,21 +232,12 @@ def cancel(
     stores = as_stores(stores)
     store = stores.service
     _read_appointment(stores.caller, appointment_id)  # permission: the caller may read it
-    lost: OutcomeUnknown | None = None
+    lost = _LostWrite()
 
     def attempt() -> OperationResult:
-        try:
-            return settle_or_cancel()
-        except StoreFailure:
-            if lost is not None:
-                raise lost from None  # a write was lost and what became of it is unknown
-            raise
-
-    def settle_or_cancel() -> OperationResult:
-        nonlocal lost
         appointment = _read_appointment(store, appointment_id)
         status = appointment.get("status")
-        if lost is not None and status == "cancelled":
+        if lost.error is not None and status == "cancelled":
             return OperationResult(200, appointment)
         if status not in ("booked", "pending"):
             raise Unprocessable(
@@ -243,10 +253,7 @@ def cancel(
                 expression="Appointment.slot",
             ) from None
         except OutcomeUnknown as exc:
-            if lost is not None:
-                raise  # twice in a row: the upstream is not answering; say so
-            lost = exc
-            raise ConcurrentChange("the answer to the cancellation was lost; re-reading") from exc
+            raise lost.lose(exc, "cancellation") from exc
         cancelled = next(
             (
                 e.get("resource")
@@ -257,7 +264,7 @@ def cancel(
         )
         return OperationResult(200, cancelled or store.read("Appointment", appointment_id) or {})
 
-    return retrying(policy or RetryPolicy(), clock, attempt)
+    return retrying(policy or RetryPolicy(), clock, lost.guarding(attempt))
 
 
 def _cancel_bundle(appointment: Resource, reason: Resource | None, deleting: Sequence[str]) -> Resource:
