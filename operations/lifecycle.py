@@ -374,8 +374,8 @@ def release_missed(store: FhirStore, now: datetime, *, window: timedelta = RECON
     Slots were deleted.
 
     A notification can be lost -- HAPI gives up after a minute of failed deliveries, e.g. while
-    every sidecar is down -- and the sweep (each worker, every ``HOLD_SWEEP_SECONDS``) catches
-    what the webhook missed. One search, newest first, at most ``RECONCILE_LIMIT`` Appointments;
+    every sidecar is down -- and the sweep (each worker, every ``HOLD_SWEEP_SECONDS``; the last
+    day on its first pass, the last 15 minutes after) catches what the webhook missed. One search, newest first, at most ``RECONCILE_LIMIT`` Appointments;
     those already released reference none of the sidecar's Slots and cost nothing more.
     """
     ended = store.search(

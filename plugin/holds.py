@@ -17,7 +17,7 @@ import random
 import threading
 import uuid
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from operations.lifecycle import expire_holds, release_missed
 from plugin.upstream import UpstreamClient, UpstreamError
@@ -44,17 +44,24 @@ def start_sweeper(upstream: UpstreamClient, period_seconds: int, clock: Callable
     return True
 
 
-def sweep_once(upstream: UpstreamClient, clock: Callable[[], datetime]) -> int:
+RECONCILE_AT_START = timedelta(hours=24)
+"""How far back the first pass of a process looks for ended Appointments with missed
+notifications (a sidecar down overnight); later passes look back ``RECONCILE_RECENT``."""
+RECONCILE_RECENT = timedelta(minutes=15)
+
+
+def sweep_once(upstream: UpstreamClient, clock: Callable[[], datetime], *, first: bool = False) -> int:
     """One pass, with the sidecar's own credentials: cancel lapsed holds the sidecar wrote
     (bounded pages, oldest first), then free the time of Appointments that ended on the
-    upstream in the last day but whose notification never arrived."""
+    upstream recently (the last day on a process's ``first`` pass) but whose notification never
+    arrived -- HAPI drops a delivery after a minute of failures."""
     store = upstream.background(f"sweep-{uuid.uuid4().hex[:12]}", "hold-expiry")
     now = clock()
     cancelled = expire_holds(store, now)
     if cancelled:
         logger.info("expired holds cancelled", extra={"cancelled": cancelled})
     reconciler = upstream.background(f"reconcile-{uuid.uuid4().hex[:12]}", "release-ended-appointment")
-    freed = release_missed(reconciler, now)
+    freed = release_missed(reconciler, now, window=RECONCILE_AT_START if first else RECONCILE_RECENT)
     if freed:
         logger.warning(
             "freed Slots of ended Appointments whose notification was missed",
@@ -66,9 +73,11 @@ def sweep_once(upstream: UpstreamClient, clock: Callable[[], datetime]) -> int:
 def _run(upstream: UpstreamClient, period_seconds: int, clock: Callable[[], datetime]) -> None:
     stop = threading.Event()
     stop.wait(random.uniform(0, period_seconds))  # jitter, not security
+    first = True
     while not stop.is_set():
         try:
-            sweep_once(upstream, clock)
+            sweep_once(upstream, clock, first=first)
+            first = False
         except UpstreamError as exc:
             logger.warning("hold sweep failed: %s", exc.diagnostics)
         except Exception:
