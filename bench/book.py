@@ -56,8 +56,9 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import requests
 
-from operations.booking import LOCK_COUNTER_URL, RetryPolicy, lock_id, lock_resource
+from operations.locks import LOCK_COUNTER_URL, lock_id, lock_resource
 from operations.model import SLOT_CAPACITY_URL
+from operations.retries import RetryPolicy
 from tests.integration.clinic import load, search
 from tests.integration.hapi_server import HapiServer, start_hapi
 from tests.integration.processes import REPO, SidecarProcess, free_port, register

@@ -1,310 +1,44 @@
-"""Use cases ``$book`` and ``$hold``: validate a proposal, re-check it, write it in one transaction.
+"""Use cases ``$book`` and ``$hold``: check a proposal against the stored configuration, decide
+on the sidecar's own view of the Slots, write it in one transaction.
 
 Race freedom (docs/consistency.md): each booking transaction carries a version-checked
-(``ifMatch``) update of a per-Schedule lock resource for every Schedule it touches, read
-*before* the identifier look-up and the Slot search that decided the write. Two bookings that
-both saw a time as free both hold the same lock version; the upstream lets only one of them
-commit. The other gets 409/412, re-reads and decides again, until a deadline.
+(``ifMatch``) update of a per-Schedule lock resource (``operations/locks.py``) for every Schedule
+it touches, read *before* the Slot search that decided the write and the identifier look-up.
+Two bookings that both saw a time as free both hold the same lock version; the upstream lets
+only one of them commit. The other gets 409/412, re-reads and decides again, until a deadline.
 
 Every booking carries a sidecar-generated *booking request* id, as a ``meta.tag``, on its
-Appointment and Slots. When the answer to the transaction is lost (timeout, connection cut), the
-sidecar fences the lock version the transaction was checked against and looks the tag up: the
-transaction then either has landed (201, as if nothing happened) or never will (the caller is
-told nothing was stored). See docs/reliability.md.
+Appointment and Slots (``operations/writes.py``). When the answer to the transaction is lost
+(timeout, connection cut), the sidecar fences the lock version the transaction was checked
+against and looks the tag up: the transaction then either has landed (201, as if nothing
+happened) or never will (the caller is told nothing was stored). See docs/reliability.md.
 """
 
 from __future__ import annotations
 
-import hashlib
-import random
 import re
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
 
 from operations.availability import schedule_windows
-from operations.errors import (
-    ConcurrentChange,
-    Conflict,
-    InvalidRequest,
-    OutcomeUnknown,
-    StoreFailure,
-    Unprocessable,
-)
-from operations.fhir_values import dig, format_instant, parse_instant, reference_id
-from operations.find import DEFAULT_MAX_SCHEDULES, Leg, decode_slots, load_legs, slot_search_span, widened
-from operations.model import (
-    FANONI_EXTENSION_BASE,
-    HOLD_EXPIRES_URL,
-    SLOT_CAPACITY_URL,
-    Interval,
-    Service,
-    SlotStatus,
-)
-from operations.parameters import service_references
-from operations.rendering import BUFFER_COMMENTS, VISIT, footprint
+from operations.errors import Conflict, InvalidRequest, OutcomeUnknown, StoreFailure, Unprocessable
+from operations.find import decode_slots, load_legs, slot_search_span, widened
+from operations.locks import fence, read_locks
+from operations.model import Interval, Leg, Service, SlotStatus
+from operations.proposal import BookingRequest
+from operations.retries import Clock, RetryPolicy, retrying
 from operations.store import FhirReader, FhirStore, Resource, Stores, as_stores
-
-LOCK_COUNTER_URL = FANONI_EXTENSION_BASE + "lock-counter"
-FANONI_CODE_SYSTEM = "https://fanoni.dev/fhir/CodeSystem/fanoni"
-ENDED_STATUSES = frozenset({"cancelled", "entered-in-error", "noshow"})
-HOLD_TAG = {"system": FANONI_CODE_SYSTEM, "code": "hold", "display": "Held by Fanoni $hold"}
-BOOKING_REQUEST_SYSTEM = "https://fanoni.dev/fhir/booking-request"
-"""Tag system of the sidecar-generated booking request id (the code), on the Appointment and on
-every Slot written with it: how the sidecar recognises what it wrote. A tag, not an identifier:
-callers' identifiers stay as they sent them, the upstream keeps tags across updates that omit
-them (HAPI does), and the HAPI guard refuses anyone else introducing one."""
-BOOKING_TAG = {"system": FANONI_CODE_SYSTEM, "code": "booking", "display": "Written by Fanoni $book/$hold"}
-"""On every Appointment the sidecar writes: what the background work searches for."""
-MAX_PARTICIPANTS = 50
-
-
-@dataclass(frozen=True)
-class Clock:
-    """Time as the use cases see it; the plugin passes real clocks, tests fake ones."""
-
-    now: Callable[[], datetime]
-    monotonic: Callable[[], float]
-    sleep: Callable[[float], None]
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How long conflicting writers keep re-deciding before a 409 reaches the caller."""
-
-    deadline_seconds: float = 20.0
-    max_attempts: int = 60
-    base_backoff_seconds: float = 0.02
-    max_backoff_seconds: float = 0.5
-
-
-@dataclass(frozen=True)
-class BookingRequest:
-    """A validated proposal: one visit interval, one service, one busy Slot per Schedule."""
-
-    appointment: Resource
-    service_id: str
-    visit: Interval
-    schedule_ids: tuple[str, ...]
-    buffers: dict[str, tuple[timedelta, timedelta]]
-    """Per schedule id: the buffer lengths the proposal carries (before, after)."""
-    visit_paths: dict[str, str]
-    """Per schedule id: the FHIRPath of its busy Slot in the proposal, for errors."""
-    identifiers: tuple[tuple[str | None, str], ...]
-    root: str
-
-    @classmethod
-    def from_body(cls, body: Any, *, max_schedules: int = DEFAULT_MAX_SCHEDULES) -> BookingRequest:
-        """The ``appointment`` (alias ``appointment-resource``) of a Parameters body, or a bare
-        Appointment. Raises ``InvalidRequest`` (400) naming the culprit's FHIRPath."""
-        appointment, root = _appointment_from_body(body)
-        return cls.from_appointment(appointment, root, max_schedules=max_schedules)
-
-    @classmethod
-    def from_appointment(
-        cls, appointment: Resource, root: str, *, max_schedules: int = DEFAULT_MAX_SCHEDULES
-    ) -> BookingRequest:
-        for field in ("serviceType", "contained", "participant", "identifier", "extension", "slot"):
-            if field in appointment and not isinstance(appointment[field], list):
-                raise InvalidRequest(
-                    f"Appointment.{field} must be a list", code="structure", expression=f"{root}.{field}"
-                )
-        if appointment.get("status") not in (None, "proposed"):
-            raise InvalidRequest(
-                f"The appointment must be a proposal (status 'proposed'), not {appointment.get('status')!r}",
-                code="value",
-                expression=f"{root}.status",
-            )
-        if appointment.get("slot"):
-            raise InvalidRequest(
-                "The proposal must not reference stored Slots: its Slots are contained and written by the operation",
-                code="invalid",
-                expression=f"{root}.slot",
-            )
-        concepts = appointment.get("serviceType") or []
-        if not isinstance(concepts, list):
-            raise InvalidRequest(
-                "serviceType must be a list", code="structure", expression=f"{root}.serviceType"
-            )
-        refs = list(dict.fromkeys(service_references(concepts)))
-        if len(refs) != 1:
-            raise InvalidRequest(
-                f"The proposal must name exactly one HealthcareService in serviceType, it names {len(refs)}",
-                code="required" if not refs else "invalid",
-                expression=f"{root}.serviceType",
-            )
-        try:
-            service_id = reference_id(refs[0], "HealthcareService")
-        except ValueError as exc:
-            raise InvalidRequest(str(exc), code="value", expression=f"{root}.serviceType") from None
-
-        contained = appointment.get("contained") or []
-        if not isinstance(contained, list):
-            raise InvalidRequest("contained must be a list", code="structure", expression=f"{root}.contained")
-        visits: dict[str, tuple[Interval, str]] = {}
-        buffer_slots: list[tuple[str, Interval, str]] = []
-        for index, resource in enumerate(contained):
-            path = f"{root}.contained[{index}]"
-            if not isinstance(resource, dict) or resource.get("resourceType") != "Slot":
-                continue
-            schedule_id, interval = _contained_slot(resource, path)
-            status = resource.get("status")
-            if status == SlotStatus.BUSY:
-                if schedule_id in visits:
-                    raise InvalidRequest(
-                        f"Two busy Slots for Schedule/{schedule_id}: one visit per schedule",
-                        code="invalid",
-                        expression=path,
-                    )
-                visits[schedule_id] = (interval, path)
-            elif status == SlotStatus.BUSY_UNAVAILABLE:
-                buffer_slots.append((schedule_id, interval, path))
-            else:
-                raise InvalidRequest(
-                    f"A contained Slot of a proposal is 'busy' (the visit) or 'busy-unavailable' (a buffer), not {status!r}",
-                    code="value",
-                    expression=f"{path}.status",
-                )
-        if not visits:
-            raise InvalidRequest(
-                "The proposal has no contained busy Slot: pass the Appointment as $find returned it",
-                code="required",
-                expression=f"{root}.contained",
-            )
-        if len(visits) > max_schedules:
-            raise InvalidRequest(
-                f"At most {max_schedules} schedules may take part in one booking, this proposal names {len(visits)}",
-                code="value",
-                expression=f"{root}.contained",
-            )
-        participants = appointment.get("participant") or []
-        if len(participants) > MAX_PARTICIPANTS:
-            raise InvalidRequest(
-                f"At most {MAX_PARTICIPANTS} participants, this proposal names {len(participants)}",
-                code="value",
-                expression=f"{root}.participant",
-            )
-        first_interval, _ = next(iter(visits.values()))
-        for interval, path in visits.values():
-            if interval != first_interval:
-                raise InvalidRequest(
-                    "The busy Slots of the proposal do not all have the same start and end",
-                    code="invalid",
-                    expression=path,
-                )
-        for field, value in (("start", first_interval.start), ("end", first_interval.end)):
-            if field in appointment:
-                try:
-                    given = parse_instant(appointment[field])
-                except ValueError as exc:
-                    raise InvalidRequest(str(exc), code="value", expression=f"{root}.{field}") from None
-                if given != value:
-                    raise InvalidRequest(
-                        f"Appointment.{field} does not match its contained busy Slots",
-                        code="invalid",
-                        expression=f"{root}.{field}",
-                    )
-        buffers: dict[str, list[timedelta]] = {sid: [timedelta(0), timedelta(0)] for sid in visits}
-        for schedule_id, interval, path in buffer_slots:
-            if schedule_id not in visits:
-                raise InvalidRequest(
-                    f"A buffer Slot names Schedule/{schedule_id}, which has no visit in this proposal",
-                    code="invalid",
-                    expression=f"{path}.schedule",
-                )
-            if interval.end == first_interval.start:
-                side = 0
-            elif interval.start == first_interval.end:
-                side = 1
-            else:
-                raise InvalidRequest(
-                    "A buffer Slot must end where the visit starts or start where it ends",
-                    code="invalid",
-                    expression=path,
-                )
-            if buffers[schedule_id][side]:
-                raise InvalidRequest(
-                    f"Two buffer Slots on the same side of the visit for Schedule/{schedule_id}",
-                    code="invalid",
-                    expression=path,
-                )
-            buffers[schedule_id][side] = interval.duration
-        identifiers = []
-        for index, identifier in enumerate(appointment.get("identifier") or []):
-            if not isinstance(identifier, dict) or not isinstance(identifier.get("value"), str):
-                raise InvalidRequest(
-                    "An identifier needs a value",
-                    code="value",
-                    expression=f"{root}.identifier[{index}]",
-                )
-            identifiers.append((identifier.get("system"), identifier["value"]))
-        return cls(
-            appointment=appointment,
-            service_id=service_id,
-            visit=first_interval,
-            schedule_ids=tuple(visits),
-            visit_paths={sid: path for sid, (_, path) in visits.items()},
-            buffers={sid: (b[0], b[1]) for sid, b in buffers.items()},
-            identifiers=tuple(identifiers),
-            root=root,
-        )
-
-
-def _appointment_from_body(body: Any) -> tuple[Resource, str]:
-    if not isinstance(body, dict):
-        raise InvalidRequest("The body must be a FHIR Parameters or Appointment resource", code="structure")
-    if body.get("resourceType") == "Appointment":
-        return body, "Appointment"
-    if body.get("resourceType") != "Parameters":
-        raise InvalidRequest(
-            f"The body must be a Parameters or Appointment resource, not {body.get('resourceType')!r}",
-            code="structure",
-        )
-    found = [
-        p
-        for p in body.get("parameter") or []
-        if isinstance(p, dict) and p.get("name") in ("appointment", "appointment-resource")
-    ]
-    if not found:
-        raise InvalidRequest(
-            "The 'appointment' parameter (an Appointment resource) is required",
-            code="required",
-            expression="Parameters.appointment",
-        )
-    if len(found) > 1:
-        raise InvalidRequest(
-            "'appointment' may be given only once",
-            code="value",
-            expression="Parameters.appointment[1]",
-        )
-    resource = found[0].get("resource")
-    if not isinstance(resource, dict) or resource.get("resourceType") != "Appointment":
-        raise InvalidRequest(
-            "The 'appointment' parameter must carry an Appointment resource",
-            code="structure",
-            expression="Parameters.appointment",
-        )
-    return resource, "Parameters.appointment"
-
-
-def _contained_slot(resource: Resource, path: str) -> tuple[str, Interval]:
-    try:
-        schedule_id = reference_id(dig(resource, "schedule", "reference"), "Schedule")
-    except ValueError as exc:
-        raise InvalidRequest(str(exc), code="value", expression=f"{path}.schedule") from None
-    times = []
-    for field in ("start", "end"):
-        if field not in resource:
-            raise InvalidRequest(f"The Slot has no {field}", code="required", expression=f"{path}.{field}")
-        try:
-            times.append(parse_instant(resource[field]))
-        except ValueError as exc:
-            raise InvalidRequest(str(exc), code="value", expression=f"{path}.{field}") from None
-    if times[0] >= times[1]:
-        raise InvalidRequest("The Slot ends before it starts", code="invalid", expression=path)
-    return schedule_id, Interval(times[0], times[1])
+from operations.writes import (
+    BOOKING_REQUEST_SYSTEM,
+    ENDED_STATUSES,
+    BookingResult,
+    _bundle_of,
+    booking_bundle,
+    hold_expiry,
+    replay_bundle,
+    response_bundle,
+)
 
 
 def check_against_parameters(request: BookingRequest, legs: Sequence[Leg]) -> None:
@@ -363,236 +97,6 @@ def _fits(windows: Sequence[Interval], visit: Interval) -> bool:
     return any(w.start <= visit.start and visit.end <= w.end for w in windows)
 
 
-def lock_id(schedule_id: str) -> str:
-    """The id of a Schedule's lock resource (a ``Basic``), within FHIR's 64-character limit."""
-    candidate = f"fanoni-lock-{schedule_id}"
-    if len(candidate) <= 64:
-        return candidate
-    return "fanoni-lock-" + hashlib.sha256(schedule_id.encode()).hexdigest()[:52]
-
-
-def lock_resource(schedule_id: str, counter: int) -> Resource:
-    return {
-        "resourceType": "Basic",
-        "id": lock_id(schedule_id),
-        "code": {"coding": [{"system": FANONI_CODE_SYSTEM, "code": "schedule-lock"}]},
-        "subject": {"reference": f"Schedule/{schedule_id}"},
-        "extension": [{"url": LOCK_COUNTER_URL, "valueInteger": counter}],
-    }
-
-
-def _lock_counter(resource: Resource) -> int:
-    for ext in resource.get("extension") or []:
-        if (
-            isinstance(ext, dict)
-            and ext.get("url") == LOCK_COUNTER_URL
-            and isinstance(ext.get("valueInteger"), int)
-        ):
-            return int(ext["valueInteger"])
-    return 0
-
-
-def read_locks(store: FhirStore, schedule_ids: Sequence[str]) -> dict[str, tuple[str, int]]:
-    """``{schedule id: (version, counter)}``, creating missing locks first (one transaction).
-
-    Creating a lock concurrently from two processes is harmless: both then read a version
-    before their Slot search, which is all the protocol needs.
-    """
-    wanted = {lock_id(s): s for s in schedule_ids}
-    found = _search_locks(store, wanted)
-    missing = [s for s in schedule_ids if s not in found]
-    if missing:
-        entries = [
-            {
-                "fullUrl": f"Basic/{lock_id(s)}",
-                "resource": lock_resource(s, 0),
-                "request": {"method": "PUT", "url": f"Basic/{lock_id(s)}"},
-            }
-            for s in missing
-        ]
-        lost: OutcomeUnknown | None = None
-        try:
-            store.transaction({"resourceType": "Bundle", "type": "transaction", "entry": entries})
-        except ConcurrentChange:
-            pass  # another process created them just now
-        except OutcomeUnknown as exc:
-            lost = exc  # creating a lock is idempotent: whether it landed, the search tells
-        found = _search_locks(store, wanted)
-        if any(s not in found for s in schedule_ids):
-            if lost is not None:
-                lost.resolution = "Nothing was stored (checked): ask again."
-                raise lost
-            raise Conflict("Could not create the per-Schedule lock resources on the upstream")
-    return found
-
-
-def _search_locks(store: FhirStore, wanted: dict[str, str]) -> dict[str, tuple[str, int]]:
-    found = {}
-    for resource in store.search("Basic", [("_id", ",".join(wanted))]):
-        schedule_id = wanted.get(str(resource.get("id")))
-        version = (resource.get("meta") or {}).get("versionId")
-        if schedule_id is not None and version is not None:
-            found[schedule_id] = (str(version), _lock_counter(resource))
-    return found
-
-
-def lock_entries(locks: dict[str, tuple[str, int]]) -> list[Resource]:
-    """Version-checked updates of the locks: the heart of race freedom."""
-    return [
-        {
-            "fullUrl": f"Basic/{lock_id(schedule_id)}",
-            "resource": lock_resource(schedule_id, counter + 1),
-            "request": {
-                "method": "PUT",
-                "url": f"Basic/{lock_id(schedule_id)}",
-                "ifMatch": f'W/"{version}"',
-            },
-        }
-        for schedule_id, (version, counter) in locks.items()
-    ]
-
-
-@dataclass(frozen=True)
-class BookingResult:
-    """What the plugin returns: 201 for a new booking, 200 for an idempotent replay."""
-
-    status: int
-    bundle: Resource
-    expires: datetime | None = None
-
-
-def _written_slots(
-    leg: Leg, visit: Interval, hold: bool, expires: datetime | None, marker: str
-) -> list[Resource]:
-    """The Slots a booking stores for one Schedule: the visit (``busy``, or ``busy-tentative``
-    for a hold) and its buffers (``busy-unavailable``), stamped with the capacity, the booking
-    request id and, for a hold, the expiry."""
-    zone = leg.params.timezone
-    extensions: list[Resource] = [{"url": SLOT_CAPACITY_URL, "valuePositiveInt": leg.params.slot_capacity}]
-    if expires is not None:
-        extensions.append({"url": HOLD_EXPIRES_URL, "valueInstant": format_instant(expires)})
-    slots = []
-    for role, part in footprint(leg, visit):
-        slot: Resource = {
-            "resourceType": "Slot",
-            "meta": {"tag": [booking_request_tag(marker)]},
-            "extension": list(extensions),
-            "schedule": {"reference": f"Schedule/{leg.schedule.id}"},
-            "status": SlotStatus.BUSY_UNAVAILABLE,
-            "start": format_instant(part.start, zone),
-            "end": format_instant(part.end, zone),
-        }
-        if role == VISIT:
-            slot["status"] = SlotStatus.BUSY_TENTATIVE if hold else SlotStatus.BUSY
-        else:
-            slot["comment"] = BUFFER_COMMENTS[role]
-        slots.append(slot)
-    return slots
-
-
-def booking_request_tag(marker: str) -> Resource:
-    """The tag that marks what one booking request wrote."""
-    return {"system": BOOKING_REQUEST_SYSTEM, "code": marker}
-
-
-def booking_marker(resource: Resource) -> str | None:
-    """The booking request id a stored Appointment or Slot carries, if the sidecar wrote it."""
-    meta = resource.get("meta")
-    for tag in (meta.get("tag") if isinstance(meta, dict) else None) or []:
-        if isinstance(tag, dict) and tag.get("system") == BOOKING_REQUEST_SYSTEM:
-            code = tag.get("code")
-            return code if isinstance(code, str) and code else None
-    return None
-
-
-def booking_bundle(
-    request: BookingRequest,
-    legs: Sequence[Leg],
-    locks: dict[str, tuple[str, int]],
-    *,
-    hold: bool,
-    expires: datetime | None,
-    marker: str,
-) -> Resource:
-    """The one transaction: lock updates, the Slots (visit + buffers), the Appointment."""
-    slot_entries = []
-    for leg in legs:
-        for slot in _written_slots(leg, request.visit, hold, expires, marker):
-            slot_entries.append(
-                {
-                    "fullUrl": f"urn:uuid:{uuid.uuid4()}",
-                    "resource": slot,
-                    "request": {"method": "POST", "url": "Slot"},
-                }
-            )
-    appointment = {
-        k: v for k, v in request.appointment.items() if k not in ("id", "meta", "contained", "slot", "text")
-    }
-    zone = legs[0].params.timezone
-    appointment.update(
-        {
-            "resourceType": "Appointment",
-            "status": "pending" if hold else "booked",
-            "start": format_instant(request.visit.start, zone),
-            "end": format_instant(request.visit.end, zone),
-            "slot": [{"reference": e["fullUrl"]} for e in slot_entries],
-            "meta": {"tag": [BOOKING_TAG, booking_request_tag(marker)]},
-        }
-    )
-    participants = list(appointment.get("participant") or [])
-    present = {dig(p, "actor", "reference") for p in participants}
-    for leg in legs:
-        if leg.schedule.actor.reference not in present:
-            participants.append(
-                {
-                    "actor": {"reference": leg.schedule.actor.reference},
-                    "required": "required",
-                    "status": "needs-action",
-                }
-            )
-    appointment["participant"] = participants
-    extensions = [
-        e
-        for e in appointment.get("extension") or []
-        if not (isinstance(e, dict) and e.get("url") == HOLD_EXPIRES_URL)
-    ]
-    if expires is not None:
-        extensions.append({"url": HOLD_EXPIRES_URL, "valueInstant": format_instant(expires)})
-        appointment["meta"]["tag"].append(HOLD_TAG)
-    if extensions:
-        appointment["extension"] = extensions
-    entries = [
-        *lock_entries(locks),
-        *slot_entries,
-        {
-            "fullUrl": f"urn:uuid:{uuid.uuid4()}",
-            "resource": appointment,
-            "request": {"method": "POST", "url": "Appointment"},
-        },
-    ]
-    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
-
-
-def response_bundle(response: Resource) -> Resource:
-    """The caller's view of a transaction-response: the Appointment first, then its Slots; the
-    lock updates and the Provenance are implementation details and left out."""
-    entries = [e for e in response.get("entry") or [] if isinstance(e, dict)]
-    appointments = [e for e in entries if (e.get("resource") or {}).get("resourceType") == "Appointment"]
-    slots = [e for e in entries if (e.get("resource") or {}).get("resourceType") == "Slot"]
-    return {"resourceType": "Bundle", "type": "transaction-response", "entry": [*appointments, *slots]}
-
-
-def slot_ids(appointment: Resource) -> list[str]:
-    """The ids of the Slots an Appointment references (unreadable references skipped)."""
-    ids = []
-    for ref in appointment.get("slot") or []:
-        try:
-            ids.append(reference_id(dig(ref, "reference"), "Slot"))
-        except ValueError:
-            continue
-    return ids
-
-
 def existing_booking(store: FhirStore, request: BookingRequest) -> BookingResult | None:
     """An Appointment already written for one of the caller's identifiers (idempotent retry)."""
     for system, value in request.identifiers:
@@ -606,43 +110,6 @@ def existing_booking(store: FhirStore, request: BookingRequest) -> BookingResult
         ]
         if found:
             return BookingResult(200, replay_bundle(store, found[0]), hold_expiry(found[0]))
-    return None
-
-
-def replay_bundle(store: FhirStore, appointment: Resource) -> Resource:
-    """The stored Appointment and its Slots as a transaction-response-shaped Bundle."""
-    ids = slot_ids(appointment)
-    slots = store.search("Slot", [("_id", ",".join(ids))]) if ids else []
-    by_id = {s.get("id"): s for s in slots}
-    return _bundle_of([appointment, *(by_id[i] for i in ids if i in by_id)])
-
-
-def _bundle_of(ordered: Sequence[Resource]) -> Resource:
-    return {
-        "resourceType": "Bundle",
-        "type": "transaction-response",
-        "entry": [
-            {
-                "fullUrl": f"{r['resourceType']}/{r.get('id')}",
-                "resource": r,
-                "response": {
-                    "status": "200 OK",
-                    "location": f"{r['resourceType']}/{r.get('id')}/_history/{(r.get('meta') or {}).get('versionId', '1')}",
-                },
-            }
-            for r in ordered
-        ],
-    }
-
-
-def hold_expiry(appointment: Resource) -> datetime | None:
-    """The recorded expiry of a hold, if any (unreadable counts as none)."""
-    for ext in appointment.get("extension") or []:
-        if isinstance(ext, dict) and ext.get("url") == HOLD_EXPIRES_URL:
-            try:
-                return parse_instant(ext.get("valueInstant") or ext.get("valueDateTime"))
-            except ValueError:
-                return None
     return None
 
 
@@ -690,57 +157,6 @@ def check_participants(reader: FhirReader, request: BookingRequest, legs: Sequen
 
 
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-
-T = TypeVar("T")
-
-
-def retrying(policy: RetryPolicy, clock: Clock, attempt: Callable[[], T]) -> T:
-    """Run ``attempt`` until it stops raising ``ConcurrentChange`` or the deadline passes."""
-    started = clock.monotonic()
-    for tries in range(1, policy.max_attempts + 1):
-        try:
-            return attempt()
-        except ConcurrentChange:
-            elapsed = clock.monotonic() - started
-            if elapsed >= policy.deadline_seconds or tries == policy.max_attempts:
-                break
-            backoff = min(policy.max_backoff_seconds, policy.base_backoff_seconds * (2 ** min(tries, 10)))
-            clock.sleep(random.uniform(0, backoff))  # jitter, not security
-    raise Conflict("Concurrent changes to the same schedules did not settle before the deadline; try again")
-
-
-SETTLE_ATTEMPTS = 6
-"""How often the sidecar tries to fence a lock after a lost answer before it gives up and
-tells the caller the outcome is unknown (the upstream is down)."""
-
-
-def fence(store: FhirStore, locks: dict[str, tuple[str, int]], clock: Clock) -> bool:
-    """After a write's answer was lost: advance one lock past the version the write was checked
-    against, so the write can no longer land if it has not already.
-
-    Returns ``True`` when the fence landed (the lost write had not landed, and now never will),
-    ``False`` when the lock had moved (the lost write, or another, landed first: look it up).
-    Raises ``OutcomeUnknown`` when the upstream cannot be reached for it either.
-    """
-    schedule_id = min(locks)
-    version, counter = locks[schedule_id]
-    # counter + 2: content that differs from what the lost write stored (counter + 1), so the
-    # upstream cannot treat the fence as a no-op update and skip its version check.
-    entry = lock_entries({schedule_id: (version, counter + 1)})
-    last: StoreFailure | None = None
-    for tries in range(SETTLE_ATTEMPTS):
-        try:
-            store.transaction({"resourceType": "Bundle", "type": "transaction", "entry": entry})
-            return True
-        except ConcurrentChange:
-            return False
-        except StoreFailure as exc:
-            if not exc.transient:
-                raise
-            last = exc
-            clock.sleep(min(2.0, 0.1 * 2**tries))
-    assert last is not None
-    raise last if isinstance(last, OutcomeUnknown) else OutcomeUnknown(last)
 
 
 def _landed_booking(store: FhirStore, marker: str) -> Resource | None:
@@ -826,14 +242,12 @@ def book(
 
 
 __all__ = [
-    "BOOKING_REQUEST_SYSTEM",
-    "BOOKING_TAG",
     "BookingRequest",
     "BookingResult",
     "Clock",
     "RetryPolicy",
     "book",
-    "booking_marker",
-    "hold_expiry",
-    "replay_bundle",
+    "check_participants",
+    "decide",
+    "settle_lost_booking",
 ]

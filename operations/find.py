@@ -17,7 +17,7 @@ from operations.alignment import Grid, aligned_starts
 from operations.availability import joint_windows, schedule_windows
 from operations.errors import InvalidRequest, NotFound, SchedulingError, Unprocessable
 from operations.fhir_values import parse_instant, reference_id
-from operations.model import Interval, ResolvedParameters, Schedule, Service, SlotOverlay
+from operations.model import Interval, Leg, ResolvedParameters, Schedule, Service, SlotOverlay
 from operations.parameters import parse_schedule, parse_service, parse_slot, resolve_parameters
 from operations.rendering import Renderer, outcome_entry, searchset
 from operations.store import ConfigurationReader, SchedulingStore, SlotReader, Stores
@@ -169,15 +169,6 @@ def _reference(value: str, resource_type: str, expression: str) -> str:
         return reference_id(value, resource_type)
     except ValueError as exc:
         raise InvalidRequest(str(exc), code="value", expression=expression) from None
-
-
-@dataclass(frozen=True)
-class Leg:
-    """One Schedule of a request with the parameters in force for the requested service."""
-
-    schedule: Schedule
-    params: ResolvedParameters
-    expression: str
 
 
 @dataclass

@@ -14,6 +14,8 @@ from zoneinfo import ZoneInfo
 
 #: Base URL of the extensions this project defines itself (hold expiry, capacity stamps, ...).
 FANONI_EXTENSION_BASE = "https://fanoni.dev/fhir/StructureDefinition/"
+#: The project's own code system: lock codes and the tags on what the sidecar writes.
+FANONI_CODE_SYSTEM = "https://fanoni.dev/fhir/CodeSystem/fanoni"
 HOLD_EXPIRES_URL = FANONI_EXTENSION_BASE + "hold-expires"
 SLOT_CAPACITY_URL = FANONI_EXTENSION_BASE + "slot-capacity"
 
@@ -156,3 +158,13 @@ class SlotOverlay(NamedTuple):
     """Capacity stamped by the operations; unstamped counts as 1."""
     hold_expires: datetime | None
     is_buffer: bool
+
+
+@dataclass(frozen=True)
+class Leg:
+    """One Schedule of a request with the parameters in force for the requested service;
+    ``expression`` says where the request named it, for errors."""
+
+    schedule: Schedule
+    params: ResolvedParameters
+    expression: str

@@ -19,7 +19,7 @@ from operations.model import (
 )
 
 if TYPE_CHECKING:
-    from operations.find import Leg
+    from operations.model import Leg
 
 Resource = dict[str, Any]
 

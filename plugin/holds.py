@@ -5,7 +5,7 @@ lost still get their time freed, within one sweep period).
 Lapsed holds already block nothing (``$find`` and ``$book`` ignore Slots whose recorded expiry
 has passed), so this is housekeeping: the Appointment becomes ``cancelled`` and its Slots are
 deleted. Every worker of every replica may sweep: each cancellation is a version-checked
-transaction (``operations.lifecycle.expire_holds``), so a hold is cancelled once and a hold
+transaction (``operations.housekeeping.expire_holds``), so a hold is cancelled once and a hold
 confirmed a moment earlier is left alone. The start is jittered so workers do not sweep in step.
 """
 
@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from operations.lifecycle import expire_holds, release_missed
+from operations.housekeeping import expire_holds, release_missed
 from plugin.upstream import UpstreamClient, UpstreamError
 
 logger = logging.getLogger(__name__)

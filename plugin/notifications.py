@@ -20,7 +20,7 @@ import time
 
 from flask import Blueprint, Response, g, request
 
-from operations import lifecycle
+from operations import housekeeping
 from operations.booking import Clock, RetryPolicy
 from plugin.context import sidecar
 from plugin.fhir_http import fhir_response, operation_outcome
@@ -55,7 +55,7 @@ def notification(subpath: str) -> Response:
     g.stores = [store]
     clock = Clock(now=state.clock, monotonic=time.monotonic, sleep=time.sleep)
     policy = RetryPolicy(deadline_seconds=state.settings.booking_deadline_seconds)
-    freed = lifecycle.release_ended(store, appointment_id, clock=clock, policy=policy)
+    freed = housekeeping.release_ended(store, appointment_id, clock=clock, policy=policy)
     if freed:
         logger.info(
             "freed the time of an Appointment ended on the upstream",

@@ -16,7 +16,7 @@ import requests
 import responses
 from flask.testing import FlaskClient
 
-from operations.booking import BOOKING_REQUEST_SYSTEM
+from operations.writes import BOOKING_REQUEST_SYSTEM
 from plugin.app import create_app
 from plugin.config import Settings
 from plugin.upstream import SERVICE_KEY_HEADER

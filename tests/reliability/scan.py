@@ -32,8 +32,8 @@ from typing import Any
 
 import requests
 
-from operations.booking import BOOKING_REQUEST_SYSTEM
 from operations.model import HOLD_EXPIRES_URL, SLOT_CAPACITY_URL
+from operations.writes import BOOKING_REQUEST_SYSTEM
 from plugin.provenance import OPERATION_SYSTEM, REQUEST_ID_URL
 
 Resource = dict[str, Any]

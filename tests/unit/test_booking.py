@@ -16,7 +16,8 @@ import pytest
 from operations.booking import BookingRequest, Clock, RetryPolicy, book
 from operations.errors import Conflict, InvalidRequest, NotFound, Unprocessable
 from operations.find import FindRequest, find_appointments
-from operations.lifecycle import cancel, confirm, expire_holds
+from operations.housekeeping import expire_holds
+from operations.lifecycle import cancel, confirm
 from operations.model import HOLD_EXPIRES_URL, SLOT_CAPACITY_URL
 from tests.unit.builders import hours, practitioner, schedule, service
 from tests.unit.fake_store import FakeFhirStore

@@ -18,7 +18,8 @@ from operations.booking import BookingRequest, Clock, book
 from operations.errors import Conflict, Unprocessable
 from operations.fhir_values import parse_instant
 from operations.find import FindRequest, find_appointments
-from operations.lifecycle import cancel, confirm, expire_holds
+from operations.housekeeping import expire_holds
+from operations.lifecycle import cancel, confirm
 from operations.model import HOLD_EXPIRES_URL
 from tests.unit.builders import hours, practitioner, schedule, service
 from tests.unit.fake_store import FakeFhirStore

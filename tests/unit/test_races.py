@@ -15,12 +15,14 @@ from typing import Any
 
 import pytest
 
-from operations.booking import BOOKING_REQUEST_SYSTEM, HOLD_TAG, BookingRequest, Clock, book, booking_marker
+from operations.booking import BookingRequest, Clock, book
 from operations.errors import Conflict, InvalidRequest, OutcomeUnknown, ReferencedElsewhere, Unprocessable
 from operations.find import FindRequest, find_appointments
-from operations.lifecycle import cancel, confirm, expire_holds, release_ended, release_missed
+from operations.housekeeping import expire_holds, release_ended, release_missed
+from operations.lifecycle import cancel, confirm
 from operations.model import HOLD_EXPIRES_URL
 from operations.store import Stores
+from operations.writes import BOOKING_REQUEST_SYSTEM, HOLD_TAG, booking_marker
 from tests.unit.builders import patient
 from tests.unit.fake_store import FakeFhirStore
 from tests.unit.test_booking import NOW, TTL, FakeClock, at, clinic, of_type

@@ -1,0 +1,257 @@
+"""What the booking operations write, and how they recognise it afterwards: the transaction of a
+booking (locks, Slots, Appointment), the tags that mark what the sidecar wrote, and the
+transaction-response shapes the callers get (also when a stored booking is replayed).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from operations.fhir_values import dig, format_instant, parse_instant, reference_id
+from operations.locks import lock_entries
+from operations.model import (
+    FANONI_CODE_SYSTEM,
+    HOLD_EXPIRES_URL,
+    SLOT_CAPACITY_URL,
+    Interval,
+    Leg,
+    SlotStatus,
+)
+from operations.proposal import BookingRequest
+from operations.rendering import BUFFER_COMMENTS, VISIT, footprint
+from operations.store import FhirStore, Resource
+
+ENDED_STATUSES = frozenset({"cancelled", "entered-in-error", "noshow"})
+HOLD_TAG = {"system": FANONI_CODE_SYSTEM, "code": "hold", "display": "Held by Fanoni $hold"}
+BOOKING_REQUEST_SYSTEM = "https://fanoni.dev/fhir/booking-request"
+"""Tag system of the sidecar-generated booking request id (the code), on the Appointment and on
+every Slot written with it: how the sidecar recognises what it wrote. A tag, not an identifier:
+callers' identifiers stay as they sent them, the upstream keeps tags across updates that omit
+them (HAPI does), and the HAPI guard refuses anyone else introducing one."""
+BOOKING_TAG = {"system": FANONI_CODE_SYSTEM, "code": "booking", "display": "Written by Fanoni $book/$hold"}
+"""On every Appointment the sidecar writes: what the background work searches for."""
+
+
+@dataclass(frozen=True)
+class BookingResult:
+    """What the plugin returns: 201 for a new booking, 200 for an idempotent replay."""
+
+    status: int
+    bundle: Resource
+    expires: datetime | None = None
+
+
+def _written_slots(
+    leg: Leg, visit: Interval, hold: bool, expires: datetime | None, marker: str
+) -> list[Resource]:
+    """The Slots a booking stores for one Schedule: the visit (``busy``, or ``busy-tentative``
+    for a hold) and its buffers (``busy-unavailable``), stamped with the capacity, the booking
+    request id and, for a hold, the expiry."""
+    zone = leg.params.timezone
+    extensions: list[Resource] = [{"url": SLOT_CAPACITY_URL, "valuePositiveInt": leg.params.slot_capacity}]
+    if expires is not None:
+        extensions.append({"url": HOLD_EXPIRES_URL, "valueInstant": format_instant(expires)})
+    slots = []
+    for role, part in footprint(leg, visit):
+        slot: Resource = {
+            "resourceType": "Slot",
+            "meta": {"tag": [booking_request_tag(marker)]},
+            "extension": list(extensions),
+            "schedule": {"reference": f"Schedule/{leg.schedule.id}"},
+            "status": SlotStatus.BUSY_UNAVAILABLE,
+            "start": format_instant(part.start, zone),
+            "end": format_instant(part.end, zone),
+        }
+        if role == VISIT:
+            slot["status"] = SlotStatus.BUSY_TENTATIVE if hold else SlotStatus.BUSY
+        else:
+            slot["comment"] = BUFFER_COMMENTS[role]
+        slots.append(slot)
+    return slots
+
+
+def booking_request_tag(marker: str) -> Resource:
+    """The tag that marks what one booking request wrote."""
+    return {"system": BOOKING_REQUEST_SYSTEM, "code": marker}
+
+
+def booking_marker(resource: Resource) -> str | None:
+    """The booking request id a stored Appointment or Slot carries, if the sidecar wrote it."""
+    meta = resource.get("meta")
+    for tag in (meta.get("tag") if isinstance(meta, dict) else None) or []:
+        if isinstance(tag, dict) and tag.get("system") == BOOKING_REQUEST_SYSTEM:
+            code = tag.get("code")
+            return code if isinstance(code, str) and code else None
+    return None
+
+
+def booking_bundle(
+    request: BookingRequest,
+    legs: Sequence[Leg],
+    locks: dict[str, tuple[str, int]],
+    *,
+    hold: bool,
+    expires: datetime | None,
+    marker: str,
+) -> Resource:
+    """The one transaction: lock updates, the Slots (visit + buffers), the Appointment."""
+    slot_entries = []
+    for leg in legs:
+        for slot in _written_slots(leg, request.visit, hold, expires, marker):
+            slot_entries.append(
+                {
+                    "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                    "resource": slot,
+                    "request": {"method": "POST", "url": "Slot"},
+                }
+            )
+    appointment = {
+        k: v for k, v in request.appointment.items() if k not in ("id", "meta", "contained", "slot", "text")
+    }
+    zone = legs[0].params.timezone
+    appointment.update(
+        {
+            "resourceType": "Appointment",
+            "status": "pending" if hold else "booked",
+            "start": format_instant(request.visit.start, zone),
+            "end": format_instant(request.visit.end, zone),
+            "slot": [{"reference": e["fullUrl"]} for e in slot_entries],
+            "meta": {"tag": [BOOKING_TAG, booking_request_tag(marker)]},
+        }
+    )
+    participants = list(appointment.get("participant") or [])
+    present = {dig(p, "actor", "reference") for p in participants}
+    for leg in legs:
+        if leg.schedule.actor.reference not in present:
+            participants.append(
+                {
+                    "actor": {"reference": leg.schedule.actor.reference},
+                    "required": "required",
+                    "status": "needs-action",
+                }
+            )
+    appointment["participant"] = participants
+    extensions = [
+        e
+        for e in appointment.get("extension") or []
+        if not (isinstance(e, dict) and e.get("url") == HOLD_EXPIRES_URL)
+    ]
+    if expires is not None:
+        extensions.append({"url": HOLD_EXPIRES_URL, "valueInstant": format_instant(expires)})
+        appointment["meta"]["tag"].append(HOLD_TAG)
+    if extensions:
+        appointment["extension"] = extensions
+    entries = [
+        *lock_entries(locks),
+        *slot_entries,
+        {
+            "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+            "resource": appointment,
+            "request": {"method": "POST", "url": "Appointment"},
+        },
+    ]
+    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+
+
+def response_bundle(response: Resource) -> Resource:
+    """The caller's view of a transaction-response: the Appointment first, then its Slots; the
+    lock updates and the Provenance are implementation details and left out."""
+    entries = [e for e in response.get("entry") or [] if isinstance(e, dict)]
+    appointments = [e for e in entries if (e.get("resource") or {}).get("resourceType") == "Appointment"]
+    slots = [e for e in entries if (e.get("resource") or {}).get("resourceType") == "Slot"]
+    return {"resourceType": "Bundle", "type": "transaction-response", "entry": [*appointments, *slots]}
+
+
+def slot_ids(appointment: Resource) -> list[str]:
+    """The ids of the Slots an Appointment references (unreadable references skipped)."""
+    ids = []
+    for ref in appointment.get("slot") or []:
+        try:
+            ids.append(reference_id(dig(ref, "reference"), "Slot"))
+        except ValueError:
+            continue
+    return ids
+
+
+def replay_bundle(store: FhirStore, appointment: Resource) -> Resource:
+    """The stored Appointment and its Slots as a transaction-response-shaped Bundle."""
+    ids = slot_ids(appointment)
+    slots = store.search("Slot", [("_id", ",".join(ids))]) if ids else []
+    by_id = {s.get("id"): s for s in slots}
+    return _bundle_of([appointment, *(by_id[i] for i in ids if i in by_id)])
+
+
+def _bundle_of(ordered: Sequence[Resource]) -> Resource:
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction-response",
+        "entry": [
+            {
+                "fullUrl": f"{r['resourceType']}/{r.get('id')}",
+                "resource": r,
+                "response": {
+                    "status": "200 OK",
+                    "location": f"{r['resourceType']}/{r.get('id')}/_history/{(r.get('meta') or {}).get('versionId', '1')}",
+                },
+            }
+            for r in ordered
+        ],
+    }
+
+
+def hold_expiry(appointment: Resource) -> datetime | None:
+    """The recorded expiry of a hold, if any (unreadable counts as none)."""
+    for ext in appointment.get("extension") or []:
+        if isinstance(ext, dict) and ext.get("url") == HOLD_EXPIRES_URL:
+            try:
+                return parse_instant(ext.get("valueInstant") or ext.get("valueDateTime"))
+            except ValueError:
+                return None
+    return None
+
+
+def version_of(resource: Resource) -> str:
+    return str((resource.get("meta") or {}).get("versionId", ""))
+
+
+def versioned_put(resource: Resource, version: str) -> Resource:
+    """A version-checked update of ``resource`` (sent without its server-managed ``meta``)."""
+    url = f"{resource['resourceType']}/{resource['id']}"
+    request: Resource = {"method": "PUT", "url": url}
+    if version:
+        request["ifMatch"] = f'W/"{version}"'
+    body = {k: v for k, v in resource.items() if k != "meta"}
+    return {"fullUrl": url, "resource": body, "request": request}
+
+
+def transaction_bundle(entries: list[Resource]) -> Resource:
+    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+
+
+def cancel_bundle(appointment: Resource, reason: Resource | None, deleting: Sequence[str]) -> Resource:
+    """``PUT`` the Appointment as cancelled (version-checked), ``DELETE`` the Slots ``deleting``.
+
+    The deleted Slots must stop being referenced by it: the upstream keeps referential
+    integrity (HAPI refuses to delete a referenced resource). References to Slots that are
+    kept stay.
+    """
+    cancelled = {k: v for k, v in appointment.items() if k != "slot"} | {"status": "cancelled"}
+    kept = [r for r in appointment.get("slot") or [] if slot_reference_id(r) not in deleting]
+    if kept:
+        cancelled["slot"] = kept
+    if reason is not None:
+        cancelled["cancelationReason"] = reason
+    entries = [versioned_put(cancelled, version_of(appointment))]
+    entries += [{"request": {"method": "DELETE", "url": f"Slot/{sid}"}} for sid in deleting]
+    return transaction_bundle(entries)
+
+
+def slot_reference_id(reference: Any) -> str | None:
+    try:
+        return reference_id(dig(reference, "reference"), "Slot")
+    except ValueError:
+        return None
