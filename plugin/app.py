@@ -26,7 +26,8 @@ from plugin.identity import verifier_from_settings
 from plugin.logs import configure_logging
 from plugin.notifications import notifications
 from plugin.routes import fhir, health
-from plugin.upstream import UpstreamClient, UpstreamError
+from plugin.upstream import UpstreamClient
+from plugin.upstream_errors import UpstreamError
 
 logger = logging.getLogger(__name__)
 

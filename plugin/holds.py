@@ -20,7 +20,8 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from operations.housekeeping import expire_holds, release_missed
-from plugin.upstream import UpstreamClient, UpstreamError
+from plugin.upstream import UpstreamClient
+from plugin.upstream_errors import UpstreamError
 
 logger = logging.getLogger(__name__)
 

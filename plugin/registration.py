@@ -19,7 +19,8 @@ from operations.errors import ConcurrentChange
 from operations.store import Resource
 from plugin.config import Settings
 from plugin.definitions import appointment_subscription, operation_definitions, slot_end_search_parameter
-from plugin.upstream import FhirUpstream, UpstreamClient, UpstreamError
+from plugin.upstream import FhirUpstream, UpstreamClient
+from plugin.upstream_errors import UpstreamError
 
 logger = logging.getLogger(__name__)
 

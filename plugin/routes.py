@@ -21,7 +21,7 @@ from operations.fhir_values import as_list
 from plugin import version
 from plugin.context import request_stores, sidecar
 from plugin.fhir_http import check_format, fhir_response, json_body, operation_outcome, operation_parameters
-from plugin.upstream import UpstreamError
+from plugin.upstream_errors import UpstreamError
 
 READY_READ_TIMEOUT = 5.0
 """Seconds ``/readyz`` waits for the upstream's ``/metadata``; probes must not hang."""

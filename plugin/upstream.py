@@ -18,8 +18,6 @@ what this module is about. ``requests`` is used directly.
 
 from __future__ import annotations
 
-import http.cookiejar
-import json
 import logging
 import os
 import re
@@ -27,32 +25,39 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import requests
 import requests.adapters
 import requests.auth
-from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError
 
 from operations.errors import (
     ConcurrentChange,
     OutcomeUnknown,
     ReferencedElsewhere,
-    StoreFailure,
     Unprocessable,
 )
 from operations.store import Resource
-from plugin import version
 from plugin.config import Settings
-from plugin.identity import CredentialsUnavailable, ServiceCredentials, credentials_from_settings
+from plugin.identity import ServiceCredentials, credentials_from_settings
 from plugin.provenance import Attribution, with_provenance
-
-Params = Sequence[tuple[str, str]]
+from plugin.transport import Params, Transport, new_session
+from plugin.upstream_errors import (
+    BudgetExhausted,
+    UpstreamBadResponse,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    fhir_json,
+    fhir_resource,
+    is_delete_conflict,
+    outcome_or_none,
+    outcome_text,
+    raise_for_status,
+)
 
 logger = logging.getLogger(__name__)
 
-FHIR_JSON = "application/fhir+json"
 PAGE_SIZE = 1000
 """``_count`` asked for on every search; the server may cap it, paging then does the rest."""
 SLOT_END_CACHE_SECONDS = 600.0
@@ -60,8 +65,6 @@ SLOT_END_CACHE_SECONDS = 600.0
 checked again."""
 SLOT_END_NOT_READY_RECHECK_SECONDS = 10.0
 """While the upstream is still indexing Slot ``end``, how often to look again."""
-SERVICE_KEY_HEADER = "X-Fanoni-Service-Key"
-"""How the HAPI guard recognises the sidecar's own writes (docs/security.md)."""
 _EARLIEST_END = "ge1000-01-01"
 
 _STRICT = {"Prefer": "handling=strict"}
@@ -69,116 +72,10 @@ _STRICT = {"Prefer": "handling=strict"}
 ``end`` would silently turn a Slot query into "every Slot ever"."""
 _ACTOR_TYPES = frozenset({"Practitioner", "PractitionerRole", "Location", "Device", "HealthcareService"})
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-_POOL_SIZE = 32
-_MAX_DIAGNOSTICS = 300
-
-
-# --------------------------------------------------------------------------------------------
-# Errors: each knows the status and issue code the caller should see (SPEC §4, last table row).
-
-
-class UpstreamError(StoreFailure):
-    """The upstream could not give a usable answer; rendered as an OperationOutcome."""
-
-    status: int = 502
-    code: str = "exception"
-    transient = True
-
-    def __init__(
-        self,
-        diagnostics: str,
-        *,
-        upstream_status: int | None = None,
-        outcome: Resource | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(diagnostics)
-        self.diagnostics = diagnostics
-        self.upstream_status = upstream_status
-        self.outcome = outcome
-        """The upstream's OperationOutcome, when it sent one (for callers that inspect it)."""
-        self.headers: dict[str, str] = dict(headers or {})
-        """Headers worth passing on to the caller (``WWW-Authenticate``, ``Retry-After``)."""
-        self.never_sent = False
-        """True when the request certainly never reached the upstream (no connection was
-        made): a write that failed so cannot have landed."""
-
-
-class UpstreamUnavailable(UpstreamError):
-    """Connection refused, DNS failure, TLS failure, or the upstream asked us to back off."""
-
-    status = 503
-    code = "transient"
-
-
-class UpstreamTimeout(UpstreamError):
-    status = 504
-    code = "timeout"
-
-
-class BudgetExhausted(UpstreamTimeout):
-    """The operation's time budget is spent: no further upstream call is made for it."""
-
-    transient = False
-
-
-class UpstreamBadResponse(UpstreamError):
-    """Upstream 5xx, a redirect, or an answer that is not the FHIR JSON expected."""
-
-    status = 502
-    code = "exception"
-
-
-class UpstreamRejected(UpstreamError):
-    """The upstream refused a request with a 4xx we did not expect (our query, its rules).
-
-    Still a 502 to the caller (the sidecar built that request, not the caller), but callers
-    such as the Slot ``end`` probe look at ``upstream_status``.
-    """
-
-    status = 502
-    code = "exception"
-    transient = False
-
-
-class UpstreamAccessDenied(UpstreamError):
-    """401/403 from the upstream, passed through with the same status (SPEC §6)."""
-
-    transient = False
-
-    def __init__(self, upstream_status: int, diagnostics: str, **kwargs: Any) -> None:
-        super().__init__(diagnostics, upstream_status=upstream_status, **kwargs)
-        self.status = upstream_status
-        self.code = "security" if upstream_status == 401 else "forbidden"
 
 
 # --------------------------------------------------------------------------------------------
 # The process-wide part.
-
-
-class _NoNetrcAuth(requests.auth.AuthBase):
-    """Leaves requests alone. Set as the session's auth so ``requests`` never adds ``~/.netrc``
-    credentials to a call that carries none: an anonymous caller must reach the upstream
-    anonymously, or the sidecar would widen access."""
-
-    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
-        return r
-
-
-def new_session() -> requests.Session:
-    """A ``requests.Session`` fit to be shared by every request thread of a process.
-
-    Only the connection pool is shared: headers go on each call, and cookies are refused,
-    because a cookie set in answer to one caller's credentials must never ride along with
-    another caller's request.
-    """
-    session = requests.Session()
-    session.auth = _NoNetrcAuth()
-    session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
-    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=_POOL_SIZE, max_retries=0)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session
 
 
 class UpstreamClient:
@@ -277,13 +174,12 @@ class UpstreamClient:
 # The per-request part.
 
 
-class FhirUpstream:
-    """The ``FhirStore`` over FHIR REST, acting for one identity in one request.
+class FhirUpstream(Transport):
+    """The ``FhirStore`` over FHIR REST, acting for one identity in one request: reads, paged
+    searches, the Slot query, transactions (with the Provenance of ``attribution`` when it acts
+    as the sidecar). The HTTP underneath is :class:`plugin.transport.Transport`.
 
-    Not thread-safe by design: one instance serves one incoming request. ``round_trips`` counts
-    every HTTP call made (pages included), so tests and logs can see the cost of an operation.
-    ``deadline`` (``time.monotonic()`` value) bounds the whole request: each call waits at most
-    until then, and none starts after it (:class:`BudgetExhausted`).
+    Not thread-safe by design: one instance serves one incoming request.
     """
 
     def __init__(
@@ -296,14 +192,15 @@ class FhirUpstream:
         attribution: Attribution | None = None,
         deadline: float | None = None,
     ) -> None:
-        self._client = client
-        self._base = client.base_url
-        self._authorization = authorization
-        self._credentials = credentials
-        self._request_id = request_id
+        super().__init__(
+            client,
+            authorization=authorization,
+            credentials=credentials,
+            request_id=request_id,
+            deadline=deadline,
+        )
+        self._client: UpstreamClient = client
         self._attribution = attribution
-        self._deadline = deadline
-        self.round_trips = 0
 
     # ---- SchedulingStore -------------------------------------------------------------------
 
@@ -434,7 +331,7 @@ class FhirUpstream:
             headers=_STRICT,
         )
         self._raise_for_status(response)
-        total = self._resource(response, "Bundle").get("total")
+        total = fhir_resource(response, "Bundle").get("total")
         if not isinstance(total, int):
             raise UpstreamBadResponse("the upstream FHIR server did not count the search (_summary=count)")
         return total
@@ -449,7 +346,7 @@ class FhirUpstream:
         if response.status_code in (404, 410):
             return None
         self._raise_for_status(response)
-        return self._resource(response, resource_type)
+        return fhir_resource(response, resource_type)
 
     def search(
         self,
@@ -525,21 +422,23 @@ class FhirUpstream:
                 raise
             raise OutcomeUnknown(exc) from exc
         try:
-            self._raise_for_status(response)
+            raise_for_status(
+                response, own_credentials=self._credentials is not None, request_id=self._request_id
+            )
         except UpstreamRejected as exc:
             if exc.upstream_status not in (400, 422):
                 raise
             # The server refused what would be stored (e.g. a participant referencing a Patient
             # that does not exist): the caller's content, not our query, so 422, not 502.
             raise Unprocessable(
-                f"The FHIR server refused to store the change: {_outcome_text(exc.outcome) or exc.diagnostics}",
+                f"The FHIR server refused to store the change: {outcome_text(exc.outcome) or exc.diagnostics}",
                 code="processing",
             ) from exc
         except ConcurrentChange as exc:
             deletes = any(
                 (e.get("request") or {}).get("method") == "DELETE" for e in bundle.get("entry") or []
             )
-            if deletes and response.status_code == 409 and _is_delete_conflict(_outcome_or_none(response)):
+            if deletes and response.status_code == 409 and is_delete_conflict(outcome_or_none(response)):
                 raise ReferencedElsewhere(str(exc)) from None
             raise
         except UpstreamBadResponse as exc:
@@ -551,7 +450,7 @@ class FhirUpstream:
                 raise  # "too many requests": not processed
             raise OutcomeUnknown(exc) from exc
         try:
-            return self._resource(response, "Bundle")
+            return fhir_resource(response, "Bundle")
         except UpstreamBadResponse as exc:
             raise OutcomeUnknown(exc) from exc
 
@@ -560,7 +459,7 @@ class FhirUpstream:
         url = f"{self._base}/{resource['resourceType']}/{resource['id']}"
         response = self._send("PUT", url, body=resource)
         self._raise_for_status(response)
-        return self._resource(response, resource["resourceType"]), response.status_code == 201
+        return fhir_resource(response, resource["resourceType"]), response.status_code == 201
 
     def operation(
         self, path: str, parameters: Resource, *, headers: Mapping[str, str] | None = None
@@ -568,13 +467,13 @@ class FhirUpstream:
         """``POST [base]/{path}`` (e.g. ``$reindex``) with a Parameters body."""
         response = self._send("POST", f"{self._base}/{path}", body=parameters, headers=headers)
         self._raise_for_status(response)
-        return self._json(response) if response.content else None
+        return fhir_json(response) if response.content else None
 
     def capabilities(self, *, read_timeout: float | None = None) -> Resource:
         """``GET [base]/metadata``: the readiness check, and proof the base URL is a FHIR server."""
         response = self._send("GET", f"{self._base}/metadata", read_timeout=read_timeout)
         self._raise_for_status(response)
-        return self._resource(response, "CapabilityStatement")
+        return fhir_resource(response, "CapabilityStatement")
 
     # ---- plumbing ---------------------------------------------------------------------------
 
@@ -593,8 +492,10 @@ class FhirUpstream:
         seen: set[str] = set()
         while True:
             response = self._send("GET", url, params=page_query, headers=headers)
-            self._raise_for_status(response)
-            bundle = self._resource(response, "Bundle")
+            raise_for_status(
+                response, own_credentials=self._credentials is not None, request_id=self._request_id
+            )
+            bundle = fhir_resource(response, "Bundle")
             yield bundle
             next_link = _link(bundle, "next")
             if next_link is None:
@@ -626,210 +527,6 @@ class FhirUpstream:
         raise UpstreamBadResponse(
             "the upstream FHIR server returned a paging link outside FHIR_BASE_URL (see the sidecar log)"
         )
-
-    def _send(
-        self,
-        method: str,
-        url: str,
-        *,
-        params: Params | None = None,
-        body: Resource | None = None,
-        headers: Mapping[str, str] | None = None,
-        read_timeout: float | None = None,
-    ) -> requests.Response:
-        response = self._send_once(
-            method, url, params=params, body=body, headers=headers, read_timeout=read_timeout
-        )
-        if response.status_code == 401 and self._credentials is not None:
-            # The sidecar's token may have been revoked or expired early: one fresh token, once.
-            sent = response.request.headers.get("Authorization")
-            self._credentials.invalidate(sent if isinstance(sent, str) else "")
-            response = self._send_once(
-                method, url, params=params, body=body, headers=headers, read_timeout=read_timeout
-            )
-        return response
-
-    def _authorization_header(self) -> str | None:
-        if self._credentials is None:
-            return self._authorization
-        try:
-            return self._credentials.authorization()
-        except CredentialsUnavailable as exc:
-            error = UpstreamUnavailable(f"the scheduling service could not obtain its own credentials: {exc}")
-            error.never_sent = True
-            raise error from exc
-
-    def _send_once(
-        self,
-        method: str,
-        url: str,
-        *,
-        params: Params | None,
-        body: Resource | None,
-        headers: Mapping[str, str] | None,
-        read_timeout: float | None,
-    ) -> requests.Response:
-        settings = self._client.settings
-        sent_headers = {"Accept": FHIR_JSON, "User-Agent": f"fanoni-scheduling/{version()}"}
-        if method == "GET":
-            # HAPI reuses cached search results unless told not to; a decision to write must
-            # never rest on a stale search (SPEC §5).
-            sent_headers["Cache-Control"] = "no-cache"
-        if body is not None:
-            sent_headers["Content-Type"] = f"{FHIR_JSON}; charset=utf-8"
-        authorization = self._authorization_header()
-        if authorization:
-            sent_headers["Authorization"] = authorization
-        if self._credentials is not None and settings.guard_key:
-            sent_headers[SERVICE_KEY_HEADER] = settings.guard_key
-        if self._request_id:
-            sent_headers["X-Request-ID"] = self._request_id
-        sent_headers.update(headers or {})
-        read = settings.upstream_read_timeout if read_timeout is None else read_timeout
-        if self._deadline is not None:
-            remaining = self._deadline - time.monotonic()
-            if remaining <= 0.05:
-                exhausted = BudgetExhausted(
-                    "the operation ran out of time waiting for the upstream FHIR server "
-                    f"(at most {settings.operation_budget_seconds:g} s per operation)"
-                )
-                exhausted.never_sent = True
-                raise exhausted
-            read = min(read, remaining)
-        timeout = (min(settings.upstream_connect_timeout, read), read)
-        data = json.dumps(body).encode() if body is not None else None
-        self.round_trips += 1
-        started = time.monotonic()
-        try:
-            response = self._client.session().request(
-                method,
-                url,
-                params=params,
-                data=data,
-                headers=sent_headers,
-                timeout=timeout,
-                allow_redirects=False,
-            )
-        except requests.Timeout as exc:
-            self._log_failure(method, url, exc)
-            error: UpstreamError = UpstreamTimeout("the upstream FHIR server did not answer in time")
-            error.never_sent = _never_connected(exc)
-            raise error from exc
-        except requests.ConnectionError as exc:
-            self._log_failure(method, url, exc)
-            if _is_read_timeout(exc):
-                raise UpstreamTimeout("the upstream FHIR server did not answer in time") from exc
-            error = UpstreamUnavailable("the upstream FHIR server is unreachable")
-            error.never_sent = _never_connected(exc)
-            raise error from exc
-        except requests.RequestException as exc:
-            self._log_failure(method, url, exc)
-            raise UpstreamBadResponse("the upstream FHIR server sent an unusable answer") from exc
-        logger.debug(
-            "upstream call",
-            extra={
-                "request_id": self._request_id,
-                "upstream_method": method,
-                "upstream_url": response.url,
-                "upstream_status": response.status_code,
-                "duration_ms": round((time.monotonic() - started) * 1000, 1),
-                "as_service": self._credentials is not None,
-            },
-        )
-        return response
-
-    def _log_failure(self, method: str, url: str, exc: Exception) -> None:
-        logger.warning(
-            "upstream call failed: %s",
-            exc,
-            extra={"request_id": self._request_id, "upstream_method": method, "upstream_url": url},
-        )
-
-    def _raise_for_status(self, response: requests.Response) -> None:
-        status = response.status_code
-        if 200 <= status < 300:
-            return
-        outcome = _outcome_or_none(response)
-        detail = _outcome_text(outcome)
-        if status in (401, 403) and self._credentials is not None:
-            # The sidecar's own credentials (or guard key) were refused: a deployment fault, not
-            # the caller's, so neither the status nor the challenge is passed on.
-            logger.error(
-                "the upstream refused the scheduling service's own credentials",
-                extra={
-                    "upstream_status": status,
-                    "upstream_diagnostics": detail,
-                    "request_id": self._request_id,
-                },
-            )
-            raise UpstreamRejected(
-                f"the upstream FHIR server refused the scheduling service's own credentials ({status})"
-                + (f": {detail}" if detail else ""),
-                upstream_status=status,
-                outcome=outcome,
-            )
-        if status in (401, 403):
-            headers = {k: v for k, v in response.headers.items() if k.lower() == "www-authenticate"}
-            raise UpstreamAccessDenied(
-                status,
-                detail or f"the upstream FHIR server refused access ({status})",
-                outcome=outcome,
-                headers=headers,
-            )
-        if status in (409, 412):
-            raise ConcurrentChange(
-                detail or f"the upstream FHIR server reported a concurrent change ({status})"
-            )
-        if status == 429:
-            retry_after = response.headers.get("Retry-After")
-            raise UpstreamUnavailable(
-                "the upstream FHIR server is busy (429); try again later",
-                upstream_status=status,
-                headers={"Retry-After": retry_after} if retry_after else None,
-            )
-        suffix = f": {detail}" if detail else ""
-        if 400 <= status < 500:
-            raise UpstreamRejected(
-                f"the upstream FHIR server rejected a request ({status}){suffix}",
-                upstream_status=status,
-                outcome=outcome,
-            )
-        if 300 <= status < 400:
-            logger.error(
-                "upstream redirected; set FHIR_BASE_URL to the final address",
-                extra={"upstream_url": response.url, "location": response.headers.get("Location")},
-            )
-            raise UpstreamBadResponse(
-                f"the upstream FHIR server answered with a redirect ({status})",
-                upstream_status=status,
-            )
-        raise UpstreamBadResponse(
-            f"the upstream FHIR server failed ({status}){suffix}",
-            upstream_status=status,
-            outcome=outcome,
-        )
-
-    def _json(self, response: requests.Response) -> Resource:
-        try:
-            value = response.json()
-        except ValueError:
-            value = None
-        if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
-            raise UpstreamBadResponse(
-                "the upstream FHIR server sent an answer that is not FHIR JSON",
-                upstream_status=response.status_code,
-            )
-        return value
-
-    def _resource(self, response: requests.Response, resource_type: str) -> Resource:
-        value = self._json(response)
-        if value["resourceType"] != resource_type:
-            raise UpstreamBadResponse(
-                f"the upstream FHIR server sent a {value['resourceType']} "
-                f"where a {resource_type} was expected",
-                upstream_status=response.status_code,
-            )
-        return value
 
 
 # --------------------------------------------------------------------------------------------
@@ -864,63 +561,3 @@ def _link(bundle: Resource, relation: str) -> str | None:
             if isinstance(url, str) and url:
                 return url
     return None
-
-
-def _never_connected(exc: requests.RequestException) -> bool:
-    """Whether the failure happened before a connection existed (refused, DNS, connect
-    timeout), so the request cannot have reached the upstream."""
-    seen: set[int] = set()
-    pending: list[BaseException] = [exc]
-    while pending:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, NewConnectionError | ConnectTimeoutError | requests.ConnectTimeout):
-            return True
-        pending += [a for a in current.args if isinstance(a, BaseException)]
-        reason = getattr(current, "reason", None)
-        if isinstance(reason, BaseException):
-            pending.append(reason)
-        if current.__cause__ is not None:
-            pending.append(current.__cause__)
-        if current.__context__ is not None:
-            pending.append(current.__context__)
-    return False
-
-
-def _is_delete_conflict(outcome: Resource | None) -> bool:
-    """HAPI answers 409 both for version conflicts and for deletes that referential integrity
-    refuses; only the text tells them apart ("Unable to delete ... has a reference")."""
-    text = _outcome_text(outcome).lower()
-    return "unable to delete" in text or "has a reference to this resource" in text
-
-
-def _is_read_timeout(exc: requests.ConnectionError) -> bool:
-    """``requests`` reports a timeout while reading the body as a ConnectionError."""
-    return any(isinstance(arg, ReadTimeoutError) for arg in exc.args)
-
-
-def _outcome_or_none(response: requests.Response) -> Resource | None:
-    try:
-        value = response.json()
-    except ValueError:
-        return None
-    if isinstance(value, dict) and value.get("resourceType") == "OperationOutcome":
-        return value
-    return None
-
-
-def _outcome_text(outcome: Resource | None) -> str:
-    """The upstream's own explanation, shortened: enough to act on, not a dump."""
-    if not outcome:
-        return ""
-    texts = []
-    for issue in outcome.get("issue") or []:
-        if isinstance(issue, dict):
-            details = issue.get("details")
-            text = issue.get("diagnostics") or (details.get("text") if isinstance(details, dict) else None)
-            if isinstance(text, str) and text:
-                texts.append(text)
-    joined = "; ".join(texts)
-    return joined if len(joined) <= _MAX_DIAGNOSTICS else joined[: _MAX_DIAGNOSTICS - 1] + "…"

@@ -19,7 +19,7 @@ from flask.testing import FlaskClient
 from operations.writes import BOOKING_REQUEST_SYSTEM
 from plugin.app import create_app
 from plugin.config import Settings
-from plugin.upstream import SERVICE_KEY_HEADER
+from plugin.transport import SERVICE_KEY_HEADER
 from tests.api.conftest import BASE, NOW, bundle
 from tests.api.test_fuzz_routes import CLINIC, proposal
 from tests.support.token_server import JwksServer, generate_key_pair, sign_token

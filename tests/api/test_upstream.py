@@ -19,9 +19,11 @@ from plugin.upstream import (
     SLOT_END_CACHE_SECONDS,
     SLOT_END_NOT_READY_RECHECK_SECONDS,
     FhirUpstream,
+    UpstreamClient,
+)
+from plugin.upstream_errors import (
     UpstreamAccessDenied,
     UpstreamBadResponse,
-    UpstreamClient,
     UpstreamRejected,
     UpstreamTimeout,
     UpstreamUnavailable,

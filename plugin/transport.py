@@ -1,0 +1,228 @@
+"""HTTP to the upstream FHIR server for one identity in one request: headers, credentials, the
+guard key, timeouts within the request's time budget, and what a transport failure means.
+
+:class:`Transport` is the base of ``plugin.upstream.FhirUpstream``, which adds the FHIR reads,
+searches and transactions on top.
+"""
+
+from __future__ import annotations
+
+import http.cookiejar
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+import requests
+import requests.adapters
+import requests.auth
+
+from operations.store import Resource
+from plugin import version
+from plugin.config import Settings
+from plugin.identity import CredentialsUnavailable, ServiceCredentials
+from plugin.upstream_errors import (
+    BudgetExhausted,
+    UpstreamBadResponse,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    is_read_timeout,
+    never_connected,
+    raise_for_status,
+)
+
+Params = Sequence[tuple[str, str]]
+
+logger = logging.getLogger("plugin.upstream")
+
+FHIR_JSON = "application/fhir+json"
+SERVICE_KEY_HEADER = "X-Fanoni-Service-Key"
+"""How the HAPI guard recognises the sidecar's own writes (docs/security.md)."""
+_POOL_SIZE = 32
+
+
+class Client(Protocol):
+    """What a transport needs of the per-process client (``plugin.upstream.UpstreamClient``)."""
+
+    settings: Settings
+
+    @property
+    def base_url(self) -> str: ...
+
+    def session(self) -> requests.Session: ...
+
+
+class _NoNetrcAuth(requests.auth.AuthBase):
+    """Leaves requests alone. Set as the session's auth so ``requests`` never adds ``~/.netrc``
+    credentials to a call that carries none: an anonymous caller must reach the upstream
+    anonymously, or the sidecar would widen access."""
+
+    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        return r
+
+
+def new_session() -> requests.Session:
+    """A ``requests.Session`` fit to be shared by every request thread of a process.
+
+    Only the connection pool is shared: headers go on each call, and cookies are refused,
+    because a cookie set in answer to one caller's credentials must never ride along with
+    another caller's request.
+    """
+    session = requests.Session()
+    session.auth = _NoNetrcAuth()
+    session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=_POOL_SIZE, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+class Transport:
+    """One identity's HTTP calls in one request.
+
+    ``round_trips`` counts every HTTP call made (pages included), so tests and logs can see the
+    cost of an operation. ``deadline`` (``time.monotonic()`` value) bounds the whole request:
+    each call waits at most until then, and none starts after it (:class:`BudgetExhausted`).
+    With ``credentials`` (the sidecar's own) the guard key is sent too, and a 401 fetches a
+    fresh token once.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        authorization: str | None = None,
+        credentials: ServiceCredentials | None = None,
+        request_id: str | None = None,
+        deadline: float | None = None,
+    ) -> None:
+        self._client = client
+        self._base = client.base_url
+        self._authorization = authorization
+        self._credentials = credentials
+        self._request_id = request_id
+        self._deadline = deadline
+        self.round_trips = 0
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Params | None = None,
+        body: Resource | None = None,
+        headers: Mapping[str, str] | None = None,
+        read_timeout: float | None = None,
+    ) -> requests.Response:
+        response = self._send_once(
+            method, url, params=params, body=body, headers=headers, read_timeout=read_timeout
+        )
+        if response.status_code == 401 and self._credentials is not None:
+            # The sidecar's token may have been revoked or expired early: one fresh token, once.
+            sent = response.request.headers.get("Authorization")
+            self._credentials.invalidate(sent if isinstance(sent, str) else "")
+            response = self._send_once(
+                method, url, params=params, body=body, headers=headers, read_timeout=read_timeout
+            )
+        return response
+
+    def _authorization_header(self) -> str | None:
+        if self._credentials is None:
+            return self._authorization
+        try:
+            return self._credentials.authorization()
+        except CredentialsUnavailable as exc:
+            error = UpstreamUnavailable(f"the scheduling service could not obtain its own credentials: {exc}")
+            error.never_sent = True
+            raise error from exc
+
+    def _send_once(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Params | None,
+        body: Resource | None,
+        headers: Mapping[str, str] | None,
+        read_timeout: float | None,
+    ) -> requests.Response:
+        settings = self._client.settings
+        sent_headers = {"Accept": FHIR_JSON, "User-Agent": f"fanoni-scheduling/{version()}"}
+        if method == "GET":
+            # HAPI reuses cached search results unless told not to; a decision to write must
+            # never rest on a stale search (SPEC §5).
+            sent_headers["Cache-Control"] = "no-cache"
+        if body is not None:
+            sent_headers["Content-Type"] = f"{FHIR_JSON}; charset=utf-8"
+        authorization = self._authorization_header()
+        if authorization:
+            sent_headers["Authorization"] = authorization
+        if self._credentials is not None and settings.guard_key:
+            sent_headers[SERVICE_KEY_HEADER] = settings.guard_key
+        if self._request_id:
+            sent_headers["X-Request-ID"] = self._request_id
+        sent_headers.update(headers or {})
+        read = settings.upstream_read_timeout if read_timeout is None else read_timeout
+        if self._deadline is not None:
+            remaining = self._deadline - time.monotonic()
+            if remaining <= 0.05:
+                exhausted = BudgetExhausted(
+                    "the operation ran out of time waiting for the upstream FHIR server "
+                    f"(at most {settings.operation_budget_seconds:g} s per operation)"
+                )
+                exhausted.never_sent = True
+                raise exhausted
+            read = min(read, remaining)
+        timeout = (min(settings.upstream_connect_timeout, read), read)
+        data = json.dumps(body).encode() if body is not None else None
+        self.round_trips += 1
+        started = time.monotonic()
+        try:
+            response = self._client.session().request(
+                method,
+                url,
+                params=params,
+                data=data,
+                headers=sent_headers,
+                timeout=timeout,
+                allow_redirects=False,
+            )
+        except requests.Timeout as exc:
+            self._log_failure(method, url, exc)
+            error: UpstreamError = UpstreamTimeout("the upstream FHIR server did not answer in time")
+            error.never_sent = never_connected(exc)
+            raise error from exc
+        except requests.ConnectionError as exc:
+            self._log_failure(method, url, exc)
+            if is_read_timeout(exc):
+                raise UpstreamTimeout("the upstream FHIR server did not answer in time") from exc
+            error = UpstreamUnavailable("the upstream FHIR server is unreachable")
+            error.never_sent = never_connected(exc)
+            raise error from exc
+        except requests.RequestException as exc:
+            self._log_failure(method, url, exc)
+            raise UpstreamBadResponse("the upstream FHIR server sent an unusable answer") from exc
+        logger.debug(
+            "upstream call",
+            extra={
+                "request_id": self._request_id,
+                "upstream_method": method,
+                "upstream_url": response.url,
+                "upstream_status": response.status_code,
+                "duration_ms": round((time.monotonic() - started) * 1000, 1),
+                "as_service": self._credentials is not None,
+            },
+        )
+        return response
+
+    def _log_failure(self, method: str, url: str, exc: Exception) -> None:
+        logger.warning(
+            "upstream call failed: %s",
+            exc,
+            extra={"request_id": self._request_id, "upstream_method": method, "upstream_url": url},
+        )
+
+    def _raise_for_status(self, response: requests.Response) -> None:
+        raise_for_status(response, own_credentials=self._credentials is not None, request_id=self._request_id)

@@ -1,0 +1,252 @@
+"""What an upstream failure means for the caller: the errors the store raises, and how an HTTP
+answer or a transport failure is read (docs/configuration.md, "Errors from the upstream").
+
+Each error knows the status and issue code the caller gets (SPEC §4, last table row), and
+whether asking again may help (``transient``); a write's failure also says whether the request
+certainly never reached the upstream (``never_sent``), which decides whether it may have landed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import requests
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError
+
+from operations.errors import ConcurrentChange, StoreFailure
+from operations.store import Resource
+
+logger = logging.getLogger(__name__)
+
+MAX_DIAGNOSTICS = 300
+"""The upstream's own explanation is passed on up to this many characters."""
+
+
+class UpstreamError(StoreFailure):
+    """The upstream could not give a usable answer; rendered as an OperationOutcome."""
+
+    status: int = 502
+    code: str = "exception"
+    transient = True
+
+    def __init__(
+        self,
+        diagnostics: str,
+        *,
+        upstream_status: int | None = None,
+        outcome: Resource | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(diagnostics)
+        self.diagnostics = diagnostics
+        self.upstream_status = upstream_status
+        self.outcome = outcome
+        """The upstream's OperationOutcome, when it sent one (for callers that inspect it)."""
+        self.headers: dict[str, str] = dict(headers or {})
+        """Headers worth passing on to the caller (``WWW-Authenticate``, ``Retry-After``)."""
+        self.never_sent = False
+        """True when the request certainly never reached the upstream (no connection was
+        made): a write that failed so cannot have landed."""
+
+
+class UpstreamUnavailable(UpstreamError):
+    """Connection refused, DNS failure, TLS failure, or the upstream asked us to back off."""
+
+    status = 503
+    code = "transient"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "timeout"
+
+
+class BudgetExhausted(UpstreamTimeout):
+    """The operation's time budget is spent: no further upstream call is made for it."""
+
+    transient = False
+
+
+class UpstreamBadResponse(UpstreamError):
+    """Upstream 5xx, a redirect, or an answer that is not the FHIR JSON expected."""
+
+    status = 502
+    code = "exception"
+
+
+class UpstreamRejected(UpstreamError):
+    """The upstream refused a request with a 4xx we did not expect (our query, its rules).
+
+    Still a 502 to the caller (the sidecar built that request, not the caller), but callers
+    such as the Slot ``end`` probe look at ``upstream_status``.
+    """
+
+    status = 502
+    code = "exception"
+    transient = False
+
+
+class UpstreamAccessDenied(UpstreamError):
+    """401/403 from the upstream, passed through with the same status (SPEC §6)."""
+
+    transient = False
+
+    def __init__(self, upstream_status: int, diagnostics: str, **kwargs: Any) -> None:
+        super().__init__(diagnostics, upstream_status=upstream_status, **kwargs)
+        self.status = upstream_status
+        self.code = "security" if upstream_status == 401 else "forbidden"
+
+
+def raise_for_status(response: requests.Response, *, own_credentials: bool, request_id: str | None) -> None:
+    """The error a non-2xx answer means for the caller (the table in docs/configuration.md).
+
+    ``own_credentials``: the request carried the sidecar's own credentials, so a 401/403 is a
+    deployment fault (502), not the caller's to see.
+    """
+    status = response.status_code
+    if 200 <= status < 300:
+        return
+    outcome = outcome_or_none(response)
+    detail = outcome_text(outcome)
+    if status in (401, 403) and own_credentials:
+        # The sidecar's own credentials (or guard key) were refused: a deployment fault, not
+        # the caller's, so neither the status nor the challenge is passed on.
+        logger.error(
+            "the upstream refused the scheduling service's own credentials",
+            extra={
+                "upstream_status": status,
+                "upstream_diagnostics": detail,
+                "request_id": request_id,
+            },
+        )
+        raise UpstreamRejected(
+            f"the upstream FHIR server refused the scheduling service's own credentials ({status})"
+            + (f": {detail}" if detail else ""),
+            upstream_status=status,
+            outcome=outcome,
+        )
+    if status in (401, 403):
+        headers = {k: v for k, v in response.headers.items() if k.lower() == "www-authenticate"}
+        raise UpstreamAccessDenied(
+            status,
+            detail or f"the upstream FHIR server refused access ({status})",
+            outcome=outcome,
+            headers=headers,
+        )
+    if status in (409, 412):
+        raise ConcurrentChange(detail or f"the upstream FHIR server reported a concurrent change ({status})")
+    if status == 429:
+        retry_after = response.headers.get("Retry-After")
+        raise UpstreamUnavailable(
+            "the upstream FHIR server is busy (429); try again later",
+            upstream_status=status,
+            headers={"Retry-After": retry_after} if retry_after else None,
+        )
+    suffix = f": {detail}" if detail else ""
+    if 400 <= status < 500:
+        raise UpstreamRejected(
+            f"the upstream FHIR server rejected a request ({status}){suffix}",
+            upstream_status=status,
+            outcome=outcome,
+        )
+    if 300 <= status < 400:
+        logger.error(
+            "upstream redirected; set FHIR_BASE_URL to the final address",
+            extra={"upstream_url": response.url, "location": response.headers.get("Location")},
+        )
+        raise UpstreamBadResponse(
+            f"the upstream FHIR server answered with a redirect ({status})",
+            upstream_status=status,
+        )
+    raise UpstreamBadResponse(
+        f"the upstream FHIR server failed ({status}){suffix}",
+        upstream_status=status,
+        outcome=outcome,
+    )
+
+
+def fhir_json(response: requests.Response) -> Resource:
+    """The answer as a FHIR resource (any type); 502 when it is not FHIR JSON."""
+    try:
+        value = response.json()
+    except ValueError:
+        value = None
+    if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
+        raise UpstreamBadResponse(
+            "the upstream FHIR server sent an answer that is not FHIR JSON",
+            upstream_status=response.status_code,
+        )
+    return value
+
+
+def fhir_resource(response: requests.Response, resource_type: str) -> Resource:
+    """The answer as a FHIR resource of ``resource_type``; 502 otherwise."""
+    value = fhir_json(response)
+    if value["resourceType"] != resource_type:
+        raise UpstreamBadResponse(
+            f"the upstream FHIR server sent a {value['resourceType']} where a {resource_type} was expected",
+            upstream_status=response.status_code,
+        )
+    return value
+
+
+def never_connected(exc: requests.RequestException) -> bool:
+    """Whether the failure happened before a connection existed (refused, DNS, connect
+    timeout), so the request cannot have reached the upstream."""
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, NewConnectionError | ConnectTimeoutError | requests.ConnectTimeout):
+            return True
+        pending += [a for a in current.args if isinstance(a, BaseException)]
+        reason = getattr(current, "reason", None)
+        if isinstance(reason, BaseException):
+            pending.append(reason)
+        if current.__cause__ is not None:
+            pending.append(current.__cause__)
+        if current.__context__ is not None:
+            pending.append(current.__context__)
+    return False
+
+
+def is_delete_conflict(outcome: Resource | None) -> bool:
+    """HAPI answers 409 both for version conflicts and for deletes that referential integrity
+    refuses; only the text tells them apart ("Unable to delete ... has a reference")."""
+    text = outcome_text(outcome).lower()
+    return "unable to delete" in text or "has a reference to this resource" in text
+
+
+def is_read_timeout(exc: requests.ConnectionError) -> bool:
+    """``requests`` reports a timeout while reading the body as a ConnectionError."""
+    return any(isinstance(arg, ReadTimeoutError) for arg in exc.args)
+
+
+def outcome_or_none(response: requests.Response) -> Resource | None:
+    try:
+        value = response.json()
+    except ValueError:
+        return None
+    if isinstance(value, dict) and value.get("resourceType") == "OperationOutcome":
+        return value
+    return None
+
+
+def outcome_text(outcome: Resource | None) -> str:
+    """The upstream's own explanation, shortened: enough to act on, not a dump."""
+    if not outcome:
+        return ""
+    texts = []
+    for issue in outcome.get("issue") or []:
+        if isinstance(issue, dict):
+            details = issue.get("details")
+            text = issue.get("diagnostics") or (details.get("text") if isinstance(details, dict) else None)
+            if isinstance(text, str) and text:
+                texts.append(text)
+    joined = "; ".join(texts)
+    return joined if len(joined) <= MAX_DIAGNOSTICS else joined[: MAX_DIAGNOSTICS - 1] + "…"
