@@ -202,6 +202,7 @@ def book(
         request.service_id,
         expressions=[request.visit_paths[s] for s in request.schedule_ids],
         service_expression=f"{request.root}.serviceType",
+        together=stores.together,
     )
     check_against_parameters(request, legs)
     check_participants(stores.caller, request, legs)

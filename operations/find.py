@@ -20,7 +20,15 @@ from operations.fhir_values import parse_instant, reference_id
 from operations.model import Interval, Leg, ResolvedParameters, Schedule, Service, SlotOverlay
 from operations.parameters import parse_schedule, parse_service, parse_slot, resolve_parameters
 from operations.rendering import Renderer, outcome_entry, searchset
-from operations.store import ConfigurationReader, SchedulingStore, SlotReader, Stores
+from operations.store import (
+    ConfigurationReader,
+    Resource,
+    SchedulingStore,
+    SlotReader,
+    Stores,
+    Together,
+    one_after_another,
+)
 
 DEFAULT_COUNT = 20
 MAX_COUNT = 1000
@@ -192,14 +200,58 @@ def load_legs(
     schedule_in_url: bool = False,
     expressions: Sequence[str] | None = None,
     service_expression: str = "Parameters.service-type-reference",
+    together: Together = one_after_another,
 ) -> tuple[Service, list[Leg]]:
     """Read and check the Schedules and the service; resolve each Schedule's parameters.
 
     Shared by ``$find`` and the booking operations: the same rules, the same errors.
     ``expressions`` says where each schedule was named (default ``Parameters.schedule[i]``),
-    ``service_expression`` where the service was, so errors point at the caller's input.
+    ``service_expression`` where the service was, so errors point at the caller's input. With
+    the service known, its read and the Schedules' run ``together``.
     """
+    if service_id is not None:
+        found, service_resource = together(
+            lambda: store.read_schedules(schedule_ids), lambda: store.read_service(service_id)
+        )
+        schedules, actors = found
+        return check_legs(
+            schedules,
+            actors,
+            service_id,
+            service_resource,
+            schedule_ids,
+            schedule_in_url=schedule_in_url,
+            expressions=expressions,
+            service_expression=service_expression,
+        )
     schedules, actors = store.read_schedules(schedule_ids)
+    first = _parsed(schedules, actors, schedule_ids, schedule_in_url, expressions)[0][0]
+    offered = first.offered_service_ids
+    if len(offered) != 1:
+        raise InvalidRequest(
+            f"Schedule/{first.id} offers {len(offered)} services: service-type-reference is required",
+            code="required",
+            expression=service_expression,
+        )
+    return check_legs(
+        schedules,
+        actors,
+        offered[0],
+        store.read_service(offered[0]),
+        schedule_ids,
+        schedule_in_url=schedule_in_url,
+        expressions=expressions,
+        service_expression=service_expression,
+    )
+
+
+def _parsed(
+    schedules: Sequence[Resource],
+    actors: dict[str, Resource],
+    schedule_ids: Sequence[str],
+    schedule_in_url: bool,
+    expressions: Sequence[str] | None,
+) -> list[tuple[Schedule, str]]:
     by_id = {str(s.get("id")): s for s in schedules}
     parsed: list[tuple[Schedule, str]] = []
     for index, schedule_id in enumerate(schedule_ids):
@@ -212,19 +264,23 @@ def load_legs(
                 f"Schedule/{schedule_id} does not exist", code="not-found", expression=expression
             )
         parsed.append((parse_schedule(resource, actors), expression))
+    return parsed
 
-    if service_id is None:
-        offered = parsed[0][0].offered_service_ids
-        if len(offered) != 1:
-            raise InvalidRequest(
-                f"Schedule/{parsed[0][0].id} offers {len(offered)} services: "
-                "service-type-reference is required",
-                code="required",
-                expression=service_expression,
-            )
-        service_id = offered[0]
 
-    service_resource = store.read_service(service_id)
+def check_legs(
+    schedules: Sequence[Resource],
+    actors: dict[str, Resource],
+    service_id: str,
+    service_resource: Resource | None,
+    schedule_ids: Sequence[str],
+    *,
+    schedule_in_url: bool = False,
+    expressions: Sequence[str] | None = None,
+    service_expression: str = "Parameters.service-type-reference",
+) -> tuple[Service, list[Leg]]:
+    """Check what was read (every Schedule exists and offers the active service) and resolve
+    each Schedule's parameters."""
+    parsed = _parsed(schedules, actors, schedule_ids, schedule_in_url, expressions)
     if service_resource is None:
         raise Unprocessable(
             f"HealthcareService/{service_id} does not exist",
@@ -333,20 +389,45 @@ def slot_search_span(request: Interval, legs: Sequence[Leg]) -> Interval:
     return Interval(min(s.start for s in spans), max(s.end for s in spans))
 
 
+SLOT_MARGIN = timedelta(hours=4)
+"""How far beyond the requested range the Slot search reaches when it runs at the same time as
+the configuration reads (before the buffers are known): buffers up to this long need no
+second search."""
+
+
 def find_availability(stores: Stores | SchedulingStore, request: FindRequest) -> Availability:
-    """Read what ``$find`` needs (bounded round trips) and compute the proposals.
+    """Read what ``$find`` needs and compute the proposals.
 
     The configuration is read with the caller's credentials (what the caller may not read, it
     cannot ask about); the Slots with the sidecar's own, so that time the caller cannot see
-    is still known to be taken (SPEC §5.1).
+    is still known to be taken (SPEC §5.1). With the service named, the three reads run
+    ``together`` -- one upstream round trip of latency, whatever the number of schedules -- and
+    the Slot search covers the range plus :data:`SLOT_MARGIN`; a schedule whose buffers reach
+    further gets a second Slot search.
     """
     configuration, slot_reader = _readers(stores)
-    service, legs = load_legs(
-        configuration, request.schedule_ids, request.service_id, schedule_in_url=request.schedule_in_url
-    )
+    together = stores.together if isinstance(stores, Stores) else one_after_another
+    ids = list(request.schedule_ids)
     window = Interval(request.start, request.end)
+    searched: Interval | None = None
+    slot_resources: list[Resource] = []
+    if request.service_id is not None:
+        service_id = request.service_id
+        searched = Interval(window.start - SLOT_MARGIN, window.end + SLOT_MARGIN)
+        span_guess = searched
+        found, service_resource, slot_resources = together(
+            lambda: configuration.read_schedules(ids),
+            lambda: configuration.read_service(service_id),
+            lambda: slot_reader.search_slots(ids, span_guess.start, span_guess.end),
+        )
+        service, legs = check_legs(
+            found[0], found[1], service_id, service_resource, ids, schedule_in_url=request.schedule_in_url
+        )
+    else:
+        service, legs = load_legs(configuration, ids, None, schedule_in_url=request.schedule_in_url)
     span = slot_search_span(window, legs)
-    slot_resources = slot_reader.search_slots([leg.schedule.id for leg in legs], span.start, span.end)
+    if searched is None or span.start < searched.start or span.end > searched.end:
+        slot_resources = slot_reader.search_slots([leg.schedule.id for leg in legs], span.start, span.end)
     return compute(service, legs, decode_slots(slot_resources), window, request.now, request.count)
 
 

@@ -17,8 +17,8 @@ Two identities read and write (SPEC §5.1), so a use case is handed :class:`Stor
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -86,6 +86,17 @@ class FhirStore(FhirReader, SlotReader, Protocol):
         ...
 
 
+Together = Callable[..., list[Any]]
+"""Runs independent reads and returns their results in order: ``together(f, g)`` is
+``[f(), g()]``, possibly run at the same time. When several fail, the first failure in order is
+raised (so a refusal of the caller's credentials wins over anything else)."""
+
+
+def one_after_another(*calls: Callable[[], Any]) -> list[Any]:
+    """The plain ``Together``: each read in turn (tests, tools)."""
+    return [call() for call in calls]
+
+
 @dataclass(frozen=True)
 class Stores:
     """The two identities a use case acts with (module docstring)."""
@@ -94,6 +105,9 @@ class Stores:
     """The caller's credentials: permission reads only."""
     service: FhirStore
     """The sidecar's own credentials: deciding reads and every write."""
+    together: Together = field(default=one_after_another)
+    """How independent reads run: the plugin runs them at the same time, so their upstream
+    latencies overlap instead of adding up."""
 
     @classmethod
     def single(cls, store: FhirStore) -> Stores:

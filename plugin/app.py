@@ -25,6 +25,7 @@ from plugin.holds import start_sweeper
 from plugin.identity import verifier_from_settings
 from plugin.logs import configure_logging
 from plugin.notifications import notifications
+from plugin.parallel import Parallel
 from plugin.routes import fhir, health
 from plugin.upstream import UpstreamClient
 from plugin.upstream_errors import UpstreamError
@@ -70,6 +71,7 @@ def create_app(
         started_at=datetime.now(UTC),
         clock=clock if clock is not None else (lambda: datetime.now(UTC)),
         verifier=verifier_from_settings(settings, client.session),
+        parallel=Parallel(),
     )
     app.register_blueprint(fhir, url_prefix=settings.base_path or None)
     app.register_blueprint(health)

@@ -13,6 +13,7 @@ from flask import current_app, g, request
 from operations.store import Resource, Stores
 from plugin.config import Settings
 from plugin.identity import CallerVerifier
+from plugin.parallel import Parallel
 from plugin.provenance import Attribution
 from plugin.upstream import FhirUpstream, UpstreamClient
 
@@ -31,6 +32,8 @@ class Sidecar:
     """"Now" for the use cases; tests replace it to make times deterministic."""
     verifier: CallerVerifier
     """Checks callers' JWTs against ``CALLER_JWKS_URL`` for the Provenance."""
+    parallel: Parallel
+    """Runs a request's independent upstream reads at the same time."""
 
 
 def sidecar() -> Sidecar:
@@ -54,7 +57,7 @@ def request_stores(operation: str, *, writes: bool = True) -> Stores:
     attribution = Attribution(operation, request_id, state.settings.service_name, caller)
     service_store = state.upstream.as_service(attribution, deadline=deadline)
     g.stores = [*g.get("stores", []), caller_store, service_store]
-    return Stores(caller=caller_store, service=service_store)
+    return Stores(caller=caller_store, service=service_store, together=state.parallel)
 
 
 def round_trips() -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.cookiejar
 import json
 import logging
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Protocol
@@ -105,6 +106,7 @@ class Transport:
         self._request_id = request_id
         self._deadline = deadline
         self.round_trips = 0
+        self._counting = threading.Lock()  # reads of one request may run in several threads
 
     def _send(
         self,
@@ -177,7 +179,8 @@ class Transport:
             read = min(read, remaining)
         timeout = (min(settings.upstream_connect_timeout, read), read)
         data = json.dumps(body).encode() if body is not None else None
-        self.round_trips += 1
+        with self._counting:
+            self.round_trips += 1
         started = time.monotonic()
         try:
             response = self._client.session().request(

@@ -1,0 +1,72 @@
+"""How ``$find`` issues its reads: together when they are independent (one round trip of
+latency), a second Slot search only when a buffer reaches past the margin, and the caller's
+refusal first when reads fail (issue 7, deliver 1)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from operations.errors import Unprocessable
+from operations.find import SLOT_MARGIN, FindRequest, find_appointments
+from operations.store import Stores
+from tests.unit.builders import LONG_AGO, hours, practitioner, schedule, service
+from tests.unit.fake_store import FakeFhirStore
+
+
+class Recording:
+    """A ``Together`` that runs the calls in order and remembers how they were grouped."""
+
+    def __init__(self) -> None:
+        self.groups: list[int] = []
+
+    def __call__(self, *calls: Callable[[], Any]) -> list[Any]:
+        self.groups.append(len(calls))
+        return [call() for call in calls]
+
+
+def clinic(**block: Any) -> FakeFhirStore:
+    return FakeFhirStore(
+        practitioner("alice", "America/New_York"),
+        service(hours=[hours("mon", "09:00", "12:00")], duration=30, **block),
+        schedule("alice", "Practitioner/alice", ["checkup"]),
+    )
+
+
+def find(
+    store: FakeFhirStore, together: Callable[..., list[Any]], service_id: str = "checkup"
+) -> dict[str, Any]:
+    request = FindRequest.from_parameters(
+        [
+            ("start", "2026-12-07T00:00:00-05:00"),
+            ("end", "2026-12-08T00:00:00-05:00"),
+            ("service-type-reference", f"HealthcareService/{service_id}"),
+            ("schedule", "Schedule/alice"),
+        ],
+        now=LONG_AGO,
+        max_range_days=31,
+    )
+    return find_appointments(Stores(caller=store, service=store, together=together), request)
+
+
+def test_the_three_reads_go_out_together() -> None:
+    store, together = clinic(bufferBefore=10), Recording()
+    starts = [e["resource"]["start"][11:16] for e in find(store, together)["entry"]]
+    assert starts == ["10:00", "11:00"]  # hourly grid; 09:00 has no room for the buffer before
+    assert together.groups == [3]
+    assert store.calls == ["read_schedules", "read_service", "search_slots"]
+
+
+def test_a_buffer_longer_than_the_margin_gets_a_second_slot_search() -> None:
+    minutes = int(SLOT_MARGIN.total_seconds() // 60) + 60
+    store, together = clinic(bufferAfter=minutes), Recording()
+    find(store, together)
+    assert store.calls == ["read_schedules", "read_service", "search_slots", "search_slots"]
+
+
+def test_when_reads_fail_the_first_failure_in_order_is_the_answer() -> None:
+    store = clinic()
+    with pytest.raises(Unprocessable, match="HealthcareService/nope does not exist"):
+        find(store, Recording(), service_id="nope")
