@@ -16,13 +16,13 @@ happened) or never will (the caller is told nothing was stored). See docs/reliab
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from operations.availability import schedule_windows
 from operations.errors import Conflict, InvalidRequest, OutcomeUnknown, StoreFailure, Unprocessable
+from operations.fhir_values import is_fhir_id
 from operations.find import decode_slots, load_legs, slot_search_span, widened
 from operations.locks import fence, read_locks
 from operations.model import Interval, Leg, Service, SlotStatus
@@ -138,7 +138,7 @@ def check_participants(reader: FhirReader, request: BookingRequest, legs: Sequen
                 raise InvalidRequest("actor.reference must be a string", code="value", expression=path)
             continue
         resource_type, _, resource_id = reference.partition("/")
-        if not resource_type.isalpha() or not resource_type[:1].isupper() or not _FHIR_ID.match(resource_id):
+        if not resource_type.isalpha() or not resource_type[:1].isupper() or not is_fhir_id(resource_id):
             raise InvalidRequest(
                 f"A participant must reference a resource on this server as Type/id, not {reference!r}",
                 code="value",
@@ -154,9 +154,6 @@ def check_participants(reader: FhirReader, request: BookingRequest, legs: Sequen
                     code="not-found",
                     expression=path,
                 )
-
-
-_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
 
 def _landed_booking(store: FhirStore, marker: str) -> Resource | None:

@@ -136,6 +136,14 @@ def format_instant(value: datetime, zone: ZoneInfo | None = None) -> str:
     return value.astimezone(zone).isoformat()
 
 
+_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+
+
+def is_fhir_id(value: Any) -> bool:
+    """Whether ``value`` can be a FHIR resource id (R4: 1-64 of ``A-Z a-z 0-9 - .``)."""
+    return isinstance(value, str) and _FHIR_ID.fullmatch(value) is not None
+
+
 def reference_id(reference: Any, resource_type: str) -> str:
     """The id in ``"<Type>/<id>"`` (a full URL or a ``/_history/n`` suffix is tolerated)."""
     if not isinstance(reference, str) or not reference.strip():
@@ -146,6 +154,6 @@ def reference_id(reference: Any, resource_type: str) -> str:
     if len(parts) < 2 or parts[-2] != resource_type or not parts[-1]:
         raise ValueError(f"{reference!r} is not a reference to a {resource_type}")
     resource_id = parts[-1]
-    if not re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", resource_id):
+    if not is_fhir_id(resource_id):
         raise ValueError(f"{resource_id!r} is not a valid FHIR id")
     return resource_id

@@ -15,13 +15,13 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import re
 import time
 
 from flask import Blueprint, Response, g, request
 
 from operations import housekeeping
 from operations.booking import Clock, RetryPolicy
+from operations.fhir_values import is_fhir_id
 from plugin.context import sidecar
 from plugin.fhir_http import fhir_response, operation_outcome
 
@@ -29,8 +29,6 @@ logger = logging.getLogger(__name__)
 
 NOTIFICATION_PATH = "/fanoni/notifications"
 """Where the webhook listens, whatever ``BASE_PATH`` is: it is not a FHIR endpoint."""
-
-_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
 notifications = Blueprint("notifications", __name__)
 
@@ -81,10 +79,10 @@ def _appointment_id(subpath: str, raw: bytes) -> str | None:
             body = None
         if isinstance(body, dict) and body.get("resourceType") == "Appointment":
             resource_id = body.get("id")
-            if isinstance(resource_id, str) and _FHIR_ID.match(resource_id):
+            if is_fhir_id(resource_id):
                 return resource_id
     parts = [p for p in subpath.split("/") if p]
-    if len(parts) >= 2 and parts[0] == "Appointment" and _FHIR_ID.match(parts[1]):
+    if len(parts) >= 2 and parts[0] == "Appointment" and is_fhir_id(parts[1]):
         return parts[1]
     return None
 

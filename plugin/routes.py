@@ -7,7 +7,6 @@ rendered once by the handlers in ``app.py``. The use cases are reached through t
 
 from __future__ import annotations
 
-import re
 import time
 from datetime import UTC, timedelta
 from email.utils import format_datetime
@@ -17,7 +16,7 @@ from flask import Blueprint, Response, g, request
 
 from operations import booking, find, lifecycle
 from operations.errors import InvalidRequest, NotFound
-from operations.fhir_values import as_list
+from operations.fhir_values import as_list, is_fhir_id
 from plugin import version
 from plugin.context import request_stores, sidecar
 from plugin.fhir_http import check_format, fhir_response, json_body, operation_outcome, operation_parameters
@@ -26,7 +25,6 @@ from plugin.upstream_errors import UpstreamError
 READY_READ_TIMEOUT = 5.0
 """Seconds ``/readyz`` waits for the upstream's ``/metadata``; probes must not hang."""
 
-_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
 fhir = Blueprint("fhir", __name__)
 """Everything under ``BASE_PATH``: mirrors the upstream's URLs."""
@@ -128,7 +126,7 @@ def appointment_cancel(appointment_id: str) -> Response:
 
 def _existing_id(resource_id: str) -> str:
     """A syntactically impossible id names no resource: 404, without asking the upstream."""
-    if not _FHIR_ID.match(resource_id):
+    if not is_fhir_id(resource_id):
         raise NotFound(f"Appointment/{resource_id} does not exist", expression="Appointment")
     return resource_id
 

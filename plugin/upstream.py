@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -37,6 +36,7 @@ from operations.errors import (
     ReferencedElsewhere,
     Unprocessable,
 )
+from operations.fhir_values import is_fhir_id
 from operations.store import Resource
 from plugin.config import Settings
 from plugin.identity import ServiceCredentials, credentials_from_settings
@@ -71,7 +71,6 @@ _STRICT = {"Prefer": "handling=strict"}
 """Ask the server to refuse parameters it does not know rather than ignore them: an ignored
 ``end`` would silently turn a Slot query into "every Slot ever"."""
 _ACTOR_TYPES = frozenset({"Practitioner", "PractitionerRole", "Location", "Device", "HealthcareService"})
-_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,7 +236,7 @@ class FhirUpstream(Transport):
                 if not isinstance(reference, str) or reference in actors:
                     continue
                 parts = reference.split("/")
-                if len(parts) == 2 and parts[0] in _ACTOR_TYPES and _FHIR_ID.match(parts[1]):
+                if len(parts) == 2 and parts[0] in _ACTOR_TYPES and is_fhir_id(parts[1]):
                     missing.setdefault(parts[0], [])
                     if parts[1] not in missing[parts[0]]:
                         missing[parts[0]].append(parts[1])
@@ -340,7 +339,7 @@ class FhirUpstream(Transport):
 
     def read(self, resource_type: str, resource_id: str) -> Resource | None:
         """``GET [base]/Type/id``; ``None`` when it does not exist (404, or 410 once deleted)."""
-        if not _FHIR_ID.match(resource_id):
+        if not is_fhir_id(resource_id):
             return None  # no resource can have that id; asking would only build a bad URL
         response = self._send("GET", f"{self._base}/{resource_type}/{resource_id}")
         if response.status_code in (404, 410):
@@ -538,7 +537,7 @@ def _valid_ids(ids: Sequence[str]) -> list[str]:
     and a comma would split an ``_id`` list into ids nobody asked for."""
     seen: dict[str, None] = {}
     for resource_id in ids:
-        if isinstance(resource_id, str) and _FHIR_ID.match(resource_id):
+        if is_fhir_id(resource_id):
             seen.setdefault(resource_id, None)
     return list(seen)
 
