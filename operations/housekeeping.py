@@ -22,11 +22,8 @@ from operations.writes import (
     booking_marker,
     cancel_bundle,
     hold_expiry,
-    slot_ids,
-    slot_reference_id,
-    transaction_bundle,
-    version_of,
-    versioned_put,
+    release_bundle,
+    slots_written_with,
 )
 
 logger = logging.getLogger(__name__)
@@ -74,12 +71,9 @@ def expire_holds(
 
 
 def _expire_one(store: FhirStore, appointment: Resource, now: datetime) -> int:
-    marker = booking_marker(appointment)
     expires = hold_expiry(appointment)
-    assert marker is not None and expires is not None
-    ids = slot_ids(appointment)
-    slots = store.search("Slot", [("_id", ",".join(ids))]) if ids else []
-    ours = [str(s.get("id")) for s in slots if booking_marker(s) == marker and _lapsed(s, now)]
+    assert expires is not None
+    ours = [str(s.get("id")) for s in slots_written_with(store, appointment) if _lapsed(s, now)]
     reason = {"text": f"hold expired at {format_instant(expires)}"}
     try:
         store.transaction(cancel_bundle(appointment, reason, ours))
@@ -134,8 +128,6 @@ def release_missed(store: FhirStore, now: datetime, *, window: timedelta = RECON
     )
     freed = 0
     for appointment in ended:
-        if booking_marker(appointment) is None or not slot_ids(appointment):
-            continue
         try:
             freed += _release(store, appointment)
         except (ConcurrentChange, OutcomeUnknown):
@@ -146,21 +138,9 @@ def release_missed(store: FhirStore, now: datetime, *, window: timedelta = RECON
 def _release(store: FhirStore, appointment: Resource) -> int:
     """Delete the Slots carrying ``appointment``'s booking request id and drop its references
     to them, version-checked on the Appointment as read. Returns how many were deleted."""
-    marker = booking_marker(appointment)
-    ids = slot_ids(appointment)
-    if marker is None or not ids:
-        return 0
-    slots = store.search("Slot", [("_id", ",".join(ids))])
-    ours = [str(s.get("id")) for s in slots if booking_marker(s) == marker]
-    if not ours:
-        return 0
-    kept = [r for r in appointment.get("slot") or [] if slot_reference_id(r) not in ours]
-    updated = {k: v for k, v in appointment.items() if k != "slot"}
-    if kept:
-        updated["slot"] = kept
-    entries = [versioned_put(updated, version_of(appointment))]
-    entries += [{"request": {"method": "DELETE", "url": f"Slot/{sid}"}} for sid in ours]
-    store.transaction(transaction_bundle(entries))
+    ours = [str(s.get("id")) for s in slots_written_with(store, appointment)]
+    if ours:
+        store.transaction(release_bundle(appointment, ours))
     return len(ours)
 
 

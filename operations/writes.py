@@ -168,13 +168,17 @@ def response_bundle(response: Resource) -> Resource:
 
 def slot_ids(appointment: Resource) -> list[str]:
     """The ids of the Slots an Appointment references (unreadable references skipped)."""
-    ids = []
-    for ref in appointment.get("slot") or []:
-        try:
-            ids.append(reference_id(dig(ref, "reference"), "Slot"))
-        except ValueError:
-            continue
-    return ids
+    return [sid for ref in appointment.get("slot") or [] if (sid := slot_reference_id(ref)) is not None]
+
+
+def slots_written_with(store: FhirStore, appointment: Resource) -> list[Resource]:
+    """The Slots ``appointment`` references that carry its own booking request tag: what the
+    sidecar wrote with it, and nothing anyone else wrote (one search; none without a tag)."""
+    marker = booking_marker(appointment)
+    ids = slot_ids(appointment)
+    if marker is None or not ids:
+        return []
+    return [s for s in store.search("Slot", [("_id", ",".join(ids))]) if booking_marker(s) == marker]
 
 
 def replay_bundle(store: FhirStore, appointment: Resource) -> Resource:
@@ -232,22 +236,30 @@ def transaction_bundle(entries: list[Resource]) -> Resource:
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 
 
-def cancel_bundle(appointment: Resource, reason: Resource | None, deleting: Sequence[str]) -> Resource:
-    """``PUT`` the Appointment as cancelled (version-checked), ``DELETE`` the Slots ``deleting``.
+def release_bundle(
+    appointment: Resource, deleting: Sequence[str], changes: Resource | None = None
+) -> Resource:
+    """``PUT`` the Appointment with ``changes`` (version-checked), ``DELETE`` the Slots ``deleting``.
 
     The deleted Slots must stop being referenced by it: the upstream keeps referential
     integrity (HAPI refuses to delete a referenced resource). References to Slots that are
     kept stay.
     """
-    cancelled = {k: v for k, v in appointment.items() if k != "slot"} | {"status": "cancelled"}
+    updated = {k: v for k, v in appointment.items() if k != "slot"} | (changes or {})
     kept = [r for r in appointment.get("slot") or [] if slot_reference_id(r) not in deleting]
     if kept:
-        cancelled["slot"] = kept
-    if reason is not None:
-        cancelled["cancelationReason"] = reason
-    entries = [versioned_put(cancelled, version_of(appointment))]
+        updated["slot"] = kept
+    entries = [versioned_put(updated, version_of(appointment))]
     entries += [{"request": {"method": "DELETE", "url": f"Slot/{sid}"}} for sid in deleting]
     return transaction_bundle(entries)
+
+
+def cancel_bundle(appointment: Resource, reason: Resource | None, deleting: Sequence[str]) -> Resource:
+    """``release_bundle`` that also sets the Appointment ``cancelled`` (with ``reason``)."""
+    changes: Resource = {"status": "cancelled"}
+    if reason is not None:
+        changes["cancelationReason"] = reason
+    return release_bundle(appointment, deleting, changes)
 
 
 def slot_reference_id(reference: Any) -> str | None:
