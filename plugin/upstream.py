@@ -43,7 +43,6 @@ from plugin.identity import ServiceCredentials, credentials_from_settings
 from plugin.provenance import Attribution, with_provenance
 from plugin.transport import Params, Transport, new_session
 from plugin.upstream_errors import (
-    BudgetExhausted,
     UpstreamBadResponse,
     UpstreamRejected,
     UpstreamTimeout,
@@ -279,8 +278,8 @@ class FhirUpstream(Transport):
 
     def _use_slot_end(self) -> bool:
         """Whether this Slot search may use ``end``: the parameter exists and every stored Slot
-        is indexed by it. Costs two counting searches once per process (and again every ten
-        minutes, or every few seconds while the upstream is still indexing)."""
+        is indexed by it. Costs two or three counting searches once per process (and again every
+        ten minutes, or every few seconds while the upstream is still indexing)."""
         client = self._client
         if client.settings.slot_end_search == "on":
             return True  # the operator vouches for the parameter and its index
@@ -299,7 +298,8 @@ class FhirUpstream(Transport):
     def _slot_end_index_complete(self) -> bool | None:
         """``True`` when every Slot on the upstream is found by an ``end`` search -- every Slot
         has an ``end``, so the count of ``Slot?end=ge1000-01-01`` equals the count of all Slots
-        (counted before and after it) when the index is complete. ``None``: the upstream does not know ``end``.
+        (counted before and after it) when the index is complete. ``None``: the upstream does not
+        know ``end``.
 
         A server-agnostic way to learn that a reindex has finished, whichever process or tool
         asked for it. Slots written between the two counts make them differ; that only means
@@ -417,13 +417,11 @@ class FhirUpstream(Transport):
                 headers={"Prefer": "return=representation"},
             )
         except (UpstreamTimeout, UpstreamUnavailable, UpstreamBadResponse) as exc:
-            if isinstance(exc, BudgetExhausted) or getattr(exc, "never_sent", False):
+            if exc.never_sent:  # no connection, no credentials, or the time budget was spent
                 raise
             raise OutcomeUnknown(exc) from exc
         try:
-            raise_for_status(
-                response, own_credentials=self._credentials is not None, request_id=self._request_id
-            )
+            self._raise_for_status(response)
         except UpstreamRejected as exc:
             if exc.upstream_status not in (400, 422):
                 raise
@@ -443,11 +441,7 @@ class FhirUpstream(Transport):
         except UpstreamBadResponse as exc:
             if exc.upstream_status is not None and exc.upstream_status >= 500:
                 raise OutcomeUnknown(exc) from exc
-            raise
-        except UpstreamUnavailable as exc:
-            if exc.upstream_status == 429:
-                raise  # "too many requests": not processed
-            raise OutcomeUnknown(exc) from exc
+            raise  # a redirect: not processed (a 429 is UpstreamUnavailable: not processed either)
         try:
             return fhir_resource(response, "Bundle")
         except UpstreamBadResponse as exc:
