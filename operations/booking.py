@@ -2,10 +2,11 @@
 on the sidecar's own view of the Slots, write it in one transaction.
 
 Race freedom (docs/consistency.md): each booking transaction carries a version-checked
-(``ifMatch``) update of a per-Schedule lock resource (``operations/locks.py``) for every Schedule
-it touches, read *before* the Slot search that decided the write and the identifier look-up.
-Two bookings that both saw a time as free both hold the same lock version; the upstream lets
-only one of them commit. The other gets 409/412, re-reads and decides again, until a deadline.
+(``ifMatch``) update of the lock of every time bucket its footprint touches on every Schedule
+(``operations/locks.py``), read *before* the Slot search that decided the write and the
+identifier look-up. Two bookings whose footprints overlap share a bucket: if both saw the time
+as free, both hold the same lock version, and the upstream lets only one of them commit. The
+other gets 409/412, re-reads and decides again, until a deadline (``operations/retries.py``).
 
 Every booking carries a sidecar-generated *booking request* id, as a ``meta.tag``, on its
 Appointment and Slots (``operations/writes.py``). When the answer to the transaction is lost
@@ -18,17 +19,18 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 from operations.availability import schedule_windows
-from operations.errors import Conflict, InvalidRequest, OutcomeUnknown, StoreFailure, Unprocessable
-from operations.fhir_values import is_fhir_id
-from operations.find import decode_slots, load_legs, slot_search_span, widened
-from operations.locks import fence, read_locks
+from operations.errors import Conflict, OutcomeUnknown, StoreFailure, Unprocessable
+from operations.find import check_legs, decode_slots, slot_search_span, widened
+from operations.locks import LockRead, Locks, fence, search_locks, take_locks
 from operations.model import Interval, Leg, Service, SlotStatus
+from operations.participants import check_participants, participant_reads
 from operations.proposal import BookingRequest
-from operations.retries import Clock, RetryPolicy, retrying
-from operations.store import FhirReader, FhirStore, Resource, Stores, as_stores
+from operations.retries import Attempts, Clock, RetryPolicy, retrying
+from operations.store import FhirStore, Resource, Stores, as_stores
 from operations.writes import (
     BOOKING_REQUEST_SYSTEM,
     ENDED_STATUSES,
@@ -113,56 +115,13 @@ def existing_booking(store: FhirStore, request: BookingRequest) -> BookingResult
     return None
 
 
-def check_participants(reader: FhirReader, request: BookingRequest, legs: Sequence[Leg]) -> None:
-    """Every participant the proposal names besides the schedule actors (the patient, a
-    relative, ...) must be readable with the caller's credentials: a caller may book for what
-    it may read (SPEC §5.1). One search per resource type, whatever the number of participants.
-
-    An upstream 401/403 reaches the caller as such (raised by the store); a participant the
-    search does not return is 422 ``not-found``.
-    """
-    actors = {leg.schedule.actor.reference for leg in legs}
-    wanted: dict[str, dict[str, str]] = {}
-    for index, participant in enumerate(request.appointment.get("participant") or []):
-        path = f"{request.root}.participant[{index}].actor"
-        if not isinstance(participant, dict):
-            raise InvalidRequest("A participant must be an object", code="structure", expression=path)
-        actor = participant.get("actor")
-        if actor is None:
-            continue
-        reference = actor.get("reference") if isinstance(actor, dict) else None
-        if reference is None and isinstance(actor, dict):
-            continue  # an actor named by identifier or display only: nothing to read
-        if not isinstance(reference, str) or reference in actors:
-            if not isinstance(reference, str):
-                raise InvalidRequest("actor.reference must be a string", code="value", expression=path)
-            continue
-        resource_type, _, resource_id = reference.partition("/")
-        if not resource_type.isalpha() or not resource_type[:1].isupper() or not is_fhir_id(resource_id):
-            raise InvalidRequest(
-                f"A participant must reference a resource on this server as Type/id, not {reference!r}",
-                code="value",
-                expression=f"{path}.reference",
-            )
-        wanted.setdefault(resource_type, {}).setdefault(resource_id, f"{path}.reference")
-    for resource_type, ids in wanted.items():
-        found = {str(r.get("id")) for r in reader.search(resource_type, [("_id", ",".join(ids))])}
-        for resource_id, path in ids.items():
-            if resource_id not in found:
-                raise Unprocessable(
-                    f"{resource_type}/{resource_id} does not exist, or the caller's credentials may not read it",
-                    code="not-found",
-                    expression=path,
-                )
-
-
 def _landed_booking(store: FhirStore, marker: str) -> Resource | None:
     found = store.search("Appointment", [("_tag", f"{BOOKING_REQUEST_SYSTEM}|{marker}")])
     return found[0] if found else None
 
 
 def settle_lost_booking(
-    store: FhirStore, locks: dict[str, tuple[str, int]], marker: str, clock: Clock, lost: OutcomeUnknown
+    store: FhirStore, locks: Locks, marker: str, clock: Clock, lost: OutcomeUnknown
 ) -> Resource | None:
     """The stored Appointment when a booking whose answer was ``lost`` has landed; ``None`` when
     it has not and never will (the lock is fenced). Raises ``lost`` itself -- the outcome is
@@ -174,6 +133,15 @@ def settle_lost_booking(
         return _landed_booking(store, marker)
     except StoreFailure:
         raise lost from None
+
+
+def footprints(request: BookingRequest) -> dict[str, list[Interval]]:
+    """Per Schedule, the span a booking decides on and writes: the visit with the buffers the
+    proposal carries (checked against the parameters before anything is written)."""
+    return {
+        schedule_id: [Interval(request.visit.start - before, request.visit.end + after)]
+        for schedule_id, (before, after) in request.buffers.items()
+    }
 
 
 def book(
@@ -188,36 +156,62 @@ def book(
 ) -> BookingResult:
     """``$book`` (``hold=False``) or ``$hold``: 201 with the transaction-response, or a replay.
 
+    Three upstream round trips of latency (docs/performance.md): (1) the configuration, the
+    participants and the locks, together; (2) the deciding Slot search and the identifier
+    look-up, together, strictly after the lock read; (3) the transaction. A lost version check
+    repeats (2) and (3) after a fresh lock read.
+
     ``marker`` is the booking request id (generated when not given): it travels on the
     Appointment and the Slots, so a booking whose answer was lost can be found.
     """
     stores = as_stores(stores)
     store = stores.service
-    service, legs = load_legs(
-        stores.caller,
-        request.schedule_ids,
+    reads = participant_reads(request)
+    spans = footprints(request)
+    configuration, service_resource, lock_read, *participants = stores.together(
+        lambda: stores.caller.read_schedules(request.schedule_ids),
+        lambda: stores.caller.read_service(request.service_id),
+        lambda: search_locks(store, spans),
+        *reads.searches(stores.caller),
+    )
+    service, legs = check_legs(
+        configuration[0],
+        configuration[1],
         request.service_id,
+        service_resource,
+        request.schedule_ids,
         expressions=[request.visit_paths[s] for s in request.schedule_ids],
         service_expression=f"{request.root}.serviceType",
-        together=stores.together,
     )
     check_against_parameters(request, legs)
-    check_participants(stores.caller, request, legs)
+    check_participants(reads, dict(participants), {leg.schedule.actor.reference for leg in legs})
     marker = marker or uuid.uuid4().hex
+    first_read: list[LockRead] = [lock_read]
 
     def attempt() -> BookingResult:
-        # Lock, then Slots, then the identifier look-up. A twin request (same identifier) that
-        # committed before our Slot search is found by the look-up that follows it (its
-        # Appointment and Slots landed together), so we answer with it instead of "taken"; one
-        # that commits after our lock read fails our version check, and the next attempt finds it.
-        locks = read_locks(store, request.schedule_ids)
+        # Lock, then Slots and the identifier look-up. A twin request (same identifier) that
+        # committed before our Slot search is found by the look-up (its Appointment and Slots
+        # landed together): at the same time as the Slot search, or, when the Slots already
+        # say "taken", once more after it. One that commits after our lock read fails our
+        # version check, and the next attempt finds it.
+        locks = take_locks(store, first_read.pop() if first_read else search_locks(store, spans))
         now = clock.now()
         span = slot_search_span(request.visit, legs)
-        slot_resources = store.search_slots(request.schedule_ids, span.start, span.end)
-        replay = existing_booking(store, request)
+        slot_resources: list[Resource]
+        replay: BookingResult | None
+        slot_resources, replay = stores.together(
+            lambda: store.search_slots(request.schedule_ids, span.start, span.end),
+            lambda: existing_booking(store, request),
+        )
         if replay is not None:
             return replay
-        decide(service, legs, slot_resources, request.visit, now, request.root)
+        try:
+            decide(service, legs, slot_resources, request.visit, now, request.root)
+        except Conflict:
+            replay = existing_booking(store, request)
+            if replay is not None:
+                return replay
+            raise
         expires = now + hold_ttl if hold else None
         bundle = booking_bundle(request, legs, locks, hold=hold, expires=expires, marker=marker)
         try:
@@ -236,7 +230,11 @@ def book(
             return BookingResult(201, bundle, hold_expiry(landed))
         return BookingResult(201, response_bundle(response), expires)
 
-    return retrying(policy or RetryPolicy(), clock, attempt)
+    attempts = Attempts()
+    result = retrying(
+        policy or RetryPolicy(), clock, attempt, operation="$hold" if hold else "$book", attempts=attempts
+    )
+    return replace(result, attempts=attempts.count)
 
 
 __all__ = [
@@ -245,7 +243,7 @@ __all__ = [
     "Clock",
     "RetryPolicy",
     "book",
-    "check_participants",
     "decide",
+    "footprints",
     "settle_lost_booking",
 ]

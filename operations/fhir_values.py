@@ -7,6 +7,7 @@ that fits (400 for request parameters, 422 for stored configuration).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -157,3 +158,8 @@ def reference_id(reference: Any, resource_type: str) -> str:
     if not is_fhir_id(resource_id):
         raise ValueError(f"{resource_id!r} is not a valid FHIR id")
     return resource_id
+
+
+def transaction_bundle(entries: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """A FHIR ``transaction`` Bundle of these entries: all of them land, or none does."""
+    return {"resourceType": "Bundle", "type": "transaction", "entry": list(entries)}

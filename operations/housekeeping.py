@@ -167,4 +167,4 @@ def release_ended(
         except OutcomeUnknown as exc:
             raise ConcurrentChange("the answer was lost; re-reading") from exc
 
-    return retrying(policy or RetryPolicy(), clock, attempt)
+    return retrying(policy or RetryPolicy(), clock, attempt, operation="hold sweep")

@@ -27,9 +27,9 @@ from operations.errors import (
     StoreFailure,
     Unprocessable,
 )
-from operations.fhir_values import dig, format_instant, reference_id
-from operations.locks import fence, lock_entries, read_locks
-from operations.model import HOLD_EXPIRES_URL, SlotStatus
+from operations.fhir_values import dig, format_instant, parse_instant, reference_id, transaction_bundle
+from operations.locks import NO_LOCKS, fence, lock_entries, read_locks
+from operations.model import HOLD_EXPIRES_URL, Interval, SlotStatus
 from operations.retries import Clock, RetryPolicy, retrying
 from operations.store import FhirReader, FhirStore, Resource, Stores, as_stores
 from operations.writes import BookingResult as OperationResult
@@ -39,7 +39,6 @@ from operations.writes import (
     replay_bundle,
     response_bundle,
     slot_ids,
-    transaction_bundle,
     version_of,
     versioned_put,
 )
@@ -70,14 +69,17 @@ def _read_appointment(reader: FhirReader, appointment_id: str) -> Resource:
     return appointment
 
 
-def _schedule_ids(slots: Sequence[Resource]) -> list[str]:
-    found = set()
+def _footprints(slots: Sequence[Resource]) -> dict[str, list[Interval]]:
+    """Per Schedule, the spans of these Slots: what a write changing them locks."""
+    found: dict[str, list[Interval]] = {}
     for slot in slots:
         try:
-            found.add(reference_id(dig(slot, "schedule", "reference"), "Schedule"))
-        except ValueError:
+            schedule_id = reference_id(dig(slot, "schedule", "reference"), "Schedule")
+            span = Interval(parse_instant(slot["start"]), parse_instant(slot["end"]))
+        except (KeyError, TypeError, ValueError):
             continue
-    return sorted(found)
+        found.setdefault(schedule_id, []).append(span)
+    return found
 
 
 class _LostWrite:
@@ -139,7 +141,7 @@ def confirm(
             )
         ids = slot_ids(appointment)
         slots = store.search("Slot", [("_id", ",".join(ids))]) if ids else []
-        locks = read_locks(store, _schedule_ids(slots)) if slots else {}
+        locks = read_locks(store, _footprints(slots)) if slots else NO_LOCKS
         # "Now" after the lock read: a booking that took this time because it saw the hold as
         # lapsed has committed a newer lock version, and this transaction will fail on it.
         expires = hold_expiry(appointment)
@@ -170,7 +172,7 @@ def confirm(
             raise retry from exc
         return OperationResult(200, response_bundle(response))
 
-    return retrying(policy or RetryPolicy(), clock, lost.guarding(attempt))
+    return retrying(policy or RetryPolicy(), clock, lost.guarding(attempt), operation="$confirm")
 
 
 def cancellation_reason(params: Sequence[tuple[str, Any]]) -> Resource | None:
@@ -239,4 +241,4 @@ def cancel(
         )
         return OperationResult(200, cancelled or store.read("Appointment", appointment_id) or {})
 
-    return retrying(policy or RetryPolicy(), clock, lost.guarding(attempt))
+    return retrying(policy or RetryPolicy(), clock, lost.guarding(attempt), operation="$cancel")

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from operations.fhir_values import dig, format_instant, parse_instant, reference_id
-from operations.locks import lock_entries
+from operations.fhir_values import dig, format_instant, parse_instant, reference_id, transaction_bundle
+from operations.locks import Locks, lock_entries
 from operations.model import (
     FANONI_CODE_SYSTEM,
     HOLD_EXPIRES_URL,
@@ -43,6 +43,8 @@ class BookingResult:
     status: int
     bundle: Resource
     expires: datetime | None = None
+    attempts: int = 1
+    """How many times the operation read and decided (1 + the retries after version conflicts)."""
 
 
 def _written_slots(
@@ -92,7 +94,7 @@ def booking_marker(resource: Resource) -> str | None:
 def booking_bundle(
     request: BookingRequest,
     legs: Sequence[Leg],
-    locks: dict[str, tuple[str, int]],
+    locks: Locks,
     *,
     hold: bool,
     expires: datetime | None,
@@ -230,10 +232,6 @@ def versioned_put(resource: Resource, version: str) -> Resource:
         request["ifMatch"] = f'W/"{version}"'
     body = {k: v for k, v in resource.items() if k != "meta"}
     return {"fullUrl": url, "resource": body, "request": request}
-
-
-def transaction_bundle(entries: list[Resource]) -> Resource:
-    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 
 
 def release_bundle(

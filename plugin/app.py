@@ -120,6 +120,7 @@ def _register_request_log(app: Flask) -> None:
                 "status": response.status_code,
                 "duration_ms": round((time.monotonic() - g.get("started", time.monotonic())) * 1000, 1),
                 "upstream_round_trips": upstream_calls,
+                **({"attempts": g.attempts} if "attempts" in g else {}),
             },
         )
         return response

@@ -89,7 +89,8 @@ def _book(*, hold: bool) -> Response:
         clock=_clock(),
         policy=_policy(),
     )
-    headers: dict[str, str] = {}
+    g.attempts = result.attempts
+    headers: dict[str, str] = {"X-Fanoni-Attempts": str(result.attempts)}
     if result.expires is not None:
         headers["Expires"] = format_datetime(result.expires.astimezone(UTC), usegmt=True)
     first = (result.bundle.get("entry") or [{}])[0].get("resource") or {}

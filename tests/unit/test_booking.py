@@ -125,15 +125,27 @@ class TestBook:
             do_book(store, copy.deepcopy(proposal))
         assert len([a for a in of_type(store, "Appointment") if a["start"] == proposal["start"]]) == 1
 
-    def test_a_concurrent_booking_of_another_time_does_not_cause_a_false_conflict(self) -> None:
+    def test_a_concurrent_booking_of_another_time_does_not_even_cause_a_retry(self) -> None:
         store = clinic()
         first, other = at(store, "09:15"), at(store, "10:15")  # footprints do not overlap
-        do_book(store, at(store, "11:15"))  # creates the lock
+        do_book(store, at(store, "11:15"))  # creates the locks of the day's buckets
         store.before_transaction.append(lambda: do_book(store, copy.deepcopy(other)))
         clock = FakeClock()
         result = do_book(store, copy.deepcopy(first), clock=clock)
-        assert result.status == 201
-        assert len(clock.slept) == 1  # one version conflict, one re-decision
+        assert (result.status, result.attempts) == (201, 1)
+        assert clock.slept == []  # different buckets: no version conflict, no re-decision
+        assert len(of_type(store, "Appointment")) == 3
+
+    def test_a_concurrent_booking_in_a_shared_bucket_causes_one_retry(self) -> None:
+        store = clinic()
+        # 09:05-09:50 and 09:50-10:35 with their buffers: no overlap, one shared 15-minute bucket
+        first, other = at(store, "09:15"), at(store, "10:00")
+        do_book(store, at(store, "11:15"))
+        store.before_transaction.append(lambda: do_book(store, copy.deepcopy(other)))
+        clock = FakeClock()
+        result = do_book(store, copy.deepcopy(first), clock=clock)
+        assert (result.status, result.attempts) == (201, 2)
+        assert len(clock.slept) == 1  # a shared bucket: one version conflict, one re-decision
         assert len(of_type(store, "Appointment")) == 3
 
     def test_retries_stop_at_the_deadline(self) -> None:
@@ -142,8 +154,8 @@ class TestBook:
         do_book(store, proposals(store)[-1])
 
         def rival() -> None:
-            lock = next(r for r in of_type(store, "Basic"))
-            lock["meta"]["versionId"] = str(int(lock["meta"]["versionId"]) + 1)
+            for lock in of_type(store, "Basic"):
+                lock["meta"]["versionId"] = str(int(lock["meta"]["versionId"]) + 1)
             store.before_transaction.append(rival)
 
         store.before_transaction.append(rival)

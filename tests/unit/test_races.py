@@ -23,7 +23,7 @@ from operations.lifecycle import cancel, confirm
 from operations.model import HOLD_EXPIRES_URL
 from operations.store import Stores
 from operations.writes import BOOKING_REQUEST_SYSTEM, HOLD_TAG, booking_marker
-from tests.unit.builders import patient
+from tests.unit.builders import hours, patient, practitioner, schedule, service
 from tests.unit.fake_store import FakeFhirStore
 from tests.unit.test_booking import NOW, TTL, FakeClock, at, clinic, of_type
 
@@ -506,3 +506,73 @@ def test_every_written_resource_carries_the_booking_request_id_and_identifiers_s
     markers = {booking_marker(e["resource"]) for e in result.bundle["entry"]}
     assert len(markers) == 1 and None not in markers
     assert appointment_of(result)["identifier"] == [{"system": "urn:app", "value": "v1"}]
+
+
+# ---- bucket locks (issue 7): no queue behind one Schedule, overlaps still exclusive -----------
+
+
+def book_now(store: FakeFhirStore, proposal: Resource, **stores: Any) -> Any:
+    target: Any = Stores(caller=store, service=store, **stores) if stores else store
+    return book(target, request_for(proposal), hold=False, hold_ttl=TTL, clock=FakeClock().clock())
+
+
+def test_two_first_bookings_of_a_bucket_group_cannot_both_create_its_locks() -> None:
+    """A and B both find the day's bucket locks missing and decide on the same free time; B
+    creates the locks and commits first. A's transaction would create them too -- a plain
+    upsert that checks nothing -- so it carries the Schedule's master lock, version-checked:
+    it fails, re-reads, sees B's visit and answers 409. Without the master in the creating
+    transaction both visits land."""
+    store = clinic()
+    book_now(store, at(store, "11:15"))  # the master exists; this group's buckets too
+    store.resources = {k: v for k, v in store.resources.items() if ".b" not in k}  # a fresh group
+    proposal = at(store, "09:15")
+    store.pause_after("search_slots", lambda: book_now(store, proposal))
+    with pytest.raises(Conflict, match="already booked"):
+        book_now(store, proposal)
+    assert visits(store) == [("2026-12-07T09:15:00-05:00", "busy"), ("2026-12-07T11:15:00-05:00", "busy")]
+
+
+def test_a_booking_overlapping_another_by_one_bucket_still_loses() -> None:
+    """09:30 (09:20-10:05 with buffers) commits while 09:15 (09:05-09:50) is paused after its
+    Slot search: they share the 09:15 and 09:30 buckets, so 09:15 fails its version check,
+    re-reads and finds the time taken."""
+    store = clinic()
+    book_now(store, at(store, "11:15"))
+    store.pause_after("search_slots", lambda: book_now(store, at(store, "09:30")))
+    with pytest.raises(Conflict):
+        book_now(store, at(store, "09:15"))
+    assert [start for start, _ in visits(store)] == ["2026-12-07T09:30:00-05:00", "2026-12-07T11:15:00-05:00"]
+
+
+def test_the_last_place_of_a_shared_time_goes_to_one_booking() -> None:
+    """Capacity 2, one place left: A pauses after its Slot search (one place free), B takes
+    the place. A shares every bucket with B, fails its version check and finds the time full."""
+    store = FakeFhirStore(
+        practitioner("alice", "America/New_York"),
+        service(hours=[hours("mon", "09:00", "12:00")], duration=30, alignmentInterval=15, slotCapacity=2),
+        schedule("alice", "Practitioner/alice", ["checkup"]),
+    )
+    proposal = at(store, "09:15")
+    book_now(store, proposal)
+    store.pause_after("search_slots", lambda: book_now(store, proposal))
+    with pytest.raises(Conflict):
+        book_now(store, proposal)
+    assert len(visits(store)) == 2
+
+
+def test_a_twin_seen_by_the_slot_search_but_not_by_the_look_up_is_found_by_a_second_look_up() -> None:
+    """The Slot search and the identifier look-up run at the same time. Here the look-up goes
+    first and finds nothing, then the twin commits, then the Slot search sees the twin's
+    visit: the decision says "taken", and a second look-up finds the twin -- 200, not 409."""
+    store = clinic()
+    proposal = at(store, "09:15") | {"identifier": [{"system": "urn:app", "value": "visit-9"}]}
+    book_now(store, at(store, "11:15"))
+    first: list[Any] = []
+    store.pause_after("search Appointment", lambda: first.append(book_now(store, proposal)))
+
+    def look_up_first(*calls: Any) -> list[Any]:
+        return list(reversed([call() for call in reversed(calls)]))
+
+    second = book_now(store, proposal, together=look_up_first)
+    assert (first[0].status, second.status) == (201, 200)
+    assert appointment_of(second)["id"] == appointment_of(first[0])["id"]

@@ -1,0 +1,89 @@
+"""Who a booking names: every participant besides the schedule actors (the patient, a relative,
+...) must be readable with the caller's credentials -- a caller may book for what it may read
+(SPEC §5.1).
+
+The reads are planned from the proposal alone (:func:`participant_reads`), so they run in the
+booking's first round trip, at the same time as the configuration and lock reads; the answer is
+checked once the Schedules, and so their actors, are known (:func:`check_participants`). One
+search per resource type, whatever the number of participants. An upstream 401/403 reaches the
+caller as such (raised by the store); a participant the search does not return is 422
+``not-found``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+
+from operations.errors import InvalidRequest, Unprocessable
+from operations.fhir_values import is_fhir_id
+from operations.proposal import BookingRequest
+from operations.store import FhirReader
+
+
+@dataclass(frozen=True)
+class ParticipantReads:
+    """The participant references of a proposal, by resource type and id, with their FHIRPaths."""
+
+    wanted: dict[str, dict[str, str]] = field(default_factory=dict)
+    """``{resource type: {id: FHIRPath}}`` of the well-formed references."""
+    malformed: dict[str, str] = field(default_factory=dict)
+    """``{reference: FHIRPath}`` of references that are not ``Type/id`` (fine only for an actor)."""
+
+    def searches(self, reader: FhirReader) -> list[Callable[[], tuple[str, set[str]]]]:
+        """One read per resource type: ``(type, ids found)``, ready to run together."""
+
+        def search(resource_type: str, ids: Collection[str]) -> Callable[[], tuple[str, set[str]]]:
+            return lambda: (
+                resource_type,
+                {str(r.get("id")) for r in reader.search(resource_type, [("_id", ",".join(ids))])},
+            )
+
+        return [search(resource_type, ids) for resource_type, ids in self.wanted.items()]
+
+
+def participant_reads(request: BookingRequest) -> ParticipantReads:
+    """Plan the reads; a participant that is not an object, or an actor reference that is not a
+    string, is 400 at once."""
+    reads = ParticipantReads()
+    for index, participant in enumerate(request.appointment.get("participant") or []):
+        path = f"{request.root}.participant[{index}].actor"
+        if not isinstance(participant, dict):
+            raise InvalidRequest("A participant must be an object", code="structure", expression=path)
+        actor = participant.get("actor")
+        if actor is None:
+            continue
+        reference = actor.get("reference") if isinstance(actor, dict) else None
+        if reference is None and isinstance(actor, dict):
+            continue  # an actor named by identifier or display only: nothing to read
+        if not isinstance(reference, str):
+            raise InvalidRequest("actor.reference must be a string", code="value", expression=path)
+        resource_type, _, resource_id = reference.partition("/")
+        if not resource_type.isalpha() or not resource_type[:1].isupper() or not is_fhir_id(resource_id):
+            reads.malformed.setdefault(reference, f"{path}.reference")
+            continue
+        reads.wanted.setdefault(resource_type, {}).setdefault(resource_id, f"{path}.reference")
+    return reads
+
+
+def check_participants(
+    reads: ParticipantReads, found: Mapping[str, Collection[str]], actors: Collection[str]
+) -> None:
+    """Every participant that is not a schedule actor was found (``found``: per type, the ids
+    the caller's searches returned); raises 400/422 pointing at the first that was not."""
+    for reference, path in reads.malformed.items():
+        if reference not in actors:
+            raise InvalidRequest(
+                f"A participant must reference a resource on this server as Type/id, not {reference!r}",
+                code="value",
+                expression=path,
+            )
+    for resource_type, ids in reads.wanted.items():
+        for resource_id, path in ids.items():
+            if f"{resource_type}/{resource_id}" in actors or resource_id in found.get(resource_type, ()):
+                continue
+            raise Unprocessable(
+                f"{resource_type}/{resource_id} does not exist, or the caller's credentials may not read it",
+                code="not-found",
+                expression=path,
+            )

@@ -1,0 +1,104 @@
+"""How many upstream round trips of latency ``$book`` and ``$hold`` cost (issue 7, deliver 2):
+(1) configuration, participants and locks together, (2) the deciding Slot search and the
+identifier look-up together, strictly after the lock read, (3) the transaction."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+from operations.booking import book
+from operations.proposal import BookingRequest
+from operations.store import Stores
+from tests.unit.fake_store import FakeFhirStore
+from tests.unit.test_booking import TTL, FakeClock, at, clinic
+
+
+class Waves:
+    """A ``Together`` that counts sequential round trips: each group of reads run together is
+    one, and so is each store call made on its own."""
+
+    def __init__(self, store: FakeFhirStore) -> None:
+        self.store = store
+        self.groups: list[list[str]] = []
+        self._grouped = 0
+
+    def __call__(self, *calls: Callable[[], Any]) -> list[Any]:
+        before = len(self.store.calls)
+        results = [call() for call in calls]
+        self.groups.append(self.store.calls[before:])
+        self._grouped += len(self.store.calls) - before
+        return results
+
+    @property
+    def count(self) -> int:
+        return len(self.groups) + len(self.store.calls) - self._grouped
+
+
+def booked(store: FakeFhirStore, proposal: dict[str, Any], *, hold: bool = False) -> Waves:
+    waves = Waves(store)
+    request = BookingRequest.from_body(copy.deepcopy(proposal))
+    book(
+        Stores(caller=store, service=store, together=waves),
+        request,
+        hold=hold,
+        hold_ttl=TTL,
+        clock=FakeClock().clock(),
+    )
+    return waves
+
+
+def with_patient(proposal: dict[str, Any]) -> dict[str, Any]:
+    proposal = copy.deepcopy(proposal)
+    proposal["participant"].append({"actor": {"reference": "Patient/pat"}, "status": "accepted"})
+    proposal["identifier"] = [{"system": "urn:app", "value": "r-1"}]
+    return proposal
+
+
+def test_a_booking_costs_three_round_trips() -> None:
+    store = clinic()
+    store.add({"resourceType": "Patient", "id": "pat"})
+    booked(store, at(store, "11:15"))  # the Schedule's first booking ever: creates its master lock
+    for hold in (False, True):
+        proposal = with_patient(at(store, "09:15" if hold else "10:15"))
+        store.calls.clear()
+        waves = booked(store, proposal, hold=hold)
+        assert waves.count == 3, (store.calls, waves.groups)
+        first, second = waves.groups
+        assert sorted(first) == [
+            "read_schedules",
+            "read_service",
+            "search Basic",
+            "search Patient",
+            "search Practitioner",
+        ]
+        assert sorted(second) == ["search Appointment", "search_slots"]  # after the lock read
+        assert store.calls[-1] == "transaction"
+        store.resources = {k: v for k, v in store.resources.items() if not k.startswith("Appointment/")}
+
+
+def test_the_first_booking_of_a_schedule_creates_its_master_lock_first() -> None:
+    store = clinic()
+    proposal = at(store, "09:15")
+    store.calls.clear()
+    waves = booked(store, proposal)
+    # the master's creation and the search again, then the Slots and the booking's transaction
+    assert waves.count == 5, store.calls
+
+
+def test_a_retry_after_a_version_conflict_repeats_only_the_lock_read_slot_search_and_transaction() -> None:
+    store = clinic()
+    booked(store, at(store, "11:15"))
+    rival = at(store, "10:00")  # no overlap with 09:15, but a shared 15-minute bucket
+    store.before_transaction.append(lambda: booked(store, rival) and None)
+    proposal = at(store, "09:15")
+    store.calls.clear()
+    waves = booked(store, proposal)
+    ours = [call for call in store.calls if call != "read_schedules"]
+    assert len(waves.groups) == 3  # RT 1 and 2 of the first attempt, RT 2 of the retry
+    assert waves.groups[2] == ["search_slots"]
+    # Lock searches: ours, the rival's, ours again (alone, no configuration read again).
+    assert store.calls.count("search Basic") == 3
+    assert store.calls.count("read_schedules") == 2  # ours and the rival's, once each
+    assert ours[-3:] == ["search Basic", "search_slots", "transaction"]
