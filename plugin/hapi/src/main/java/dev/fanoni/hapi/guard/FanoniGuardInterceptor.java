@@ -35,8 +35,9 @@ import org.slf4j.LoggerFactory;
  *       {@code busy-tentative} (blocks, {@code busy-unavailable}, and extra availability, {@code free},
  *       stay writable by whoever HAPI lets write them);
  *   <li>create, update or delete of a lock resource: a {@code Basic} whose id starts with
- *       {@value #LOCK_ID_PREFIX}, or whose {@code code} has the coding {@value #FANONI_SYSTEM}|{@value
- *       #LOCK_CODE} (old or new version);
+ *       {@value #LOCK_ID_PREFIX} (the master and the bucket locks), or whose {@code code} has the
+ *       coding {@value #FANONI_SYSTEM}|{@value #LOCK_CODE} or |{@value #BUCKET_LOCK_CODE} (old or new
+ *       version);
  *   <li>a write that introduces one of the sidecar's markers onto an {@code Appointment} or {@code Slot}:
  *       a {@code meta.tag} with system {@value #BOOKING_REQUEST_SYSTEM} (the booking request id, any
  *       code) or the {@code meta.tag} {@value #FANONI_SYSTEM}|{@value #HOLD_TAG}, that the old version did
@@ -75,6 +76,8 @@ public class FanoniGuardInterceptor {
 	/** Tag system of the booking request id the sidecar writes on its Appointments and Slots. */
 	public static final String BOOKING_REQUEST_SYSTEM = "https://fanoni.dev/fhir/booking-request";
 	public static final String LOCK_CODE = "schedule-lock";
+	/** The code of the per-bucket locks ({@code fanoni-lock-<schedule>.b<n>}). */
+	public static final String BUCKET_LOCK_CODE = "schedule-time-lock";
 	public static final String HOLD_TAG = "hold";
 	public static final String LOCK_ID_PREFIX = "fanoni-lock-";
 
@@ -351,7 +354,8 @@ public class FanoniGuardInterceptor {
 		}
 		for (IBase coding : theTerser.getValues(theBasic, "code.coding")) {
 			if (FANONI_SYSTEM.equals(theTerser.getSinglePrimitiveValueOrNull(coding, "system"))
-					&& LOCK_CODE.equals(theTerser.getSinglePrimitiveValueOrNull(coding, "code"))) {
+					&& Set.of(LOCK_CODE, BUCKET_LOCK_CODE)
+							.contains(theTerser.getSinglePrimitiveValueOrNull(coding, "code"))) {
 				return true;
 			}
 		}

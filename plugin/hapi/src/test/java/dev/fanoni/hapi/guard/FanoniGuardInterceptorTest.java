@@ -111,6 +111,12 @@ class FanoniGuardInterceptorTest {
 		assertEquals("Basic/fanoni-lock-schedule-1", refusal.target());
 		assertEquals(Rule.LOCK, create(byCode, null).rule());
 		assertEquals(Rule.LOCK, delete(byId, null).rule());
+		Basic bucket = new Basic();
+		bucket.setId("fanoni-lock-schedule-1.b942000");
+		assertEquals(Rule.LOCK, create(bucket, null).rule());
+		Basic bucketByCode = new Basic();
+		bucketByCode.getCode().addCoding().setSystem(FanoniGuardInterceptor.FANONI_SYSTEM).setCode("schedule-time-lock");
+		assertEquals(Rule.LOCK, create(bucketByCode, null).rule());
 		// Turning a lock into something else, or something else into a lock, is guarded too.
 		Basic wasLock = byCode.copy();
 		wasLock.setId("x");
