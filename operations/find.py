@@ -403,7 +403,8 @@ def find_availability(stores: Stores | SchedulingStore, request: FindRequest) ->
     is still known to be taken (SPEC §5.1). With the service named, the three reads run
     ``together`` -- one upstream round trip of latency, whatever the number of schedules -- and
     the Slot search covers the range plus :data:`SLOT_MARGIN`; a schedule whose buffers reach
-    further gets a second Slot search.
+    further gets a second Slot search. Without it, the service is read after the Schedules
+    that name it (two round trips; the Slot search goes with the first).
     """
     configuration, slot_reader = _readers(stores)
     together = stores.together if isinstance(stores, Stores) else one_after_another
@@ -424,7 +425,15 @@ def find_availability(stores: Stores | SchedulingStore, request: FindRequest) ->
             found[0], found[1], service_id, service_resource, ids, schedule_in_url=request.schedule_in_url
         )
     else:
-        service, legs = load_legs(configuration, ids, None, schedule_in_url=request.schedule_in_url)
+        # The service follows from the Schedules: their read and the Slot search go together,
+        # the service's read follows (two round trips of latency).
+        searched = Interval(window.start - SLOT_MARGIN, window.end + SLOT_MARGIN)
+        span_guess = searched
+        legs_found, slot_resources = together(
+            lambda: load_legs(configuration, ids, None, schedule_in_url=request.schedule_in_url),
+            lambda: slot_reader.search_slots(ids, span_guess.start, span_guess.end),
+        )
+        service, legs = legs_found
     span = slot_search_span(window, legs)
     if searched is None or span.start < searched.start or span.end > searched.end:
         slot_resources = slot_reader.search_slots([leg.schedule.id for leg in legs], span.start, span.end)

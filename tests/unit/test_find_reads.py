@@ -70,3 +70,20 @@ def test_when_reads_fail_the_first_failure_in_order_is_the_answer() -> None:
     store = clinic()
     with pytest.raises(Unprocessable, match="HealthcareService/nope does not exist"):
         find(store, Recording(), service_id="nope")
+
+
+def test_without_the_service_named_the_slot_search_goes_with_the_schedules() -> None:
+    store, together = clinic(), Recording()
+    request = FindRequest.from_parameters(
+        [
+            ("start", "2026-12-07T00:00:00-05:00"),
+            ("end", "2026-12-08T00:00:00-05:00"),
+        ],
+        now=LONG_AGO,
+        max_range_days=31,
+        schedule_id="alice",  # Schedule/alice/$find: the Schedule's one service
+    )
+    found = find_appointments(Stores(caller=store, service=store, together=together), request)
+    assert len(found["entry"]) == 3  # 09:00, 10:00, 11:00 (30-minute visits on an hourly grid)
+    assert together.groups == [2]  # Schedules and Slots together; then the service they name
+    assert store.calls == ["read_schedules", "read_service", "search_slots"]
