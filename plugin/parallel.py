@@ -2,7 +2,9 @@
 
 ``$find`` reads the Schedules, the service and the Slots; none needs another's answer (the Slot
 search takes a margin for buffers it does not know yet), so they go out together and the
-operation waits one upstream round trip instead of three (issue 7; operations/find.py).
+operation waits one upstream round trip instead of three (issue 7; operations/find.py). A
+booking sends its configuration, participant and lock reads together, then its Slot search and
+identifier look-up together (operations/booking.py).
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-READ_THREADS = 16
-"""Threads per process for concurrent reads: a gthread worker's 4 request threads times the 3
-reads of a ``$find``, with room to spare. Reads wait on the network, not on the CPU."""
+READ_THREADS = 32
+"""Threads per process for concurrent reads: a gthread worker's 4 request threads times the up
+to 5 reads of a booking's first round trip (3 for a ``$find``), with room to spare. Reads wait
+on the network, not on the CPU; a read that finds every thread busy waits for one."""
 
 
 class Parallel:

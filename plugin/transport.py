@@ -1,5 +1,6 @@
 """HTTP to the upstream FHIR server for one identity in one request: headers, credentials, the
-guard key, timeouts within the request's time budget, and what a transport failure means.
+guard key, timeouts within the request's time budget, what a transport failure means, and
+following a search's ``next`` pages (never to another host).
 
 :class:`Transport` is the base of ``plugin.upstream.FhirUpstream``, which adds the FHIR reads,
 searches and transactions on top.
@@ -12,8 +13,9 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Protocol
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import requests
 import requests.adapters
@@ -29,6 +31,7 @@ from plugin.upstream_errors import (
     UpstreamError,
     UpstreamTimeout,
     UpstreamUnavailable,
+    fhir_resource,
     is_read_timeout,
     never_connected,
     raise_for_status,
@@ -42,6 +45,8 @@ FHIR_JSON = "application/fhir+json"
 SERVICE_KEY_HEADER = "X-Fanoni-Service-Key"
 """How the HAPI guard recognises the sidecar's own writes (docs/security.md)."""
 _POOL_SIZE = 32
+PAGE_SIZE = 1000
+"""``_count`` asked for on every search; the server may cap it, paging then does the rest."""
 
 
 class Client(Protocol):
@@ -229,3 +234,65 @@ class Transport:
 
     def _raise_for_status(self, response: requests.Response) -> None:
         raise_for_status(response, own_credentials=self._credentials is not None, request_id=self._request_id)
+
+    # ---- paging -------------------------------------------------------------------------------
+
+    def _search_pages(
+        self,
+        resource_type: str,
+        params: Params | Mapping[str, str],
+        *,
+        headers: Mapping[str, str] | None,
+    ) -> Iterator[Resource]:
+        query = list(params.items()) if isinstance(params, Mapping) else list(params)
+        if not any(name == "_count" for name, _ in query):
+            query.append(("_count", str(PAGE_SIZE)))
+        url: str = f"{self._base}/{resource_type}"
+        page_query: list[tuple[str, str]] | None = query
+        seen: set[str] = set()
+        while True:
+            response = self._send("GET", url, params=page_query, headers=headers)
+            raise_for_status(
+                response, own_credentials=self._credentials is not None, request_id=self._request_id
+            )
+            bundle = fhir_resource(response, "Bundle")
+            yield bundle
+            next_link = _link(bundle, "next")
+            if next_link is None:
+                return
+            url = self._paging_url(next_link)
+            page_query = None  # the next link carries its own query
+            if url in seen:
+                raise UpstreamBadResponse("the upstream FHIR server returned a paging loop")
+            seen.add(url)
+
+    def _paging_url(self, link: str) -> str:
+        """Where to fetch a ``next`` page, without ever sending credentials to another host.
+
+        HAPI writes links with its configured public address, which behind an ingress may not
+        be the ``FHIR_BASE_URL`` the sidecar reaches it by; when the path layout is the same
+        the link is re-based onto ``FHIR_BASE_URL``, otherwise it is refused.
+        """
+        base = urlsplit(self._base)
+        target = urlsplit(urljoin(self._base + "/", link))
+        if (target.scheme, target.netloc) == (base.scheme, base.netloc):
+            return target.geturl()
+        base_path = base.path.rstrip("/")
+        if not base_path or target.path == base_path or target.path.startswith(base_path + "/"):
+            return urlunsplit((base.scheme, base.netloc, target.path, target.query, ""))
+        logger.error(
+            "upstream paging link is outside FHIR_BASE_URL; not following it",
+            extra={"link": link, "fhir_base_url": self._base},
+        )
+        raise UpstreamBadResponse(
+            "the upstream FHIR server returned a paging link outside FHIR_BASE_URL (see the sidecar log)"
+        )
+
+
+def _link(bundle: Resource, relation: str) -> str | None:
+    for link in bundle.get("link") or []:
+        if isinstance(link, dict) and link.get("relation") == relation:
+            url = link.get("url")
+            if isinstance(url, str) and url:
+                return url
+    return None

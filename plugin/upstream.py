@@ -22,9 +22,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import requests
 import requests.adapters
@@ -41,7 +40,8 @@ from operations.store import Resource
 from plugin.config import Settings
 from plugin.identity import ServiceCredentials, credentials_from_settings
 from plugin.provenance import Attribution, with_provenance
-from plugin.transport import Params, Transport, new_session
+from plugin.slot_index import SlotEndIndex
+from plugin.transport import PAGE_SIZE, Params, Transport, new_session
 from plugin.upstream_errors import (
     UpstreamBadResponse,
     UpstreamRejected,
@@ -52,19 +52,9 @@ from plugin.upstream_errors import (
     is_delete_conflict,
     outcome_or_none,
     outcome_text,
-    raise_for_status,
 )
 
 logger = logging.getLogger(__name__)
-
-PAGE_SIZE = 1000
-"""``_count`` asked for on every search; the server may cap it, paging then does the rest."""
-SLOT_END_CACHE_SECONDS = 600.0
-"""How long an answer about Slot ``end`` (supported, index complete) is trusted before it is
-checked again."""
-SLOT_END_NOT_READY_RECHECK_SECONDS = 10.0
-"""While the upstream is still indexing Slot ``end``, how often to look again."""
-_EARLIEST_END = "ge1000-01-01"
 
 _STRICT = {"Prefer": "handling=strict"}
 """Ask the server to refuse parameters it does not know rather than ignore them: an ignored
@@ -94,8 +84,7 @@ class UpstreamClient:
         self._lock = threading.Lock()
         self._session: requests.Session | None = None
         self._session_pid: int | None = None
-        self._slot_end: tuple[bool, float] | None = None
-        self._slot_end_ready: tuple[bool, float] | None = None
+        self.slot_end = SlotEndIndex(settings.slot_end_search, clock)
         self.credentials: ServiceCredentials = (
             credentials if credentials is not None else credentials_from_settings(settings, self.session)
         )
@@ -138,34 +127,12 @@ class UpstreamClient:
         return self.as_service(Attribution(operation, request_id, self.settings.service_name))
 
     def slot_end_supported(self) -> bool | None:
-        """Whether to search Slots by ``end``; ``None``: unknown, the next query finds out."""
-        mode = self.settings.slot_end_search
-        if mode == "off":
-            return False
-        with self._lock:
-            if self._slot_end is not None:
-                supported, checked_at = self._slot_end
-                if self._clock() - checked_at < SLOT_END_CACHE_SECONDS:
-                    return supported
-        return None
-
-    def remember_slot_end_support(self, supported: bool) -> None:
-        with self._lock:
-            self._slot_end = (supported, self._clock())
+        """Whether to search Slots by ``end`` (:meth:`SlotEndIndex.supported`)."""
+        return self.slot_end.supported()
 
     def slot_end_index_ready(self) -> bool | None:
-        """Whether every stored Slot is indexed by ``end`` (``None``: unknown, or time to look
-        again). Not ready is looked at again after a few seconds, ready after ten minutes."""
-        with self._lock:
-            if self._slot_end_ready is None:
-                return None
-            ready, checked_at = self._slot_end_ready
-            limit = SLOT_END_CACHE_SECONDS if ready else SLOT_END_NOT_READY_RECHECK_SECONDS
-            return ready if self._clock() - checked_at < limit else None
-
-    def remember_slot_end_index(self, ready: bool) -> None:
-        with self._lock:
-            self._slot_end_ready = (ready, self._clock())
+        """Whether every Slot is indexed by ``end`` (:meth:`SlotEndIndex.index_ready`)."""
+        return self.slot_end.index_ready()
 
 
 # --------------------------------------------------------------------------------------------
@@ -253,7 +220,7 @@ class FhirUpstream(Transport):
         ``start=lt{end}&end=gt{start}``, exact whatever the Slot's length. Otherwise: ``start``
         within ``SLOT_LOOKBACK_DAYS`` before the range, which sees any Slot shorter than the
         look-back. Whether the index is complete is found out by counting (see
-        :meth:`_slot_end_index_complete`), so no decision rests on ``end=`` while the upstream
+        :class:`plugin.slot_index.SlotEndIndex`), so no decision rests on ``end=`` while the upstream
         is still indexing Slots stored before the parameter existed.
         """
         wanted = _valid_ids(schedule_ids)
@@ -264,7 +231,7 @@ class FhirUpstream(Transport):
             ("start", "lt" + _search_instant(end, round_up=True)),
         ]
         settings = self._client.settings
-        if self._use_slot_end():
+        if self._client.slot_end.usable(self._count):
             # ``gt`` compares against the end of the stated second; one second earlier keeps a
             # Slot ending a fraction of a second after ``start`` (more is fine, fewer is not).
             lower = _search_instant(start - timedelta(seconds=1), round_up=False)
@@ -275,52 +242,6 @@ class FhirUpstream(Transport):
             [*common, ("start", "ge" + _search_instant(lookback, round_up=False))],
             headers=_STRICT,
         )
-
-    def _use_slot_end(self) -> bool:
-        """Whether this Slot search may use ``end``: the parameter exists and every stored Slot
-        is indexed by it. Costs two or three counting searches once per process (and again every
-        ten minutes, or every few seconds while the upstream is still indexing)."""
-        client = self._client
-        if client.settings.slot_end_search == "on":
-            return True  # the operator vouches for the parameter and its index
-        if client.slot_end_supported() is False:
-            return False
-        ready = client.slot_end_index_ready()
-        if ready is None:
-            ready = self._slot_end_index_complete()
-            if ready is None:
-                return False  # the parameter is unknown: remembered as unsupported
-            client.remember_slot_end_index(ready)
-            if not ready:
-                logger.info("the upstream is still indexing Slot end; using the start look-back meanwhile")
-        return ready
-
-    def _slot_end_index_complete(self) -> bool | None:
-        """``True`` when every Slot on the upstream is found by an ``end`` search -- every Slot
-        has an ``end``, so the count of ``Slot?end=ge1000-01-01`` equals the count of all Slots
-        (counted before and after it) when the index is complete. ``None``: the upstream does not
-        know ``end``.
-
-        A server-agnostic way to learn that a reindex has finished, whichever process or tool
-        asked for it. Slots written between the two counts make them differ; that only means
-        "look again shortly"; a wrong "complete" would need writes that exactly make up for the
-        Slots not yet indexed, between two of the three counts.
-        """
-        before = self._count("Slot", [])
-        try:
-            indexed = self._count("Slot", [("end", _EARLIEST_END)])
-        except UpstreamRejected as exc:
-            if exc.upstream_status != 400:
-                raise
-            logger.info(
-                "upstream refused the Slot 'end' search parameter; using the start look-back",
-                extra={"upstream_diagnostics": exc.diagnostics},
-            )
-            self._client.remember_slot_end_support(False)
-            return None
-        self._client.remember_slot_end_support(True)
-        # Counted before and after: a Slot written or deleted meanwhile shows as a difference.
-        return before == indexed == self._count("Slot", [])
 
     def _count(self, resource_type: str, params: Params) -> int:
         response = self._send(
@@ -468,59 +389,6 @@ class FhirUpstream(Transport):
         self._raise_for_status(response)
         return fhir_resource(response, "CapabilityStatement")
 
-    # ---- plumbing ---------------------------------------------------------------------------
-
-    def _search_pages(
-        self,
-        resource_type: str,
-        params: Params | Mapping[str, str],
-        *,
-        headers: Mapping[str, str] | None,
-    ) -> Iterator[Resource]:
-        query = list(params.items()) if isinstance(params, Mapping) else list(params)
-        if not any(name == "_count" for name, _ in query):
-            query.append(("_count", str(PAGE_SIZE)))
-        url: str = f"{self._base}/{resource_type}"
-        page_query: list[tuple[str, str]] | None = query
-        seen: set[str] = set()
-        while True:
-            response = self._send("GET", url, params=page_query, headers=headers)
-            raise_for_status(
-                response, own_credentials=self._credentials is not None, request_id=self._request_id
-            )
-            bundle = fhir_resource(response, "Bundle")
-            yield bundle
-            next_link = _link(bundle, "next")
-            if next_link is None:
-                return
-            url = self._paging_url(next_link)
-            page_query = None  # the next link carries its own query
-            if url in seen:
-                raise UpstreamBadResponse("the upstream FHIR server returned a paging loop")
-            seen.add(url)
-
-    def _paging_url(self, link: str) -> str:
-        """Where to fetch a ``next`` page, without ever sending credentials to another host.
-
-        HAPI writes links with its configured public address, which behind an ingress may not
-        be the ``FHIR_BASE_URL`` the sidecar reaches it by; when the path layout is the same
-        the link is re-based onto ``FHIR_BASE_URL``, otherwise it is refused.
-        """
-        base = urlsplit(self._base)
-        target = urlsplit(urljoin(self._base + "/", link))
-        if (target.scheme, target.netloc) == (base.scheme, base.netloc):
-            return target.geturl()
-        base_path = base.path.rstrip("/")
-        if not base_path or target.path == base_path or target.path.startswith(base_path + "/"):
-            return urlunsplit((base.scheme, base.netloc, target.path, target.query, ""))
-        logger.error(
-            "upstream paging link is outside FHIR_BASE_URL; not following it",
-            extra={"link": link, "fhir_base_url": self._base},
-        )
-        raise UpstreamBadResponse(
-            "the upstream FHIR server returned a paging link outside FHIR_BASE_URL (see the sidecar log)"
-        )
-
 
 # --------------------------------------------------------------------------------------------
 # Helpers.
@@ -545,12 +413,3 @@ def _search_instant(value: datetime, *, round_up: bool) -> str:
     if round_up and value.microsecond:
         value += timedelta(seconds=1)
     return value.replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _link(bundle: Resource, relation: str) -> str | None:
-    for link in bundle.get("link") or []:
-        if isinstance(link, dict) and link.get("relation") == relation:
-            url = link.get("url")
-            if isinstance(url, str) and url:
-                return url
-    return None

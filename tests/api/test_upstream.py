@@ -15,12 +15,8 @@ from responses import matchers
 from operations.errors import ConcurrentChange
 from operations.store import FhirStore
 from plugin.config import Settings
-from plugin.upstream import (
-    SLOT_END_CACHE_SECONDS,
-    SLOT_END_NOT_READY_RECHECK_SECONDS,
-    FhirUpstream,
-    UpstreamClient,
-)
+from plugin.slot_index import SLOT_END_CACHE_SECONDS, SLOT_END_NOT_READY_RECHECK_SECONDS
+from plugin.upstream import FhirUpstream, UpstreamClient
 from plugin.upstream_errors import (
     UpstreamAccessDenied,
     UpstreamBadResponse,
