@@ -14,6 +14,7 @@ import ca.uhn.fhir.jpa.config.util.HapiEntityManagerFactoryUtil;
 import ca.uhn.fhir.jpa.model.config.PartitionSettings;
 import ca.uhn.fhir.jpa.model.config.SubscriptionSettings;
 import ca.uhn.fhir.jpa.model.dialect.HapiFhirH2Dialect;
+import ca.uhn.fhir.jpa.model.dialect.HapiFhirPostgresDialect;
 import ca.uhn.fhir.jpa.provider.IJpaSystemProvider;
 import ca.uhn.fhir.jpa.provider.JpaCapabilityStatementProvider;
 import ca.uhn.fhir.jpa.search.DatabaseBackedPagingProvider;
@@ -51,7 +52,8 @@ import org.springframework.transaction.annotation.EnableTransactionManagement;
  * Wires HAPI FHIR's JPA R4 server: the HAPI configurations ({@link JpaR4Config}, {@link HapiJpaConfig})
  * provide the DAOs, search, batch2 and scheduler beans; this class provides what HAPI expects the
  * host application to supply (storage settings, data source, entity manager factory, transaction
- * manager, the RestfulServer servlet).
+ * manager, the RestfulServer servlet). The database is in-memory H2 unless a JDBC URL names another
+ * (PostgreSQL: {@link Database}).
  *
  * <p>Every setting below can be overridden as a Spring property: {@code --hapi.x=...} on the command
  * line, {@code -Dhapi.x=...} as a JVM system property, or the environment variable {@code HAPI_X}.
@@ -153,16 +155,78 @@ public class FhirServerConfig {
 		return theDetails -> ourLog.warn("Email subscriptions are not supported by this server; not sent");
 	}
 
+	/**
+	 * The database: in-memory H2 unless {@code spring.datasource.url} (the JPA starter's name, also
+	 * {@code SPRING_DATASOURCE_URL}) or {@code hapi.datasource.url} names another, e.g.
+	 * {@code jdbc:postgresql://127.0.0.1:5432/hapi}. The driver and the Hibernate dialect follow from the URL
+	 * unless {@code spring.datasource.driver-class-name} / {@code spring.jpa.properties.hibernate.dialect}
+	 * say otherwise.
+	 */
 	@Bean(destroyMethod = "close")
 	public BasicDataSource dataSource(Environment env) {
+		Database db = Database.of(env);
 		BasicDataSource ds = new BasicDataSource();
-		ds.setDriverClassName("org.h2.Driver");
-		// A named in-memory database kept for the JVM's lifetime: every start is a clean server.
-		ds.setUrl(env.getProperty("hapi.datasource.url", "jdbc:h2:mem:hapi;DB_CLOSE_DELAY=-1"));
-		ds.setUsername(env.getProperty("hapi.datasource.username", "sa"));
-		ds.setPassword(env.getProperty("hapi.datasource.password", ""));
+		ds.setDriverClassName(db.driverClassName);
+		// H2 default: a named in-memory database kept for the JVM's lifetime, so every start is a clean server.
+		ds.setUrl(db.url);
+		ds.setUsername(db.username);
+		ds.setPassword(db.password);
 		ds.setMaxTotal(env.getProperty("hapi.datasource.max_total", Integer.class, 20));
+		ourLog.info("HAPI database: {} (driver {}, dialect {})", db.safeUrl(), db.driverClassName, db.dialect);
 		return ds;
+	}
+
+	/** The datasource settings as given, with what follows from the JDBC URL filled in. */
+	static final class Database {
+		static final String H2_URL = "jdbc:h2:mem:hapi;DB_CLOSE_DELAY=-1";
+
+		final String url;
+		final String driverClassName;
+		final String dialect;
+		final String username;
+		final String password;
+
+		private Database(String url, String driverClassName, String dialect, String username, String password) {
+			this.url = url;
+			this.driverClassName = driverClassName;
+			this.dialect = dialect;
+			this.username = username;
+			this.password = password;
+		}
+
+		static Database of(Environment env) {
+			String url = setting(env, "spring.datasource.url", "hapi.datasource.url", String.class, H2_URL);
+			boolean h2 = url.startsWith("jdbc:h2:");
+			boolean postgres = url.startsWith("jdbc:postgresql:");
+			String driver = env.getProperty(
+					"spring.datasource.driver-class-name", h2 ? "org.h2.Driver" : postgres ? "org.postgresql.Driver" : "");
+			String dialect = setting(
+					env,
+					"spring.jpa.properties.hibernate.dialect",
+					"hapi.hibernate.dialect",
+					String.class,
+					h2 ? HapiFhirH2Dialect.class.getName() : postgres ? HapiFhirPostgresDialect.class.getName() : "");
+			if (driver.isEmpty() || dialect.isEmpty()) {
+				throw new IllegalStateException("Unknown database URL " + url + ": this server knows jdbc:h2: and"
+						+ " jdbc:postgresql:; for another, set spring.datasource.driver-class-name and"
+						+ " spring.jpa.properties.hibernate.dialect (and put its driver on the class path)");
+			}
+			String username = setting(env, "spring.datasource.username", "hapi.datasource.username", String.class, h2 ? "sa" : "");
+			String password = setting(env, "spring.datasource.password", "hapi.datasource.password", String.class, "");
+			return new Database(url, driver, dialect, username.isEmpty() ? null : username, password);
+		}
+
+		/** The URL without its query (which may carry a password). */
+		String safeUrl() {
+			int query = url.indexOf('?');
+			return query < 0 ? url : url.substring(0, query) + "?...";
+		}
+	}
+
+	/** {@code springName} (the JPA starter's property) if set, else {@code hapiName}, else the default. */
+	private static <T> T setting(Environment env, String springName, String hapiName, Class<T> type, T defaultValue) {
+		T value = env.getProperty(springName, type);
+		return value != null ? value : env.getProperty(hapiName, type, defaultValue);
 	}
 
 	@Primary
@@ -173,13 +237,14 @@ public class FhirServerConfig {
 			FhirContext fhirContext,
 			JpaStorageSettings storageSettings,
 			Environment env) {
+		Database db = Database.of(env);
 		LocalContainerEntityManagerFactoryBean emf =
 				HapiEntityManagerFactoryUtil.newEntityManagerFactory(beanFactory, fhirContext, storageSettings);
 		emf.setPersistenceUnitName("HAPI_PU");
 		emf.setDataSource(dataSource);
 
 		Properties jpa = new Properties();
-		jpa.put("hibernate.dialect", HapiFhirH2Dialect.class.getName());
+		jpa.put("hibernate.dialect", db.dialect);
 		jpa.put("hibernate.hbm2ddl.auto", env.getProperty("hapi.hibernate.hbm2ddl_auto", "update"));
 		jpa.put("hibernate.format_sql", "false");
 		jpa.put("hibernate.show_sql", "false");
