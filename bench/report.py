@@ -1,0 +1,332 @@
+"""The run's results as Markdown tables, and the targets checked (no I/O)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+FIND_RATIO_TARGET = 1.25
+BOOK_RATIO_TARGET = 0.8
+ONE_SCHEDULE_THROUGHPUT_TARGET = 0.8
+ONE_SCHEDULE_P95_TARGET = 2.0
+
+
+def num(value: Any, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.{digits}f}"
+
+
+def table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def find_table(cells: list[dict[str, Any]]) -> list[str]:
+    rows = []
+    for c in cells:
+        s, r = c["sidecar"], c["replay"]
+        rows.append(
+            [
+                str(c["days"]),
+                str(c["schedules"]),
+                str(c["slots"]),
+                num(c["proposals"], 0),
+                num(s["p50"]),
+                num(s["p95"]),
+                f"{num(s.get('min'))}-{num(s.get('max'))}",
+                num(c["server"]["p50"]),
+                num(c["upstream_in_sidecar"]["p50"]),
+                num(r["p50"]),
+                num(r["p95"]),
+                num(c["ratio_p50"], 2),
+                num(c["ratio_p95"], 2),
+                f"`{c['shape']}`",
+            ]
+        )
+    return table(
+        [
+            "days",
+            "schedules",
+            "Slots",
+            "proposals",
+            "sidecar p50 ms",
+            "p95",
+            "min-max",
+            "in the sidecar p50",
+            "its reads p50",
+            "reads alone p50 ms",
+            "p95",
+            "ratio p50",
+            "ratio p95",
+            "reads",
+        ],
+        rows,
+    )
+
+
+def book_table(modes: list[dict[str, Any]]) -> list[str]:
+    rows = []
+    for m in modes:
+        s, r = m["sidecar"], m["raw"]
+        rows.append(
+            [
+                m["title"],
+                f"{num(s['throughput']['median'])} ({num(s['throughput']['min'])}-{num(s['throughput']['max'])})",
+                num(s["latency"]["p50"]),
+                num(s["latency"]["p95"]),
+                f"{num(r['throughput']['median'])} ({num(r['throughput']['min'])}-{num(r['throughput']['max'])})",
+                num(r["latency"]["p50"]),
+                num(r["latency"]["p95"]),
+                num(m["ratio_throughput"], 2),
+                f"{num(s['retries_mean'], 2)} / {s['retries_max']}",
+                f"{num(r['retries_mean'], 2)} / {r['retries_max']}",
+                f"{num(s['upstream_calls_mean'])} / {num(r['upstream_calls_mean'])}",
+                _failures(s, r),
+            ]
+        )
+    return table(
+        [
+            "mode",
+            "sidecar bookings/s (min-max)",
+            "p50 ms",
+            "p95 ms",
+            "raw tx/s (min-max)",
+            "p50 ms",
+            "p95 ms",
+            "ratio",
+            "retries/booking sidecar (mean / max)",
+            "raw",
+            "upstream calls/booking (sidecar / raw)",
+            "not 201",
+        ],
+        rows,
+    )
+
+
+def _failures(s: dict[str, Any], r: dict[str, Any]) -> str:
+    parts = [f"sidecar {k}x{v}" for k, v in s["failures"].items()] + [
+        f"raw {k}x{v}" for k, v in r["failures"].items()
+    ]
+    return ", ".join(parts) or "none"
+
+
+def book_breakdown(modes: list[dict[str, Any]]) -> list[str]:
+    rows = []
+    for m in modes:
+        s = m["sidecar"]
+        own = s["server_ms_p50"] - s["upstream_critical_ms_p50"]
+        rows.append(
+            [
+                m["title"],
+                num(s["server_ms_p50"]),
+                num(s["upstream_critical_ms_p50"]),
+                num(own),
+                ", ".join(f"`{k}`x{v}" for k, v in s["shapes"].items()),
+            ]
+        )
+    return table(
+        ["mode", "in the sidecar p50 ms", "upstream critical path p50 ms", "difference", "upstream rounds"],
+        rows,
+    )
+
+
+def mass_table(runs: dict[str, dict[str, Any]]) -> list[str]:
+    rows = []
+    for database, m in runs.items():
+        rows.append(
+            [
+                database,
+                f"{m['booked_201']}/{m['places']}",
+                num(m["wall_seconds"]),
+                num(m["throughput"]),
+                num(m["latency"]["p50"]),
+                num(m["latency"]["p95"]),
+                num(m["latency"]["p99"]),
+                f"{num(m['retries_mean'], 2)} / {m['retries_max']}",
+                str(m["taken_409"]),
+                str(m["deadline_409"]),
+                str(m["server_errors_5xx"]),
+                _scan_text(m),
+                "yes" if m["every_place_filled"] else "**no**",
+            ]
+        )
+    return table(
+        [
+            "database",
+            "booked",
+            "wall s",
+            "bookings/s",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "retries (mean / max)",
+            "409 full",
+            "409 deadline",
+            "5xx",
+            "scan",
+            "every place filled",
+        ],
+        rows,
+    )
+
+
+def soak_table(runs: dict[str, dict[str, Any]]) -> list[str]:
+    rows = []
+    for database, s in runs.items():
+        rows.append(
+            [
+                database,
+                str(s["attempts"]),
+                num(s["wall_seconds"]),
+                num(s["attempts_per_second"]),
+                str(s["booked_201"]),
+                str(s["taken_409"]),
+                str(s["deadline_409"]),
+                str(s["server_errors_5xx"]),
+                str(s["double_bookings"]),
+                num(s["latency"]["p50"]),
+                num(s["latency"]["p95"]),
+                f"{num(s['retries_mean'], 2)} / {s['retries_max']}",
+                _scan_text(s),
+            ]
+        )
+    return table(
+        [
+            "database",
+            "attempts",
+            "wall s",
+            "attempts/s",
+            "201",
+            "409 taken",
+            "409 deadline",
+            "5xx",
+            "double bookings",
+            "p50 ms",
+            "p95 ms",
+            "retries (mean / max)",
+            "scan",
+        ],
+        rows,
+    )
+
+
+def _scan_text(run: dict[str, Any]) -> str:
+    if run["clean"]:
+        return "clean"
+    return (
+        f"**{run['over_booked']} over-booked, {run['told_201_not_stored']} 201 not stored, "
+        f"{run['stored_without_201']} stored without 201**"
+    )
+
+
+def targets(results: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
+    """(target, met -- ``None`` when not measured --, the numbers)."""
+    checks: list[tuple[str, bool | None, str]] = []
+    cells = results.get("find") or []
+    if cells:
+        ratios = [c["ratio_p50"] for c in cells if not math.isnan(c["ratio_p50"])]
+        met = sum(1 for r in ratios if r <= FIND_RATIO_TARGET)
+        worst = max(cells, key=lambda c: c["ratio_p50"])
+        checks.append(
+            (
+                f"$find: sidecar p50 ≤ {FIND_RATIO_TARGET}x the same reads alone",
+                met == len(ratios),
+                f"{met} of {len(ratios)} cells; worst {worst['ratio_p50']:.2f} "
+                f"({worst['days']} d x {worst['schedules']} schedules x {worst['slots']} Slots)",
+            )
+        )
+    for database, modes in (results.get("book") or {}).items():
+        by = {m["mode"]: m for m in modes}
+        for key, label in (("seq", "one at a time"), ("dist16", "16 clients on 16 schedules")):
+            if key in by:
+                value = by[key]["ratio_throughput"]
+                checks.append(
+                    (
+                        f"$book ({database}) {label}: ≥ {BOOK_RATIO_TARGET}x raw throughput",
+                        value >= BOOK_RATIO_TARGET,
+                        f"{value:.2f}x",
+                    )
+                )
+        if "one16" in by and "dist16" in by:
+            one, dist = by["one16"]["sidecar"], by["dist16"]["sidecar"]
+            tp = one["throughput"]["median"] / dist["throughput"]["median"]
+            p95 = one["latency"]["p95"] / dist["latency"]["p95"]
+            checks.append(
+                (
+                    f"$book ({database}) 16 clients on 1 schedule: ≥ {ONE_SCHEDULE_THROUGHPUT_TARGET}x the "
+                    "16-schedule throughput",
+                    tp >= ONE_SCHEDULE_THROUGHPUT_TARGET,
+                    f"{tp:.2f}x ({one['throughput']['median']:.1f} vs {dist['throughput']['median']:.1f}/s)",
+                )
+            )
+            checks.append(
+                (
+                    f"$book ({database}) 16 clients on 1 schedule: p95 ≤ {ONE_SCHEDULE_P95_TARGET}x the "
+                    "16-schedule p95",
+                    p95 <= ONE_SCHEDULE_P95_TARGET,
+                    f"{p95:.2f}x ({one['latency']['p95']:.0f} vs {dist['latency']['p95']:.0f} ms)",
+                )
+            )
+    for database, m in (results.get("mass") or {}).items():
+        ok = m["deadline_409"] == 0 and m["server_errors_5xx"] == 0 and m["clean"] and m["every_place_filled"]
+        checks.append(
+            (
+                f"mass booking ({database}): no deadline-409, no 5xx, scan clean, every place filled",
+                ok,
+                f"deadline-409 {m['deadline_409']}, 5xx {m['server_errors_5xx']}, "
+                f"scan {'clean' if m['clean'] else 'not clean'}, {m['booked_201']}/{m['places']} places",
+            )
+        )
+    for database, s in (results.get("soak") or {}).items():
+        ok = s["server_errors_5xx"] == 0 and s["double_bookings"] == 0 and s["clean"]
+        checks.append(
+            (
+                f"soak ({database}): no 5xx, no double booking",
+                ok,
+                f"5xx {s['server_errors_5xx']}, double bookings {s['double_bookings']}, "
+                f"deadline-409 {s['deadline_409']}, scan {'clean' if s['clean'] else 'not clean'}",
+            )
+        )
+    return checks
+
+
+def markdown(results: dict[str, Any]) -> str:
+    out: list[str] = []
+    meta = results["meta"]
+    machine = meta["machine"]
+    out += [
+        f"Run {meta['started']} ({meta['wall_seconds']:.0f} s): `{meta['command']}`",
+        "",
+        f"Machine: {machine['nproc']} CPUs ({machine['cpu']}), {machine['memory_gib']} GiB, {machine['os']}; "
+        f"Python {machine['python']}; {machine['java']}; {machine['postgres']}; "
+        f"HAPI JVM `{machine['hapi_java_opts']}`; load average at start {machine['load_average_at_start']}.",
+        "",
+    ]
+    if results.get("find"):
+        out += ["### `$find`: sidecar vs the same upstream reads alone (H2)", ""]
+        out += [*find_table(results["find"]), ""]
+    for database, modes in (results.get("book") or {}).items():
+        out += [f"### `$book` vs raw HAPI transactions ({database})", ""]
+        out += [*book_table(modes), ""]
+        out += [f"Inside the sidecar ({database}, its DEBUG log, booked requests):", ""]
+        out += [*book_breakdown(modes), ""]
+    if results.get("mass"):
+        out += ["### Mass booking: 64 clients fill one Schedule", ""]
+        out += [*mass_table(results["mass"]), ""]
+    if results.get("soak"):
+        out += ["### Soak", ""]
+        out += [*soak_table(results["soak"]), ""]
+    checks = targets(results)
+    if checks:
+        out += ["### Targets", ""]
+        out += table(
+            ["target", "met", "measured"],
+            [[t, "yes" if met else ("-" if met is None else "**no**"), text] for t, met, text in checks],
+        )
+        out.append("")
+    return "\n".join(out)
