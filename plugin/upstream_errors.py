@@ -23,6 +23,34 @@ logger = logging.getLogger(__name__)
 MAX_DIAGNOSTICS = 300
 """The upstream's own explanation is passed on up to this many characters."""
 
+ROLLED_BACK_BY_A_CONCURRENT_WRITE = (
+    # PostgreSQL's own words: each error aborts the transaction that receives it.
+    "could not serialize access",  # 40001: serialization failure (repeatable read, serializable)
+    "deadlock detected",  # 40P01: this transaction was chosen as the deadlock victim
+    "duplicate key value violates unique constraint",  # 23505: another transaction inserted it first
+    # Hibernate's and Spring's names for those, and for a version check that failed at flush
+    # (the database's messages can be translated, these cannot).
+    "LockAcquisitionException",
+    "CannotAcquireLockException",
+    "CannotSerializeTransactionException",
+    "OptimisticLockException",
+    "OptimisticLockingFailureException",
+    "StaleObjectStateException",
+    # HAPI's: a version conflict (HAPI-0989: not the current version; HAPI-0823/0826: the version,
+    # HAPI-0825: the client-assigned id, was taken by another thread), and its wrapper around
+    # every exception it counts as a concurrent-write conflict (HAPI-0550; HAPI-0549 after retries).
+    "ResourceVersionConflictException",
+    "HAPI-0550:",
+    "HAPI-0549:",
+    "HAPI-0823:",
+    "HAPI-0825:",
+    "HAPI-0826:",
+    "HAPI-0989:",
+)
+"""Texts of a 500 that mean the upstream's database rolled the write back because another
+transaction wrote the same rows at the same time (HAPI FHIR on PostgreSQL; observed bodies and
+why each one means "nothing was stored": docs/reliability.md, "HAPI on PostgreSQL")."""
+
 
 class UpstreamError(StoreFailure):
     """The upstream could not give a usable answer; rendered as an OperationOutcome."""
@@ -137,6 +165,15 @@ def raise_for_status(response: requests.Response, *, own_credentials: bool, requ
         )
     if status in (409, 412):
         raise ConcurrentChange(detail or f"the upstream FHIR server reported a concurrent change ({status})")
+    if status == 500 and rolled_back_by_a_concurrent_write(outcome):
+        # Not a lost answer: the database refused the transaction for a concurrent write and
+        # rolled it back, as a failed version check does (HAPI on PostgreSQL answers some of
+        # these with 500 instead of 409). Re-read and decide again; nothing to settle.
+        logger.info(
+            "the upstream rolled a write back for a concurrent write (500)",
+            extra={"upstream_diagnostics": detail, "request_id": request_id},
+        )
+        raise ConcurrentChange(f"the upstream FHIR server reported a concurrent change (500): {detail}")
     if status == 429:
         retry_after = response.headers.get("Retry-After")
         raise UpstreamUnavailable(
@@ -222,6 +259,14 @@ def is_delete_conflict(outcome: Resource | None) -> bool:
     return "unable to delete" in text or "has a reference to this resource" in text
 
 
+def rolled_back_by_a_concurrent_write(outcome: Resource | None) -> bool:
+    """Whether a 500's OperationOutcome says the database rolled the write back because of a
+    concurrent write (``ROLLED_BACK_BY_A_CONCURRENT_WRITE``), read in full: the database's
+    reason comes after the SQL statement, far past what ``outcome_text`` keeps."""
+    text = " ".join(_issue_texts(outcome))
+    return any(marker in text for marker in ROLLED_BACK_BY_A_CONCURRENT_WRITE)
+
+
 def is_read_timeout(exc: requests.ConnectionError) -> bool:
     """``requests`` reports a timeout while reading the body as a ConnectionError."""
     return any(isinstance(arg, ReadTimeoutError) for arg in exc.args)
@@ -239,14 +284,16 @@ def outcome_or_none(response: requests.Response) -> Resource | None:
 
 def outcome_text(outcome: Resource | None) -> str:
     """The upstream's own explanation, shortened: enough to act on, not a dump."""
-    if not outcome:
-        return ""
+    joined = "; ".join(_issue_texts(outcome))
+    return joined if len(joined) <= MAX_DIAGNOSTICS else joined[: MAX_DIAGNOSTICS - 1] + "…"
+
+
+def _issue_texts(outcome: Resource | None) -> list[str]:
     texts = []
-    for issue in outcome.get("issue") or []:
+    for issue in (outcome or {}).get("issue") or []:
         if isinstance(issue, dict):
             details = issue.get("details")
             text = issue.get("diagnostics") or (details.get("text") if isinstance(details, dict) else None)
             if isinstance(text, str) and text:
                 texts.append(text)
-    joined = "; ".join(texts)
-    return joined if len(joined) <= MAX_DIAGNOSTICS else joined[: MAX_DIAGNOSTICS - 1] + "…"
+    return texts
