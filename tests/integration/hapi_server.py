@@ -2,7 +2,8 @@
 
 The server is the Spring Boot application in ``hapi-server/``, built and launched through
 ``scripts/hapi.sh`` (``build`` once, cached; ``run PORT`` in the foreground, which execs the JVM).
-Each start is a clean, empty database.
+Each start is a clean, empty database. On PostgreSQL instead: ``tests/support/postgres.py``
+(``start_hapi_on_postgres()``, or ``start_hapi(extra_args=postgres.hapi_args())``).
 
 Environment:
     FANONI_TEST_FHIR_BASE_URL   use this FHIR base URL instead of starting a server
