@@ -1,175 +1,109 @@
-"""End-to-end benchmark of ``$book``: the sidecar against the same transactions sent straight to HAPI.
+"""``$book`` through the sidecar against raw HAPI transactions of the same shape.
 
-Setup (not timed): HAPI FHIR is started with ``start_hapi()`` (unless ``--fhir-base`` names a
-running server), ``fanoni-scheduling register`` is run against it, and one sidecar process is
-started (``python -m plugin serve --workers 2 --no-register``, gunicorn 2 workers x 4 threads,
-``HOLD_SWEEP_SECONDS=0``, ``LOG_LEVEL=DEBUG`` so its log carries every upstream call with its
-duration). A clinic is loaded: one service (15-minute visits on a 15-minute grid, no buffers,
-every day 06:00-22:00 New York time) and fresh Schedules for every run, each with its lock
-resource already created (steady state: a Schedule's very first booking would cost 2 more round
-trips). Proposals of distinct times come from ``Appointment/$find``.
+Both sides book the same kind of proposals (from ``Appointment/$find``) on fresh Schedules of
+their own, with the same number of client threads, each thread with one kept-alive session:
 
-Timed, for each of three modes, once through the sidecar and once straight to HAPI:
+* **sidecar**: ``POST Appointment/$book`` per proposal; ``X-Fanoni-Attempts`` tells how many
+  times it read and decided (1 + retries after version conflicts), ``X-Upstream-Round-Trips``
+  how many upstream calls it made.
+* **raw**: what the sidecar's lock protocol sends, with ``operations.locks`` itself: the lock
+  search for the same bucket locks (``Basic?_id=...``, no-cache; ``operations.locks.read_locks``), then one transaction with the
+  version-checked lock ``PUT``\\ s, the Slot ``POST``, the Appointment ``POST`` and the
+  Provenance the sidecar adds to every transaction (``Prefer: return=representation``); on
+  409/412 it reads the locks again and retries with the sidecar's backoff and deadline. It
+  skips what only the sidecar does: reading the Schedule, its actor and the service, the
+  deciding Slot search, and the decision.
 
-* ``sequential``: N bookings on one Schedule, one client thread;
-* ``C schedules``: N bookings with C client threads, each thread on its own Schedule (no lock
-  contention);
-* ``1 schedule``: N bookings of distinct times with C client threads on one Schedule (they
-  contend on its lock; losers re-read and retry, as the sidecar does).
+The lock resources of every 15-minute bucket of the booked days are
+created before the timed part, on both sides: the steady state of a Schedule booked before.
 
-The sidecar run is ``POST Appointment/$book`` per proposal. The raw HAPI run is what the sidecar's
-last two steps send for it: the lock search (``Basic?_id=fanoni-lock-<schedule>``, no-cache) and
-one transaction with the version-checked ``PUT`` of the lock, the ``POST`` of the Slot and the
-``POST`` of the Appointment (``Prefer: return=representation``); a 409/412 re-reads and retries
-with the sidecar's backoff. The sidecar additionally reads the Schedule with its actor, the
-HealthcareService and the Slots.
-
-    python bench/book.py [--bookings N] [--concurrency C] [--fhir-base URL]
-    python -m bench.book [--bookings N] [--concurrency C] [--fhir-base URL]
+Modes (``MODES``): one client on one Schedule; C clients on C Schedules; C clients on one
+Schedule, distinct times (capacity 1) or, with capacity 30, every time booked 30 times in a row
+(the proposals are dealt to the clients time by time, so up to 30 clients want the same time,
+as when a group class opens).
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import json
 import math
 import random
-import signal
 import statistics
-import sys
 import threading
 import time
 import uuid
-from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
-from types import FrameType
-from typing import Any
-from zoneinfo import ZoneInfo
-
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from typing import Any, cast
 
 import requests
 
-from operations.locks import LOCK_COUNTER_URL, lock_id, lock_resource
-from operations.model import SLOT_CAPACITY_URL
-from operations.retries import RetryPolicy
-from tests.integration.clinic import load, search
-from tests.integration.hapi_server import HapiServer, start_hapi
-from tests.integration.processes import REPO, SidecarProcess, free_port, register
-from tests.integration.trust import SERVICE_HEADERS, hapi_args, sidecar_env
-from tests.unit import builders
+from bench import clinic as bench_clinic
+from bench.servers import CpuMeter
+from bench.stats import latency, ratio, spread
+from bench.upstream_log import LogIndex, plan_shape, replay_plan
+from operations.errors import ConcurrentChange
+from operations.locks import lock_entries, read_locks
+from operations.model import SLOT_CAPACITY_URL, Interval
+from operations.retries import RetryPolicy, backoff
+from operations.store import FhirStore
+from operations.writes import BOOKING_REQUEST_SYSTEM
+from plugin.provenance import Attribution, with_provenance
+from tests.integration.trust import GUARD_KEY, SIDECAR_TOKEN
 
 Resource = dict[str, Any]
-
-LOG_DIR = REPO / "build" / "bench"
-ZONE_NAME = "America/New_York"
-ZONE = ZoneInfo(ZONE_NAME)
-DAY_START, DAY_END = "06:00", "22:00"
-VISITS_PER_DAY = 64  # 16 hours of 15-minute visits
-WARM_UP = 20
 FHIR_JSON = "application/fhir+json"
-SIDECAR_WORKERS = 2
-SIDECAR_THREADS = 4  # gunicorn's default for `serve`
+DEADLINE_TEXT = "did not settle before the deadline"
+VISITS_PER_DAY = 64
+"""15-minute visits, 06:00-22:00."""
 CONFLICT_STATUSES = (409, 412)
 
 
-# --------------------------------------------------------------------------------------------
-# Processes
+@dataclass(frozen=True)
+class Mode:
+    key: str
+    title: str
+    schedules: int
+    clients: int
+    capacity: int = 1
 
 
-def register_upstream(fhir_base: str) -> None:
-    """``fanoni-scheduling register``: the Slot ``end`` SearchParameter and the OperationDefinitions."""
-    result = register(fhir_base)
-    if result.returncode != 0:
-        raise RuntimeError(f"register failed (exit {result.returncode}): {result.stdout}{result.stderr}")
+MODES = (
+    Mode("seq", "1 client, 1 schedule", 1, 1),
+    Mode("dist16", "16 clients, 16 schedules", 16, 16),
+    Mode("one16", "16 clients, 1 schedule", 1, 16),
+    Mode("one64", "64 clients, 1 schedule", 1, 64),
+    Mode("one16c30", "16 clients, 1 schedule, capacity 30", 1, 16, 30),
+    Mode("one64c30", "64 clients, 1 schedule, capacity 30", 1, 64, 30),
+)
+ONE_SCHEDULE = ("one16", "one64", "one16c30", "one64c30")
 
 
-# --------------------------------------------------------------------------------------------
-# The clinic
-
-
-@dataclass
-class Clinic:
-    """One service; Schedules are added per run with ``schedules()``."""
-
-    fhir_base: str
-    prefix: str = field(default_factory=lambda: "b" + uuid.uuid4().hex[:10])
-
-    @property
-    def service(self) -> str:
-        return f"{self.prefix}-visit"
-
-    def load_service(self) -> None:
-        load(
-            self.fhir_base,
-            builders.service(
-                self.service,
-                hours=[builders.hours("mon tue wed thu fri sat sun", DAY_START, DAY_END)],
-                code=("http://example.org/visit-type", self.prefix),
-                duration=15,
-                alignmentInterval=15,
-            ),
-        )
-
-    def schedules(self, label: str, count: int) -> list[str]:
-        """``count`` fresh Schedules (one Practitioner each), their lock resources created."""
-        ids = [f"{self.prefix}-{label}-{n}" for n in range(count)]
-        resources: list[Resource] = []
-        for sid in ids:
-            resources += [
-                builders.practitioner(sid, ZONE_NAME),
-                builders.schedule(sid, f"Practitioner/{sid}", [self.service]),
-                lock_resource(sid, 0),
-            ]
-        load(self.fhir_base, *resources)
-        return ids
-
-
-def first_day() -> datetime:
-    """Midnight (New York) the day after tomorrow: nothing proposed lies in the past."""
-    today = datetime.now(ZONE).date() + timedelta(days=2)
-    return datetime(today.year, today.month, today.day, tzinfo=ZONE)
-
-
-def proposals(
-    session: requests.Session, sidecar: str, service: str, schedule: str, count: int
-) -> list[Resource]:
-    """``count`` proposals of distinct times on one Schedule, from ``Appointment/$find``."""
-    start = first_day()
-    days = min(31, math.ceil(count / VISITS_PER_DAY) + 1)
-    params = [
-        ("start", start.isoformat()),
-        ("end", (start + timedelta(days=days)).isoformat()),
-        ("service-type-reference", f"HealthcareService/{service}"),
-        ("schedule", f"Schedule/{schedule}"),
-        ("_count", str(count)),
-    ]
-    response = session.get(f"{sidecar}/Appointment/$find", params=params, timeout=120)
-    if response.status_code != 200:
-        raise RuntimeError(f"$find answered {response.status_code}: {response.text[:500]}")
-    found = [e["resource"] for e in response.json().get("entry", []) if e["search"]["mode"] == "match"]
-    if len(found) < count or len({p["start"] for p in found}) != len(found):
-        raise RuntimeError(f"$find gave {len(found)} distinct proposals on {schedule}, {count} wanted")
-    return found[:count]
-
-
-# --------------------------------------------------------------------------------------------
-# One booking, either way
+def mode(key: str) -> Mode:
+    return next(m for m in MODES if m.key == key)
 
 
 @dataclass(frozen=True)
 class Outcome:
     status: int
     seconds: float
-    round_trips: int
+    upstream_calls: int
     attempts: int
+    request_id: str
     error: str = ""
+    appointment_id: str | None = None
+
+    @property
+    def deadline(self) -> bool:
+        """A 409 because conflicts did not settle in time (never because the time was taken)."""
+        return self.status == 409 and DEADLINE_TEXT in self.error
+
+
+# --------------------------------------------------------------------------------------------
+# The two sides
 
 
 def book_via_sidecar(session: requests.Session, sidecar: str, proposal: Resource, request_id: str) -> Outcome:
@@ -182,115 +116,151 @@ def book_via_sidecar(session: requests.Session, sidecar: str, proposal: Resource
         timeout=120,
     )
     seconds = time.perf_counter() - began
-    round_trips = int(response.headers.get("X-Upstream-Round-Trips", "0"))
-    # load_legs reads the Schedules and the service once; each attempt is lock, Slots, transaction
-    attempts = max(1, (round_trips - 2) // 3)
-    error = "" if response.status_code == 201 else response.text[:300]
-    return Outcome(response.status_code, seconds, round_trips, attempts, error)
+    appointment_id = None
+    if response.status_code == 201:
+        first = ((response.json().get("entry") or [{}])[0]).get("resource") or {}
+        appointment_id = first.get("id") if first.get("resourceType") == "Appointment" else None
+    return Outcome(
+        status=response.status_code,
+        seconds=seconds,
+        upstream_calls=int(response.headers.get("X-Upstream-Round-Trips", "0")),
+        attempts=int(response.headers.get("X-Fanoni-Attempts", "0")),
+        request_id=request_id,
+        error="" if response.status_code == 201 else response.text[:500],
+        appointment_id=appointment_id,
+    )
+
+
+class RawStore:
+    """Just enough of a ``FhirStore`` for ``operations.locks``: searches and transactions sent
+    straight to HAPI as the sidecar sends them (its credentials and guard key, no-cache reads)."""
+
+    def __init__(self, session: requests.Session, fhir_base: str, request_id: str) -> None:
+        self.session = session
+        self.fhir_base = fhir_base
+        self.request_id = request_id
+        self.calls = 0
+
+    def _headers(self) -> dict[str, str]:
+        return {
+            "Accept": FHIR_JSON,
+            "Authorization": SIDECAR_TOKEN,
+            "X-Fanoni-Service-Key": GUARD_KEY,
+            "X-Request-ID": self.request_id,
+        }
+
+    def search(
+        self, resource_type: str, params: Sequence[tuple[str, str]], *, limit: int | None = None
+    ) -> list[Resource]:
+        url: str | None = f"{self.fhir_base}/{resource_type}"
+        query: list[tuple[str, str]] | None = [*params, ("_count", "1000")]
+        found: list[Resource] = []
+        while url:
+            self.calls += 1
+            response = self.session.get(
+                url, params=query, headers={**self._headers(), "Cache-Control": "no-cache"}, timeout=120
+            )
+            if response.status_code != 200:
+                raise RuntimeError(f"raw search answered {response.status_code}: {response.text[:300]}")
+            bundle = response.json()
+            found += [
+                e["resource"]
+                for e in bundle.get("entry") or []
+                if (e.get("search") or {}).get("mode") != "include"
+            ]
+            url = next((link["url"] for link in bundle.get("link") or [] if link["relation"] == "next"), None)
+            query = None
+        return found
+
+    def transaction(self, bundle: Resource) -> Resource:
+        self.calls += 1
+        response = self.session.post(
+            self.fhir_base,
+            data=json.dumps(bundle),
+            headers={
+                **self._headers(),
+                "Content-Type": f"{FHIR_JSON}; charset=utf-8",
+                "Prefer": "return=representation",
+            },
+            timeout=120,
+        )
+        if response.status_code in CONFLICT_STATUSES:
+            raise ConcurrentChange(response.text[:300])
+        if response.status_code != 200:
+            raise RuntimeError(f"raw transaction answered {response.status_code}: {response.text[:300]}")
+        result: Resource = response.json()
+        return result
 
 
 def visit_slot(proposal: Resource) -> Resource:
-    slots = [r for r in proposal.get("contained", []) if r.get("resourceType") == "Slot"]
-    return next(s for s in slots if s.get("status") == "busy")
+    slots = [r for r in proposal.get("contained") or [] if r.get("resourceType") == "Slot"]
+    return next(s for s in slots if s.get("status") in ("busy", "busy-tentative"))
 
 
 def schedule_of(proposal: Resource) -> str:
     return str(visit_slot(proposal)["schedule"]["reference"]).split("/", 1)[1]
 
 
-def raw_bundle(proposal: Resource, lock_version: str, lock_counter: int) -> Resource:
-    """The transaction ``$book`` sends for this proposal: lock PUT (ifMatch), Slot, Appointment."""
+def raw_entries(proposal: Resource, capacity: int, marker: str) -> list[Resource]:
+    """The Slot and the Appointment ``$book`` writes for a proposal without buffers."""
     visit = visit_slot(proposal)
-    schedule = schedule_of(proposal)
+    tag = {"system": BOOKING_REQUEST_SYSTEM, "code": marker}
     slot_url = f"urn:uuid:{uuid.uuid4()}"
     slot = {
         "resourceType": "Slot",
-        "schedule": {"reference": f"Schedule/{schedule}"},
-        "extension": [{"url": SLOT_CAPACITY_URL, "valuePositiveInt": 1}],
+        "meta": {"tag": [tag]},
+        "extension": [{"url": SLOT_CAPACITY_URL, "valuePositiveInt": capacity}],
+        "schedule": {"reference": f"Schedule/{schedule_of(proposal)}"},
         "status": "busy",
         "start": visit["start"],
         "end": visit["end"],
     }
     appointment = {k: v for k, v in proposal.items() if k not in ("id", "meta", "contained", "slot", "text")}
-    appointment.update({"status": "booked", "slot": [{"reference": slot_url}]})
-    return {
-        "resourceType": "Bundle",
-        "type": "transaction",
-        "entry": [
-            {
-                "fullUrl": f"Basic/{lock_id(schedule)}",
-                "resource": lock_resource(schedule, lock_counter + 1),
-                "request": {
-                    "method": "PUT",
-                    "url": f"Basic/{lock_id(schedule)}",
-                    "ifMatch": f'W/"{lock_version}"',
-                },
-            },
-            {"fullUrl": slot_url, "resource": slot, "request": {"method": "POST", "url": "Slot"}},
-            {
-                "fullUrl": f"urn:uuid:{uuid.uuid4()}",
-                "resource": appointment,
-                "request": {"method": "POST", "url": "Appointment"},
-            },
-        ],
-    }
+    appointment.update({"status": "booked", "slot": [{"reference": slot_url}], "meta": {"tag": [tag]}})
+    return [
+        {"fullUrl": slot_url, "resource": slot, "request": {"method": "POST", "url": "Slot"}},
+        {
+            "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+            "resource": appointment,
+            "request": {"method": "POST", "url": "Appointment"},
+        },
+    ]
 
 
-def read_lock(session: requests.Session, fhir_base: str, schedule: str) -> tuple[str, int]:
-    """The lock's current version and counter, read as the sidecar reads it."""
-    response = session.get(
-        f"{fhir_base}/Basic",
-        params={"_id": lock_id(schedule)},
-        headers={"Accept": FHIR_JSON, "Cache-Control": "no-cache"},
-        timeout=60,
-    )
-    response.raise_for_status()
-    for entry in response.json().get("entry", []):
-        resource = entry.get("resource") or {}
-        if resource.get("id") == lock_id(schedule):
-            counter = next(
-                (
-                    e.get("valueInteger", 0)
-                    for e in resource.get("extension", [])
-                    if e.get("url") == LOCK_COUNTER_URL
-                ),
-                0,
-            )
-            return str(resource["meta"]["versionId"]), int(counter)
-    raise RuntimeError(f"no lock resource for Schedule/{schedule}")
-
-
-def book_raw(session: requests.Session, fhir_base: str, proposal: Resource, request_id: str) -> Outcome:
-    """Read the lock, post the transaction; on a version conflict re-read and retry (the sidecar's
-    backoff and deadline)."""
+def book_raw(
+    session: requests.Session, fhir_base: str, proposal: Resource, request_id: str, capacity: int
+) -> Outcome:
+    """Lock search, one transaction; on a version conflict the same again after the sidecar's
+    backoff, until its deadline."""
     policy = RetryPolicy()
-    schedule = schedule_of(proposal)
-    round_trips = 0
+    store = RawStore(session, fhir_base, request_id)
+    visit = visit_slot(proposal)
+    spans = {
+        schedule_of(proposal): [
+            Interval(datetime.fromisoformat(visit["start"]), datetime.fromisoformat(visit["end"]))
+        ]
+    }
+    marker = uuid.uuid4().hex
     began = time.perf_counter()
+    tries = 0
     for tries in range(1, policy.max_attempts + 1):
-        version, counter = read_lock(session, fhir_base, schedule)
-        response = session.post(
-            fhir_base,
-            data=json.dumps(raw_bundle(proposal, version, counter)),
-            headers={
-                "Content-Type": f"{FHIR_JSON}; charset=utf-8",
-                "Accept": FHIR_JSON,
-                "Prefer": "return=representation",
-                "X-Request-ID": request_id,
-                **SERVICE_HEADERS,  # the raw side writes booked Slots as the sidecar would
-            },
-            timeout=120,
-        )
-        round_trips += 2
-        if response.status_code not in CONFLICT_STATUSES:
-            status = 201 if response.status_code == 200 else response.status_code
-            error = "" if status == 201 else response.text[:300]
-            return Outcome(status, time.perf_counter() - began, round_trips, tries, error)
-        if time.perf_counter() - began >= policy.deadline_seconds:
-            break
-        backoff = min(policy.max_backoff_seconds, policy.base_backoff_seconds * (2 ** min(tries, 10)))
-        time.sleep(random.uniform(0, backoff))  # jitter, not security
-    return Outcome(409, time.perf_counter() - began, round_trips, tries, "did not settle")
+        locks = read_locks(cast(FhirStore, store), spans)
+        bundle = {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [*lock_entries(locks), *raw_entries(proposal, capacity, marker)],
+        }
+        bundle = with_provenance(bundle, Attribution("book", request_id, "bench-raw"))
+        try:
+            store.transaction(bundle)
+        except ConcurrentChange:
+            elapsed = time.perf_counter() - began
+            if elapsed >= policy.deadline_seconds:
+                break
+            time.sleep(random.uniform(0, backoff(policy, tries, elapsed)))  # jitter, not security
+            continue
+        return Outcome(201, time.perf_counter() - began, store.calls, tries, request_id)
+    return Outcome(409, time.perf_counter() - began, store.calls, tries, request_id, DEADLINE_TEXT)
 
 
 # --------------------------------------------------------------------------------------------
@@ -300,8 +270,7 @@ Action = Callable[[requests.Session, Resource, str], Outcome]
 
 
 @dataclass
-class Result:
-    label: str
+class Run:
     outcomes: list[Outcome]
     wall: float
 
@@ -313,299 +282,198 @@ class Result:
     def rate(self) -> float:
         return len(self.ok) / self.wall if self.wall > 0 else 0.0
 
-    def latency_ms(self, q: float) -> float:
-        return percentile([o.seconds * 1000 for o in self.ok], q)
 
-    def round_trips(self) -> Counter[int]:
-        return Counter(o.round_trips for o in self.ok)
-
-    def failures(self) -> Counter[int]:
-        return Counter(o.status for o in self.outcomes if o.status != 201)
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100); NaN for no values."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[max(0, min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1))]
-
-
-def run(label: str, lanes: Sequence[Sequence[Resource]], action: Action, stop: threading.Event) -> Result:
+def run_lanes(label: str, lanes: Sequence[Sequence[Resource]], action: Action) -> Run:
     """One client thread per lane, each booking its lane's proposals in order; wall time of all."""
     outcomes: list[Outcome] = []
     guard = threading.Lock()
+    start = threading.Barrier(len(lanes) + 1)
 
-    def worker(lane_number: int, lane: Sequence[Resource]) -> None:
+    def client(lane_number: int, lane: Sequence[Resource]) -> None:
         with requests.Session() as session:
+            start.wait()
             for n, proposal in enumerate(lane):
-                if stop.is_set():
-                    return
                 outcome = action(session, proposal, f"bench-{label}-{lane_number}-{n}")
                 with guard:
                     outcomes.append(outcome)
 
-    pool = ThreadPoolExecutor(max_workers=len(lanes), thread_name_prefix=f"bench-{label}")
-    began = time.perf_counter()
-    try:
-        futures = [pool.submit(worker, i, lane) for i, lane in enumerate(lanes)]
+    with ThreadPoolExecutor(max_workers=len(lanes), thread_name_prefix=f"bench-{label}") as pool:
+        futures = [pool.submit(client, i, lane) for i, lane in enumerate(lanes)]
+        start.wait()
+        began = time.perf_counter()
         for future in futures:
             future.result()
-    except BaseException:
-        stop.set()
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    wall = time.perf_counter() - began
-    pool.shutdown(wait=True)
-    return Result(label, outcomes, wall)
+        wall = time.perf_counter() - began
+    return Run(outcomes, wall)
 
 
-def split(items: Sequence[Resource], lanes: int) -> list[list[Resource]]:
-    return [list(items[i::lanes]) for i in range(lanes)]
-
-
-@dataclass(frozen=True)
-class Mode:
-    key: str
-    title: str
-    schedules: int
-    threads: int
-
-
-def modes(concurrency: int) -> list[Mode]:
-    return [
-        Mode("seq", "sequential, 1 schedule", 1, 1),
-        Mode("dist", f"C={concurrency}, {concurrency} schedules", concurrency, concurrency),
-        Mode("same", f"C={concurrency}, 1 schedule", 1, concurrency),
-    ]
-
-
-def lanes_for(
-    mode: Mode, bookings: int, per_schedule: Callable[[str, int], list[Resource]], schedules: list[str]
-) -> list[list[Resource]]:
-    """The proposals each client thread books: its own Schedule when there are as many Schedules as
-    threads, else distinct times of the one Schedule dealt out round-robin."""
-    if mode.schedules == mode.threads:
-        counts = [bookings // mode.threads + (i < bookings % mode.threads) for i in range(mode.threads)]
-        return [per_schedule(s, c) for s, c in zip(schedules, counts, strict=True) if c]
-    return split(per_schedule(schedules[0], bookings), mode.threads)
-
-
-# --------------------------------------------------------------------------------------------
-# Where the sidecar's time goes: its DEBUG log has one line per upstream call
-
-
-CATEGORIES = ("Schedule+actor", "HealthcareService", "lock read", "Slot search", "transaction")
-
-
-def categorise(method: str, url: str, fhir_base: str) -> str:
-    path = url[len(fhir_base) :].lstrip("/") if url.startswith(fhir_base) else url
-    if method == "POST" and path in ("", "?"):
-        return "transaction"
-    for prefix, name in (
-        ("Schedule", "Schedule+actor"),
-        ("HealthcareService", "HealthcareService"),
-        ("Basic", "lock read"),
-        ("Slot", "Slot search"),
-    ):
-        if path.startswith(prefix):
-            return name
-    return "other"
+def deal(items: Sequence[Resource], lanes: int) -> list[list[Resource]]:
+    """Round-robin: lane ``i`` gets items ``i``, ``i + lanes``, ..."""
+    return [list(items[i::lanes]) for i in range(lanes) if items[i::lanes]]
 
 
 @dataclass
-class Breakdown:
-    """Per ``$book`` (medians over requests): server time, and upstream time by kind of call."""
+class Side:
+    """One mode on one side, over its repetitions."""
 
-    requests: int
-    server_ms: float
-    upstream_ms: float
-    by_category: dict[str, float]
+    runs: list[Run] = field(default_factory=list)
+    server_ms: list[float] = field(default_factory=list)
+    upstream_ms: list[float] = field(default_factory=list)
+    shapes: Counter[str] = field(default_factory=Counter)
+    cpu_seconds: Counter[str] = field(default_factory=Counter)
+    """CPU used by each process tree during the runs (``sidecar``, ``hapi``, ``postgres``)."""
 
-
-def breakdown(log_path: Path, fhir_base: str, label: str) -> Breakdown | None:
-    prefix = f"bench-{label}-"
-    server: dict[str, float] = {}
-    calls: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-    with log_path.open(errors="replace") as lines:
-        for line in lines:
-            if not line.startswith("{"):
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            request_id = str(record.get("request_id") or "")
-            if not request_id.startswith(prefix):
-                continue
-            if record.get("message") == "upstream call":
-                kind = categorise(
-                    str(record.get("upstream_method")), str(record.get("upstream_url")), fhir_base
-                )
-                calls[request_id][kind] += float(record.get("duration_ms", 0.0))
-            elif "upstream_round_trips" in record and record.get("status") == 201:
-                server[request_id] = float(record.get("duration_ms", 0.0))
-    if not server:
-        return None
-    ids = list(server)
-    return Breakdown(
-        requests=len(ids),
-        server_ms=statistics.median(server[i] for i in ids),
-        upstream_ms=statistics.median(sum(calls[i].values()) for i in ids),
-        by_category={c: statistics.median(calls[i].get(c, 0.0) for i in ids) for c in CATEGORIES},
-    )
-
-
-# --------------------------------------------------------------------------------------------
-
-
-def _terminate_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
-
-
-@contextlib.contextmanager
-def servers(fhir_base: str | None) -> Iterator[tuple[str, SidecarProcess, float]]:
-    """HAPI (unless given) and one sidecar process; both stopped on the way out, whatever happens."""
-    with contextlib.ExitStack() as stack:
-        began = time.perf_counter()
-        if fhir_base is None:
-            hapi: HapiServer = start_hapi(extra_args=hapi_args())
-            stack.callback(hapi.stop)
-            fhir_base = hapi.base_url
-        hapi_seconds = time.perf_counter() - began
-        register_upstream(fhir_base)
-        port = free_port()
-        sidecar = SidecarProcess(
-            fhir_base,
-            workers=SIDECAR_WORKERS,
-            log_path=LOG_DIR / "sidecar.log",
-            port=port,
-            env={
-                **sidecar_env(port),  # the guard key, as the test HAPI expects it
-                "HOLD_SWEEP_SECONDS": "0",
-                "SLOT_END_SEARCH": "on",  # `register` installed it
-                "LOG_LEVEL": "DEBUG",  # one JSON line per upstream call, with its duration
+    def summary(self) -> dict[str, Any]:
+        ok = [o for r in self.runs for o in r.ok]
+        outcomes = [o for r in self.runs for o in r.outcomes]
+        failures = Counter(o.status for o in outcomes if o.status != 201)
+        return {
+            "bookings": len(ok),
+            "attempted": len(outcomes),
+            "throughput": spread([r.rate for r in self.runs]),
+            "latency": latency([o.seconds * 1000 for o in ok]),
+            "p50_per_rep": spread([latency([o.seconds * 1000 for o in r.ok])["p50"] for r in self.runs]),
+            "retries_mean": statistics.fmean(o.attempts - 1 for o in ok) if ok else math.nan,
+            "retries_max": max((o.attempts - 1 for o in ok), default=0),
+            "upstream_calls_mean": statistics.fmean(o.upstream_calls for o in ok) if ok else math.nan,
+            "failures": {str(k): v for k, v in sorted(failures.items())},
+            "deadline_409": sum(1 for o in outcomes if o.deadline),
+            "server_ms_p50": statistics.median(self.server_ms) if self.server_ms else math.nan,
+            "upstream_critical_ms_p50": statistics.median(self.upstream_ms) if self.upstream_ms else math.nan,
+            "shapes": dict(self.shapes.most_common(5)),
+            "cpu_ms_per_booking": {
+                name: seconds * 1000 / len(ok) if ok else math.nan
+                for name, seconds in self.cpu_seconds.items()
             },
-        )
-        stack.callback(sidecar.stop)
-        yield fhir_base.rstrip("/"), sidecar, hapi_seconds
+        }
 
 
-def fmt(value: float, width: int = 7, digits: int = 1) -> str:
-    return f"{value:{width}.{digits}f}"
+@dataclass(frozen=True)
+class BookPlan:
+    modes: tuple[str, ...]
+    bookings: int
+    reps: int
+    warmup: int = 32
 
 
-def rt_text(counter: Counter[int]) -> str:
-    return ", ".join(f"{k}x{v}" for k, v in sorted(counter.items())) or "-"
+def run(
+    fhir_base: str,
+    sidecar: str,
+    log: LogIndex,
+    plan: BookPlan,
+    cpu: CpuMeter,
+    progress: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    clinic = bench_clinic.BenchClinic(fhir_base, "book")
+    opens, closes = "06:00", "22:00"
+    services = {
+        1: clinic.service("visit", duration=15, grid=15, opens=opens, closes=closes),
+        30: clinic.service("group", duration=15, grid=15, opens=opens, closes=closes, capacity=30),
+    }
+    start = bench_clinic.first_day()
+    finder = requests.Session()
 
+    def proposals(schedule: str, capacity: int, count: int) -> list[Resource]:
+        """``count`` bookings' proposals on ``schedule``: distinct times, or with capacity
+        above 1 each time ``capacity`` times in a row."""
+        distinct = count if capacity == 1 else math.ceil(count / capacity)
+        days = min(31, math.ceil(distinct / VISITS_PER_DAY) + 1)
+        params = bench_clinic.find_params(services[capacity], [schedule], start, days, min(distinct, 1000))
+        found = bench_clinic.matches(bench_clinic.find(finder, sidecar, params))
+        if len(found) < distinct:
+            raise RuntimeError(f"$find gave {len(found)} proposals on {schedule}, {distinct} wanted")
+        return [p for p in found[:distinct] for _ in range(capacity)][:count]
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--bookings", type=int, default=100, help="bookings per mode and side (default 100)")
-    parser.add_argument("--concurrency", type=int, default=8, help="concurrent client threads (default 8)")
-    parser.add_argument("--fhir-base", help="use this running FHIR server instead of starting HAPI")
-    args = parser.parse_args(argv)
-    if not 1 <= args.bookings <= 1000:
-        parser.error("--bookings must be within 1..1000 ($find's _count limit)")
-    if not 1 <= args.concurrency <= 64:
-        parser.error("--concurrency must be within 1..64")
-    signal.signal(signal.SIGTERM, _terminate_on_sigterm)
-    # Ctrl-C raises KeyboardInterrupt even when started in the background (which ignores SIGINT)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    def prepare(m: Mode, label: str, bookings: int) -> tuple[list[str], list[list[Resource]]]:
+        """Fresh Schedules for one run, their locks, and each client's proposals."""
+        ids = clinic.schedules(label, m.schedules, [services[m.capacity]])
+        per = [bookings // m.schedules + (i < bookings % m.schedules) for i in range(m.schedules)]
+        days = math.ceil(max(per) / (VISITS_PER_DAY * m.capacity)) + 2
+        clinic.create_locks(ids, start, start + timedelta(days=days))
+        if m.schedules == m.clients:
+            return ids, [proposals(s, m.capacity, c) for s, c in zip(ids, per, strict=True) if c]
+        return ids, deal(proposals(ids[0], m.capacity, bookings), m.clients)
 
-    began = time.perf_counter()
-    stop = threading.Event()
-    with servers(args.fhir_base) as (fhir_base, sidecar, hapi_seconds):
-        clinic = Clinic(fhir_base)
-        clinic.load_service()
-        finder = requests.Session()
-        stack_began = time.perf_counter()
+    def actions(capacity: int) -> dict[str, Action]:
+        return {
+            "sidecar": lambda s, p, rid: book_via_sidecar(s, sidecar, p, rid),
+            "raw": lambda s, p, rid: book_raw(s, fhir_base, p, rid, capacity),
+        }
 
-        def per_schedule(schedule: str, count: int) -> list[Resource]:
-            return proposals(finder, sidecar.base_url, clinic.service, schedule, count)
+    # Warm-up, both sides, not measured: JIT, connection pools, HAPI's caches.
+    for side, action in actions(1).items():
+        _, lanes = prepare(Mode("warm", "warm-up", 1, 8), f"warm-{side}", plan.warmup)
+        run_lanes(f"warm-{side}-{uuid.uuid4().hex[:4]}", lanes, action)
 
-        def via_sidecar(session: requests.Session, proposal: Resource, request_id: str) -> Outcome:
-            return book_via_sidecar(session, sidecar.base_url, proposal, request_id)
-
-        def via_hapi(session: requests.Session, proposal: Resource, request_id: str) -> Outcome:
-            return book_raw(session, fhir_base, proposal, request_id)
-
-        sides: list[tuple[str, Action]] = [("sidecar", via_sidecar), ("raw", via_hapi)]
-
-        # Warm-up (both paths, not measured): JIT, connection pools, HAPI's caches.
-        warm = min(WARM_UP, args.bookings)
-        for side, action in sides:
-            (schedule,) = clinic.schedules(f"warm-{side}", 1)
-            run(
-                f"warm-{side}", split(per_schedule(schedule, warm), min(args.concurrency, warm)), action, stop
-            )
-
-        results: dict[tuple[str, str], Result] = {}
-        for mode in modes(args.concurrency):
-            for side, action in sides:
-                schedules = clinic.schedules(f"{mode.key}-{side}", mode.schedules)
-                lanes = lanes_for(mode, args.bookings, per_schedule, schedules)
-                result = run(f"{mode.key}-{side}", lanes, action, stop)
-                results[mode.key, side] = result
-                stored = search(fhir_base, "Slot", schedule=",".join(f"Schedule/{s}" for s in schedules))
-                if len(stored) != len(result.ok):
+    sides: dict[tuple[str, str], Side] = {}
+    for rep in range(plan.reps):
+        for key in plan.modes:
+            m = mode(key)
+            order = ["sidecar", "raw"] if rep % 2 == 0 else ["raw", "sidecar"]
+            for side in order:
+                label = f"{key}-{side}-r{rep}-{uuid.uuid4().hex[:4]}"
+                ids, lanes = prepare(m, label, max(plan.bookings, m.clients))
+                before = cpu.read()
+                result = run_lanes(label, lanes, actions(m.capacity)[side])
+                record = sides.setdefault((key, side), Side())
+                record.runs.append(result)
+                record.cpu_seconds.update(CpuMeter.used(before, cpu.read()))
+                if side == "sidecar":
+                    _breakdown(log, result, record)
+                stored = _stored_slots(fhir_base, ids)
+                if stored != len(result.ok):
                     raise RuntimeError(
-                        f"{mode.key}/{side}: {len(result.ok)} bookings answered 201 but HAPI holds {len(stored)} Slots"
+                        f"{label}: {len(result.ok)} bookings answered 201 but HAPI holds {stored} Slots"
                     )
-        measured = time.perf_counter() - stack_began
-        finder.close()
-
-        print(
-            f"setup: HAPI {fhir_base}"
-            + (f" (started in {hapi_seconds:.1f} s)" if args.fhir_base is None else " (given)")
-            + f"; sidecar pid {sidecar.process.pid if sidecar.process else '-'}, "
-            f"{SIDECAR_WORKERS} workers x {SIDECAR_THREADS} threads, log {sidecar.log_path.relative_to(REPO)}"
+                progress(
+                    f"  $book {m.title:<36} {side:<7} rep {rep + 1}: {result.rate:6.1f}/s, "
+                    f"p50 {latency([o.seconds * 1000 for o in result.ok])['p50']:6.1f} ms, "
+                    f"{len(result.ok)}/{len(result.outcomes)} booked"
+                )
+    finder.close()
+    results = []
+    for key in plan.modes:
+        s, r = sides[key, "sidecar"].summary(), sides[key, "raw"].summary()
+        m = mode(key)
+        results.append(
+            {
+                "mode": key,
+                "title": m.title,
+                "clients": m.clients,
+                "schedules": m.schedules,
+                "capacity": m.capacity,
+                "sidecar": s,
+                "raw": r,
+                "ratio_throughput": ratio(s["throughput"]["median"], r["throughput"]["median"]),
+                "ratio_p50": ratio(s["latency"]["p50"], r["latency"]["p50"]),
+                "ratio_p95": ratio(s["latency"]["p95"], r["latency"]["p95"]),
+            }
         )
-        print(
-            f"workload: N={args.bookings} bookings per mode and side, C={args.concurrency}; one service, "
-            f"15-min visits on a 15-min grid, no buffers; fresh schedules per run, locks pre-created; "
-            f"{warm} warm-up bookings per side"
-        )
-        header = (
-            f"{'mode':<24} | {'sidecar bk/s':>12} {'med ms':>7} {'p95 ms':>7} | "
-            f"{'raw tx/s':>9} {'med ms':>7} {'p95 ms':>7} | {'ratio':>5}"
-        )
-        print(header)
-        print("-" * len(header))
-        for mode in modes(args.concurrency):
-            s, r = results[mode.key, "sidecar"], results[mode.key, "raw"]
-            ratio = s.rate / r.rate if r.rate else math.nan
-            print(
-                f"{mode.title:<24} | {fmt(s.rate, 12)} {fmt(s.latency_ms(50))} {fmt(s.latency_ms(95))} | "
-                f"{fmt(r.rate, 9)} {fmt(r.latency_ms(50))} {fmt(r.latency_ms(95))} | {ratio:5.2f}"
-            )
-        print("round trips per booking (value x count):")
-        for mode in modes(args.concurrency):
-            s, r = results[mode.key, "sidecar"], results[mode.key, "raw"]
-            failures = {side: results[mode.key, side].failures() for side, _ in sides}
-            failed = "; ".join(f"{side} failed {dict(c)}" for side, c in failures.items() if c)
-            print(
-                f"  {mode.title:<24} sidecar {rt_text(s.round_trips())} | raw {rt_text(r.round_trips())}"
-                + (f" | {failed}" if failed else "")
-            )
-        print("sidecar time per $book, server side (medians, ms; from its DEBUG log):")
-        for mode in modes(args.concurrency):
-            b = breakdown(sidecar.log_path, fhir_base, f"{mode.key}-sidecar")
-            if b is None:
-                print(f"  {mode.title:<24} (no log records)")
-                continue
-            parts = ", ".join(f"{c} {b.by_category[c]:.1f}" for c in CATEGORIES)
-            print(
-                f"  {mode.title:<24} in sidecar {b.server_ms:.1f} = upstream {b.upstream_ms:.1f} "
-                f"({parts}) + own {b.server_ms - b.upstream_ms:.1f}"
-            )
-        print(f"measured phase {measured:.1f} s, total {time.perf_counter() - began:.1f} s")
-    return 0
+    return results
 
 
-if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except KeyboardInterrupt:
-        print("interrupted: the sidecar and HAPI were stopped", file=sys.stderr)
-        raise SystemExit(130) from None
+def _stored_slots(fhir_base: str, schedule_ids: Sequence[str]) -> int:
+    response = requests.get(
+        f"{fhir_base}/Slot",
+        params=[("schedule", ",".join(f"Schedule/{s}" for s in schedule_ids)), ("_summary", "count")],
+        headers={"Accept": FHIR_JSON, "Cache-Control": "no-cache"},
+        timeout=120,
+    )
+    response.raise_for_status()
+    return int(response.json().get("total", -1))
+
+
+def _breakdown(log: LogIndex, result: Run, record: Side) -> None:
+    """Server time and the upstream critical path of each booked request, from the DEBUG log."""
+    log.refresh()
+    for outcome in result.ok:
+        entry = log.get(outcome.request_id)
+        if entry is None or entry.access is None:
+            continue
+        rounds = replay_plan(entry.calls)
+        record.server_ms.append(entry.access.duration_ms)
+        record.upstream_ms.append(
+            sum(max(sum(c.duration_ms for c in chain.calls) for chain in r.chains) for r in rounds)
+        )
+        record.shapes[plan_shape(rounds)] += 1
+        log.forget(outcome.request_id)

@@ -45,6 +45,8 @@ def find_table(cells: list[dict[str, Any]]) -> list[str]:
                 num(r["p95"]),
                 num(c["ratio_p50"], 2),
                 num(c["ratio_p95"], 2),
+                num(c.get("cpu_ms_mean", {}).get("sidecar")),
+                f"{num(upstream_cpu(c.get('cpu_ms_mean', {})))} / {num(upstream_cpu(c.get('replay_cpu_ms_mean', {})))}",
                 f"`{c['shape']}`",
             ]
         )
@@ -63,7 +65,44 @@ def find_table(cells: list[dict[str, Any]]) -> list[str]:
             "p95",
             "ratio p50",
             "ratio p95",
+            "sidecar CPU ms",
+            "HAPI CPU ms (call / alone)",
             "reads",
+        ],
+        rows,
+    )
+
+
+def upstream_cpu(cpu: dict[str, float]) -> float:
+    """CPU of everything but the sidecar: HAPI's JVM, and PostgreSQL when it runs."""
+    values = [v for name, v in cpu.items() if name != "sidecar"]
+    return sum(values) if values else math.nan
+
+
+def book_cpu(modes: list[dict[str, Any]]) -> list[str]:
+    rows = []
+    for m in modes:
+        s, r = m["sidecar"].get("cpu_ms_per_booking", {}), m["raw"].get("cpu_ms_per_booking", {})
+        via_sidecar = s.get("sidecar", math.nan) + upstream_cpu(s)
+        raw = upstream_cpu(r)
+        rows.append(
+            [
+                m["title"],
+                num(s.get("sidecar")),
+                num(upstream_cpu(s)),
+                num(raw),
+                num(via_sidecar),
+                num(raw / via_sidecar if via_sidecar else math.nan, 2),
+            ]
+        )
+    return table(
+        [
+            "mode",
+            "sidecar CPU ms/booking",
+            "HAPI CPU ms/booking (via sidecar)",
+            "HAPI CPU ms/raw booking",
+            "total via sidecar",
+            "raw / total (CPU-bound throughput ratio)",
         ],
         rows,
     )
@@ -315,6 +354,8 @@ def markdown(results: dict[str, Any]) -> str:
         out += [*book_table(modes), ""]
         out += [f"Inside the sidecar ({database}, its DEBUG log, booked requests):", ""]
         out += [*book_breakdown(modes), ""]
+        out += [f"CPU per booking ({database}; process trees, client threads excluded):", ""]
+        out += [*book_cpu(modes), ""]
     if results.get("mass"):
         out += ["### Mass booking: 64 clients fill one Schedule", ""]
         out += [*mass_table(results["mass"]), ""]
