@@ -87,6 +87,9 @@ def test_bad_values_name_the_variable(environ: dict[str, str], variable: str) ->
 def test_create_app_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FHIR_BASE_URL", "http://hapi.test/fhir")
     monkeypatch.setenv("BASE_PATH", "/api/r4")
+    # No hold sweeper: started by the first request, it would live on in this test process and
+    # every minute send its search to whatever upstream mock another test has active.
+    monkeypatch.setenv("HOLD_SWEEP_SECONDS", "0")
     client = create_app().test_client()
     assert client.get("/api/r4/metadata").status_code == 200
     assert client.get("/fhir/metadata").status_code == 404
