@@ -17,6 +17,7 @@ happened) or never will (the caller is told nothing was stored). See docs/reliab
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import replace
@@ -25,7 +26,7 @@ from datetime import datetime, timedelta
 from operations.availability import schedule_windows
 from operations.errors import Conflict, OutcomeUnknown, StoreFailure, Unprocessable
 from operations.find import check_legs, decode_slots, slot_search_span, widened
-from operations.locks import LockRead, Locks, fence, search_locks, take_locks
+from operations.locks import Locks, fence, read_locks
 from operations.model import Interval, Leg, Service, SlotStatus
 from operations.participants import check_participants, participant_reads
 from operations.proposal import BookingRequest
@@ -41,6 +42,8 @@ from operations.writes import (
     replay_bundle,
     response_bundle,
 )
+
+logger = logging.getLogger(__name__)
 
 
 def check_against_parameters(request: BookingRequest, legs: Sequence[Leg]) -> None:
@@ -156,8 +159,8 @@ def book(
 ) -> BookingResult:
     """``$book`` (``hold=False``) or ``$hold``: 201 with the transaction-response, or a replay.
 
-    Three upstream round trips of latency (docs/performance.md): (1) the configuration, the
-    participants and the locks, together; (2) the deciding Slot search and the identifier
+    Three upstream round trips of latency (docs/performance.md), the very first booking of a
+    time included: (1) the configuration, the participants and the locks, together; (2) the deciding Slot search and the identifier
     look-up, together, strictly after the lock read; (3) the transaction. A lost version check
     repeats (2) and (3) after a fresh lock read.
 
@@ -171,7 +174,7 @@ def book(
     configuration, service_resource, lock_read, *participants = stores.together(
         lambda: stores.caller.read_schedules(request.schedule_ids),
         lambda: stores.caller.read_service(request.service_id),
-        lambda: search_locks(store, spans),
+        lambda: read_locks(store, spans),
         *reads.searches(stores.caller),
     )
     service, legs = check_legs(
@@ -186,7 +189,7 @@ def book(
     check_against_parameters(request, legs)
     check_participants(reads, dict(participants), {leg.schedule.actor.reference for leg in legs})
     marker = marker or uuid.uuid4().hex
-    first_read: list[LockRead] = [lock_read]
+    first_read: list[Locks] = [lock_read]
 
     def attempt() -> BookingResult:
         # Lock, then Slots and the identifier look-up. A twin request (same identifier) that
@@ -194,7 +197,7 @@ def book(
         # landed together): at the same time as the Slot search, or, when the Slots already
         # say "taken", once more after it. One that commits after our lock read fails our
         # version check, and the next attempt finds it.
-        locks = take_locks(store, first_read.pop() if first_read else search_locks(store, spans))
+        locks = first_read.pop() if first_read else read_locks(store, spans)
         now = clock.now()
         span = slot_search_span(request.visit, legs)
         slot_resources: list[Resource]
@@ -214,6 +217,14 @@ def book(
             raise
         expires = now + hold_ttl if hold else None
         bundle = booking_bundle(request, legs, locks, hold=hold, expires=expires, marker=marker)
+        logger.debug(
+            "booking transaction",
+            extra={
+                "booking_request": marker,
+                "locks": [f"{lock.lock_id}@{lock.version}" for lock in locks.taken],
+                "slots_seen": len(slot_resources),
+            },
+        )
         try:
             response = store.transaction(bundle)
         except OutcomeUnknown as lost:

@@ -3,20 +3,13 @@ fence that settles a write whose answer was lost.
 
 **Bucket locks.** Time on a Schedule is cut into fixed :data:`BUCKET` intervals (UTC-aligned,
 the same for every sidecar process). A booking takes the lock of every bucket its footprint --
-visit plus buffers, the span its decision looks at -- touches, on every Schedule it touches:
-the lock's version, read before the Slot search that decides, goes into the booking
-transaction as ``ifMatch``. Two bookings whose footprints overlap share at least one bucket, so
-they cannot both commit on the same view; bookings of separate times on one Schedule mostly
-take different buckets and do not queue behind each other.
-
-**Creating bucket locks.** A bucket's lock does not exist until the first booking that needs
-it, and "create it unless it exists" is not something a FHIR transaction can say. So each
-Schedule has one more lock, its *master* (``Basic/fanoni-lock-<schedule>``), and a transaction
-that creates bucket locks also takes the master (``ifMatch``): two bookings that both found a
-bucket missing cannot both create it, and one that found it missing fails when anybody created
-it since. The whole :data:`CREATED_TOGETHER` group around a missing bucket is created at once,
-so the master is taken once per Schedule and group, not once per booking. The master itself is
-created, once per Schedule ever, by a transaction of its own.
+visit plus buffers, the span its decision looks at -- touches, on every Schedule it touches.
+Each lock entry of the booking transaction is checked against what was read before the Slot
+search that decided: ``ifMatch`` on the version read, or, for a lock the search did not find,
+``ifMatch: W/"0"`` -- which HAPI reads as "create it, unless it exists by now" (a resource
+that exists has version 1 or more). Two bookings whose footprints overlap share at least one
+bucket, so they cannot both commit on the same view; bookings of separate times on one
+Schedule mostly take different buckets and do not queue behind each other.
 
 Every lock carries a counter that each update increments, so an update never stores content
 identical to the last version (an upstream may skip such a no-op update and its version check).
@@ -25,11 +18,11 @@ identical to the last version (an upstream may skip such a no-op update and its 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from operations.errors import ConcurrentChange, Conflict, OutcomeUnknown, StoreFailure
+from operations.errors import ConcurrentChange, OutcomeUnknown, StoreFailure
 from operations.fhir_values import transaction_bundle
 from operations.model import FANONI_CODE_SYSTEM, FANONI_EXTENSION_BASE, Interval
 from operations.retries import Clock
@@ -37,33 +30,23 @@ from operations.store import FhirStore, Resource
 
 LOCK_COUNTER_URL = FANONI_EXTENSION_BASE + "lock-counter"
 LOCK_PREFIX = "fanoni-lock-"
+ABSENT = "0"
+"""The version a lock the search did not find is checked against: it is created, unless it
+exists by the time the transaction commits."""
 
 BUCKET = timedelta(minutes=15)
 """The lock granularity. Every sidecar process of a deployment must use the same value: it is
 part of the lock protocol, not a setting (docs/consistency.md)."""
-CREATED_TOGETHER = 24
-"""Bucket locks created in one transaction: a UTC-aligned group of 24 buckets (6 hours)."""
 _EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 
 
-def lock_id(schedule_id: str) -> str:
-    """The id of a Schedule's master lock (a ``Basic``), within FHIR's 64-character limit."""
-    candidate = LOCK_PREFIX + schedule_id
-    if len(candidate) <= 64:
-        return candidate
-    return LOCK_PREFIX + _short(schedule_id)
-
-
 def bucket_lock_id(schedule_id: str, bucket: int) -> str:
-    """The id of the lock of one bucket of a Schedule (``fanoni-lock-<schedule>.b<n>``)."""
+    """The id of the lock of one bucket of a Schedule (``fanoni-lock-<schedule>.b<n>``), within
+    FHIR's 64-character limit (a long Schedule id is replaced by a hash of it)."""
     candidate = f"{LOCK_PREFIX}{schedule_id}.b{bucket}"
     if len(candidate) <= 64:
         return candidate
-    return f"{LOCK_PREFIX}{_short(schedule_id)}.b{bucket}"
-
-
-def _short(schedule_id: str) -> str:
-    return hashlib.sha256(schedule_id.encode()).hexdigest()[:40]
+    return f"{LOCK_PREFIX}{hashlib.sha256(schedule_id.encode()).hexdigest()[:40]}.b{bucket}"
 
 
 def buckets(span: Interval) -> range:
@@ -80,38 +63,26 @@ def bucket_span(bucket: int) -> Interval:
     return Interval(start, start + BUCKET)
 
 
-def _group(bucket: int) -> range:
-    first = bucket - bucket % CREATED_TOGETHER
-    return range(first, first + CREATED_TOGETHER)
-
-
 @dataclass(frozen=True)
 class LockVersion:
-    """One lock as read: the version the transaction will check and the counter it stored."""
+    """One lock as read before the decision: the version its update is checked against
+    (:data:`ABSENT` when the search did not find it) and the counter it stored."""
 
     lock_id: str
     schedule_id: str
-    version: str
-    counter: int
-    bucket: int | None = None
-    """``None`` for a Schedule's master lock."""
+    bucket: int
+    version: str = ABSENT
+    counter: int = -1
 
 
 @dataclass(frozen=True)
 class Locks:
-    """What one attempt read before deciding: every lock its transaction takes."""
+    """Every lock one attempt's transaction takes, in a fixed order (Schedule, then time)."""
 
     taken: tuple[LockVersion, ...]
-    """Existing bucket locks (and, when buckets are created, the masters), in a fixed order."""
-    creating: tuple[tuple[str, int], ...] = ()
-    """``(schedule id, bucket)`` of the bucket locks the transaction creates."""
 
     def __bool__(self) -> bool:
         return bool(self.taken)
-
-    @property
-    def ids(self) -> list[str]:
-        return [lock.lock_id for lock in self.taken]
 
 
 NO_LOCKS = Locks(taken=())
@@ -126,65 +97,18 @@ def footprint_buckets(footprints: Mapping[str, Iterable[Interval]]) -> dict[str,
     return {schedule_id: sorted(found) for schedule_id, found in sorted(wanted.items())}
 
 
-@dataclass(frozen=True)
-class LockRead:
-    """The answer to the one lock search of an attempt, before anything is written."""
-
-    wanted: dict[str, list[int]]
-    found: dict[str, LockVersion]
-
-    @property
-    def masters_missing(self) -> list[str]:
-        return [s for s in self.wanted if lock_id(s) not in self.found]
-
-
-def search_locks(store: FhirStore, footprints: Mapping[str, Iterable[Interval]]) -> LockRead:
-    """One search for the bucket locks of ``footprints`` (per Schedule id, the spans a write
-    decides on) and the Schedules' masters. Writes nothing, so it may run before the request
-    is validated, at the same time as the configuration reads."""
-    wanted = footprint_buckets(footprints)
-    return LockRead(wanted, _search_locks(store, wanted) if wanted else {})
-
-
-def take_locks(store: FhirStore, read: LockRead) -> Locks:
-    """The locks a transaction takes, from what :func:`search_locks` found. Only when a Schedule
-    has no master yet (its very first booking ever) does this cost round trips: one
-    transaction creating the masters, and the search again."""
-    if not read.wanted:
-        return NO_LOCKS
-    found = read.found
-    missing_masters = read.masters_missing
-    if missing_masters:
-        lost = _create_masters(store, missing_masters)
-        found = _search_locks(store, read.wanted)
-        if any(lock_id(s) not in found for s in read.wanted):
-            if lost is not None:
-                lost.resolution = "Nothing was stored (checked): ask again."
-                raise lost
-            raise Conflict("Could not create the lock resources on the upstream")
-    taken: list[LockVersion] = []
-    creating: list[tuple[str, int]] = []
-    for schedule_id, indexes in read.wanted.items():
-        absent = {b for b in indexes if bucket_lock_id(schedule_id, b) not in found}
-        if absent:
-            taken.append(found[lock_id(schedule_id)])
-            groups = sorted({g for b in absent for g in _group(b)})
-            creating.extend((schedule_id, b) for b in groups if bucket_lock_id(schedule_id, b) not in found)
-        taken.extend(found[bucket_lock_id(schedule_id, b)] for b in indexes if b not in absent)
-    return Locks(taken=tuple(taken), creating=tuple(creating))
-
-
 def read_locks(store: FhirStore, footprints: Mapping[str, Iterable[Interval]]) -> Locks:
-    """:func:`search_locks` then :func:`take_locks`: the locks a write over ``footprints`` takes."""
-    return take_locks(store, search_locks(store, footprints))
-
-
-def _search_locks(store: FhirStore, wanted: Mapping[str, Sequence[int]]) -> dict[str, LockVersion]:
-    meaning: dict[str, tuple[str, int | None]] = {}
-    for schedule_id, indexes in wanted.items():
-        meaning[lock_id(schedule_id)] = (schedule_id, None)
-        for b in indexes:
-            meaning[bucket_lock_id(schedule_id, b)] = (schedule_id, b)
+    """The locks a write over ``footprints`` (per Schedule id, the spans it decides on) takes:
+    one search for all of them. Writes nothing, so it may run before the request is validated,
+    at the same time as the configuration reads."""
+    wanted = footprint_buckets(footprints)
+    if not wanted:
+        return NO_LOCKS
+    meaning = {
+        bucket_lock_id(schedule_id, b): (schedule_id, b)
+        for schedule_id, indexes in wanted.items()
+        for b in indexes
+    }
     found: dict[str, LockVersion] = {}
     for resource in store.search("Basic", [("_id", ",".join(meaning))]):
         resource_id = str(resource.get("id"))
@@ -192,38 +116,24 @@ def _search_locks(store: FhirStore, wanted: Mapping[str, Sequence[int]]) -> dict
         if resource_id in meaning and version is not None:
             owner, bucket = meaning[resource_id]
             found[resource_id] = LockVersion(
-                resource_id, owner, str(version), _lock_counter(resource), bucket
+                resource_id, owner, bucket, str(version), _lock_counter(resource)
             )
-    return found
+    return Locks(
+        taken=tuple(found.get(lock_id) or LockVersion(lock_id, *where) for lock_id, where in meaning.items())
+    )
 
 
-def _create_masters(store: FhirStore, schedule_ids: Sequence[str]) -> OutcomeUnknown | None:
-    """Create missing master locks. Harmless when two processes do it at once: both then read
-    a version before their Slot search, which is all the protocol needs. A lost answer is
-    returned: creating a master is idempotent, and the search that follows tells whether it
-    landed."""
-    try:
-        store.transaction(transaction_bundle([_put(lock_resource(s, 0)) for s in schedule_ids]))
-    except ConcurrentChange:
-        pass  # another process created them just now
-    except OutcomeUnknown as exc:
-        return exc
-    return None
-
-
-def lock_resource(schedule_id: str, counter: int, bucket: int | None = None) -> Resource:
-    """A lock as stored: a ``Basic`` about the Schedule, naming its bucket's start when it has one."""
-    resource: Resource = {
+def lock_resource(schedule_id: str, bucket: int, counter: int) -> Resource:
+    """A lock as stored: a ``Basic`` about the Schedule, ``created`` on its bucket's UTC date
+    (so locks of the past can be found)."""
+    return {
         "resourceType": "Basic",
-        "id": lock_id(schedule_id) if bucket is None else bucket_lock_id(schedule_id, bucket),
-        "code": {"coding": [{"system": FANONI_CODE_SYSTEM, "code": "schedule-lock"}]},
+        "id": bucket_lock_id(schedule_id, bucket),
+        "code": {"coding": [{"system": FANONI_CODE_SYSTEM, "code": "schedule-time-lock"}]},
         "subject": {"reference": f"Schedule/{schedule_id}"},
+        "created": bucket_span(bucket).start.date().isoformat(),
         "extension": [{"url": LOCK_COUNTER_URL, "valueInteger": counter}],
     }
-    if bucket is not None:
-        resource["created"] = bucket_span(bucket).start.date().isoformat()
-        resource["code"]["coding"][0]["code"] = "schedule-time-lock"
-    return resource
 
 
 def _lock_counter(resource: Resource) -> int:
@@ -237,23 +147,22 @@ def _lock_counter(resource: Resource) -> int:
     return 0
 
 
-def _put(resource: Resource, version: str | None = None) -> Resource:
+def _put(resource: Resource, version: str) -> Resource:
     url = f"Basic/{resource['id']}"
-    request: Resource = {"method": "PUT", "url": url}
-    if version is not None:
-        request["ifMatch"] = f'W/"{version}"'
-    return {"fullUrl": url, "resource": resource, "request": request}
+    return {
+        "fullUrl": url,
+        "resource": resource,
+        "request": {"method": "PUT", "url": url, "ifMatch": f'W/"{version}"'},
+    }
 
 
 def lock_entries(locks: Locks) -> list[Resource]:
-    """The transaction entries that take ``locks``: a version-checked update of each lock read
-    (the heart of race freedom), then the creation of the bucket locks that were missing."""
-    entries = [
-        _put(lock_resource(lock.schedule_id, lock.counter + 1, lock.bucket), lock.version)
+    """The transaction entries that take ``locks``: each lock updated, checked against the
+    version read, or created, checked against its absence -- the heart of race freedom."""
+    return [
+        _put(lock_resource(lock.schedule_id, lock.bucket, lock.counter + 1), lock.version)
         for lock in locks.taken
     ]
-    entries.extend(_put(lock_resource(schedule_id, 0, b)) for schedule_id, b in locks.creating)
-    return entries
 
 
 SETTLE_ATTEMPTS = 6
@@ -272,7 +181,7 @@ def fence(store: FhirStore, locks: Locks, clock: Clock) -> bool:
     lock = locks.taken[0]
     # counter + 2: content that differs from what the lost write stored (counter + 1), so the
     # upstream cannot treat the fence as a no-op update and skip its version check.
-    entry = _put(lock_resource(lock.schedule_id, lock.counter + 2, lock.bucket), lock.version)
+    entry = _put(lock_resource(lock.schedule_id, lock.bucket, lock.counter + 2), lock.version)
     last: StoreFailure | None = None
     for tries in range(SETTLE_ATTEMPTS):
         try:

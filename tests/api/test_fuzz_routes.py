@@ -74,7 +74,10 @@ def serve_clinic(mock: responses.RequestsMock) -> None:
 
 def client() -> FlaskClient:
     app = create_app(
-        Settings(fhir_base_url=BASE, hold_sweep_seconds=0, booking_deadline_seconds=0.05), clock=lambda: NOW
+        Settings(
+            fhir_base_url=BASE, hold_sweep_seconds=0, booking_deadline_seconds=0.05, slot_end_search="on"
+        ),
+        clock=lambda: NOW,
     )
     return app.test_client()
 

@@ -13,7 +13,9 @@ fails (SPEC §4-§5, docs/consistency.md):
 * **no stranded Slot**: no Slot still taking time belongs to an Appointment that has ended;
 * **no overlap**: on each Schedule, no two pieces of time-taking Slots (``busy``,
   ``busy-tentative`` and ``busy-unavailable``, a lapsed hold's excepted) of different bookings
-  overlap -- beyond the Slots' capacity for visits when it is above 1.
+  overlap -- except, on a Schedule with ``slotCapacity`` above 1, bookings' footprints (visit
+  plus buffers, SPEC §3) up to the capacity: at no instant do more footprints overlap than the
+  smallest capacity stamped on them.
 
 What callers were told is the test's business: the report lists every Appointment with its
 identifiers, so a test can check that each answer it got matches what is stored, and that
@@ -249,16 +251,23 @@ def _check_overlaps(report: ScanReport, slots: Iterable[Resource], now: datetime
                     break
                 if first.marker == second.marker or (first.marker is None and second.marker is None):
                     continue  # one booking's own Slots, or two of the administrator's blocks
-                both_visits = first.status in VISIT_STATUSES and second.status in VISIT_STATUSES
-                if both_visits and min(first.capacity, second.capacity) > 1:
-                    continue  # counted below, against the capacity
+                if _shares(first) and _shares(second):
+                    continue  # footprints counted below, against the capacity
                 report.overlaps.append(f"{schedule}: {first} overlaps {second}")
-        _check_capacity(report, schedule, [p for p in pieces if p.status in VISIT_STATUSES])
+        _check_capacity(report, schedule, [p for p in pieces if _shares(p)])
 
 
-def _check_capacity(report: ScanReport, schedule: str, visits: list[_Piece]) -> None:
-    """Visits on a Schedule with capacity above 1: at no instant more than the capacity."""
-    shared = [v for v in visits if v.capacity > 1]
+def _shares(piece: _Piece) -> bool:
+    """A piece of a booking's footprint (its visit or a buffer) on a Schedule whose capacity is
+    above 1: such pieces may overlap others, up to the capacity (SPEC §3)."""
+    return piece.marker is not None and piece.capacity > 1
+
+
+def _check_capacity(report: ScanReport, schedule: str, pieces: list[_Piece]) -> None:
+    """Footprints on a Schedule with capacity above 1: at no instant more than the capacity.
+    A booking's pieces (buffer before, visit, buffer after) follow each other, so counting
+    pieces at an instant counts footprints."""
+    shared = pieces
     events = sorted([(v.start, 1, v) for v in shared] + [(v.end, -1, v) for v in shared], key=lambda e: e[:2])
     current: list[_Piece] = []
     for _when, step, piece in events:
@@ -268,7 +277,7 @@ def _check_capacity(report: ScanReport, schedule: str, visits: list[_Piece]) -> 
         current.append(piece)
         if len(current) > min(p.capacity for p in current):
             report.overlaps.append(
-                f"{schedule}: {len(current)} visits at once beyond capacity: " + ", ".join(map(str, current))
+                f"{schedule}: {len(current)} footprints at once beyond capacity: " + ", ".join(map(str, current))
             )
 
 

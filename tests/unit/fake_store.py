@@ -225,7 +225,11 @@ class FakeFhirStore(FakeStore):
             else:
                 current = staged.get(url)
                 expected = request.get("ifMatch")
-                if expected and (current is None or f'W/"{current["meta"]["versionId"]}"' != expected):
+                # Like HAPI: W/"0" creates a resource that does not exist, and fails on one that does.
+                if expected and (
+                    (current is None and expected != 'W/"0"')
+                    or (current is not None and f'W/"{current["meta"]["versionId"]}"' != expected)
+                ):
                     raise ConcurrentChange(f"version conflict on {url}")
                 version = int(current["meta"]["versionId"]) + 1 if current else 1
             old_meta = (staged.get(f"{resource['resourceType']}/{resource['id']}") or {}).get("meta", {})

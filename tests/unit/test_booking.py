@@ -13,11 +13,13 @@ from typing import Any
 
 import pytest
 
-from operations.booking import BookingRequest, Clock, RetryPolicy, book
+from operations.booking import BookingRequest, Clock, RetryPolicy, book, footprints
 from operations.errors import Conflict, InvalidRequest, NotFound, Unprocessable
+from operations.fhir_values import transaction_bundle
 from operations.find import FindRequest, find_appointments
 from operations.housekeeping import expire_holds
 from operations.lifecycle import cancel, confirm
+from operations.locks import lock_entries, read_locks
 from operations.model import HOLD_EXPIRES_URL, SLOT_CAPACITY_URL
 from tests.unit.builders import hours, practitioner, schedule, service
 from tests.unit.fake_store import FakeFhirStore
@@ -102,9 +104,9 @@ class TestBook:
         ]
         assert sorted(r["reference"] for r in appointment["slot"]) == sorted(f"Slot/{s['id']}" for s in slots)
         assert all({"url": SLOT_CAPACITY_URL, "valuePositiveInt": 1} in s["extension"] for s in slots)
-        assert len(store.transactions) == 2  # lock creation, then the booking
+        assert len(store.transactions) == 1  # the locks are created in the booking's transaction
         booking = store.transactions[-1]
-        assert booking["entry"][0]["request"]["ifMatch"] == 'W/"1"'
+        assert booking["entry"][0]["request"]["ifMatch"] == 'W/"0"'  # created, unless it exists by then
 
     def test_booked_time_is_no_longer_offered_and_cannot_be_booked_twice(self) -> None:
         store = clinic()
@@ -151,7 +153,8 @@ class TestBook:
     def test_retries_stop_at_the_deadline(self) -> None:
         store = clinic()
         proposal = proposals(store)[0]
-        do_book(store, proposals(store)[-1])
+        request = BookingRequest.from_body(proposal)
+        store.transaction(transaction_bundle(lock_entries(read_locks(store, footprints(request)))))
 
         def rival() -> None:
             for lock in of_type(store, "Basic"):
@@ -159,7 +162,6 @@ class TestBook:
             store.before_transaction.append(rival)
 
         store.before_transaction.append(rival)
-        request = BookingRequest.from_body(proposal)
         with pytest.raises(Conflict, match="did not settle"):
             book(
                 store,

@@ -516,20 +516,39 @@ def book_now(store: FakeFhirStore, proposal: Resource, **stores: Any) -> Any:
     return book(target, request_for(proposal), hold=False, hold_ttl=TTL, clock=FakeClock().clock())
 
 
-def test_two_first_bookings_of_a_bucket_group_cannot_both_create_its_locks() -> None:
-    """A and B both find the day's bucket locks missing and decide on the same free time; B
-    creates the locks and commits first. A's transaction would create them too -- a plain
-    upsert that checks nothing -- so it carries the Schedule's master lock, version-checked:
-    it fails, re-reads, sees B's visit and answers 409. Without the master in the creating
-    transaction both visits land."""
+def test_two_first_bookings_of_a_time_cannot_both_create_its_locks() -> None:
+    """A and B both find the buckets' locks missing and decide on the same free time; B creates
+    the locks and commits first. A's transaction would create them too; it is checked against
+    their absence (``ifMatch: W/"0"``), so it fails, re-reads, sees B's visit and answers 409.
+    With a plain create-or-update instead, both visits land."""
     store = clinic()
-    book_now(store, at(store, "11:15"))  # the master exists; this group's buckets too
-    store.resources = {k: v for k, v in store.resources.items() if ".b" not in k}  # a fresh group
     proposal = at(store, "09:15")
     store.pause_after("search_slots", lambda: book_now(store, proposal))
     with pytest.raises(Conflict, match="already booked"):
         book_now(store, proposal)
-    assert visits(store) == [("2026-12-07T09:15:00-05:00", "busy"), ("2026-12-07T11:15:00-05:00", "busy")]
+    assert visits(store) == [("2026-12-07T09:15:00-05:00", "busy")]
+
+
+def test_a_booking_that_found_a_lock_missing_loses_to_one_that_updated_it_since() -> None:
+    """The race a master lock did not close (HAPI's search may find a resource's newest version
+    yet miss a resource created meanwhile): A saw the 09:30 bucket missing, B (created it
+    earlier, then) updated it by booking 09:30. A's creation of it, checked against absence,
+    fails; A re-reads and finds 09:30 taken."""
+    store = clinic()
+    book_now(store, at(store, "10:30"))
+    proposal = at(store, "09:15")
+    # A reads no locks at all (as if its search missed them), then B creates them and books.
+    real_search = store.search
+
+    def blind(resource_type: str, params: Any, **kwargs: Any) -> Any:
+        store.search = real_search  # type: ignore[method-assign]
+        book_now(store, at(store, "09:30"))
+        return [] if resource_type == "Basic" else real_search(resource_type, params, **kwargs)
+
+    store.search = blind  # type: ignore[method-assign]
+    with pytest.raises(Conflict):
+        book_now(store, proposal)
+    assert [start for start, _ in visits(store)] == ["2026-12-07T09:30:00-05:00", "2026-12-07T10:30:00-05:00"]
 
 
 def test_a_booking_overlapping_another_by_one_bucket_still_loses() -> None:
