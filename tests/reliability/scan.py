@@ -277,7 +277,8 @@ def _check_capacity(report: ScanReport, schedule: str, pieces: list[_Piece]) -> 
         current.append(piece)
         if len(current) > min(p.capacity for p in current):
             report.overlaps.append(
-                f"{schedule}: {len(current)} footprints at once beyond capacity: " + ", ".join(map(str, current))
+                f"{schedule}: {len(current)} footprints at once beyond capacity: "
+                + ", ".join(map(str, current))
             )
 
 
