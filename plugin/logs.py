@@ -7,6 +7,8 @@ import json
 import logging
 from datetime import UTC, datetime
 
+from flask import g, has_request_context
+
 # Attributes every LogRecord has; anything else on a record came from ``extra=`` and is data.
 _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
     "message",
@@ -28,6 +30,9 @@ class JsonFormatter(logging.Formatter):
         for key, value in vars(record).items():
             if key not in _RECORD_ATTRIBUTES and not key.startswith("_"):
                 data[key] = value
+        if "request_id" not in data and has_request_context() and g.get("request_id"):
+            # Lines logged by the use cases (operations/ knows no requests) name the request too.
+            data["request_id"] = g.request_id
         if record.exc_info:
             data["traceback"] = self.formatException(record.exc_info)
         return json.dumps(data, default=str, ensure_ascii=False)
