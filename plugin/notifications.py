@@ -5,7 +5,7 @@ Registration installs a rest-hook Subscription for Appointments that become ``ca
 ``noshow`` or ``entered-in-error``, delivered to ``NOTIFICATION_URL`` (this endpoint) with
 ``Authorization: Bearer NOTIFICATION_SECRET``. A notification only says *which* Appointment to
 look at: the sidecar re-reads it with its own credentials and deletes the Slots it wrote for it
-(``operations.lifecycle.release_ended``). Any request without the secret gets 401 and changes
+(``operations.housekeeping.release_ended``). Any request without the secret gets 401 and changes
 nothing. With several replicas, whichever receives a notification handles it; handling the
 same one twice is harmless.
 """

@@ -14,7 +14,7 @@ from typing import Any
 
 from flask import Blueprint, Response, g, request
 
-from operations import booking, find, lifecycle
+from operations import booking, cancel, confirm, find
 from operations.errors import InvalidRequest, NotFound
 from operations.fhir_values import as_list, is_fhir_id
 from plugin import version
@@ -105,7 +105,7 @@ def _book(*, hold: bool) -> Response:
 def appointment_confirm(appointment_id: str) -> Response:
     g.operation = "Appointment/$confirm"
     json_body(request.get_data(cache=True), required=False)  # a body, if any, must be JSON
-    result = lifecycle.confirm(
+    result = confirm.confirm(
         request_stores("confirm"), _existing_id(appointment_id), clock=_clock(), policy=_policy()
     )
     return fhir_response(result.bundle, status=result.status)
@@ -115,7 +115,7 @@ def appointment_confirm(appointment_id: str) -> Response:
 def appointment_cancel(appointment_id: str) -> Response:
     g.operation = "Appointment/$cancel"
     reason = _cancelation_reason(json_body(request.get_data(cache=True), required=False))
-    result = lifecycle.cancel(
+    result = cancel.cancel(
         request_stores("cancel"),
         _existing_id(appointment_id),
         reason=reason,
@@ -145,7 +145,7 @@ def _cancelation_reason(body: object) -> dict[str, Any] | None:
             if isinstance(item, dict) and item.get("name") == "cancelationReason":
                 value = item.get("valueCodeableConcept", item.get("valueString", item.get("valueCode")))
                 pairs.append(("cancelationReason", value))
-    return lifecycle.cancellation_reason(pairs)
+    return cancel.cancellation_reason(pairs)
 
 
 def _clock() -> booking.Clock:

@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 
 from operations.booking import BookingRequest, Clock, RetryPolicy, book, footprints
+from operations.cancel import cancel
+from operations.confirm import confirm
 from operations.errors import Conflict, InvalidRequest, NotFound, Unprocessable
 from operations.fhir_values import transaction_bundle
 from operations.find import FindRequest, find_appointments
 from operations.housekeeping import expire_holds
-from operations.lifecycle import cancel, confirm
 from operations.locks import lock_entries, read_locks
 from operations.model import HOLD_EXPIRES_URL, SLOT_CAPACITY_URL
 from tests.unit.builders import hours, practitioner, schedule, service

@@ -15,11 +15,12 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from operations.booking import BookingRequest, Clock, book
+from operations.cancel import cancel
+from operations.confirm import confirm
 from operations.errors import Conflict, Unprocessable
 from operations.fhir_values import parse_instant
 from operations.find import FindRequest, find_appointments
 from operations.housekeeping import expire_holds
-from operations.lifecycle import cancel, confirm
 from operations.model import HOLD_EXPIRES_URL
 from tests.unit.builders import hours, practitioner, schedule, service
 from tests.unit.fake_store import FakeFhirStore

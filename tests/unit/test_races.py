@@ -16,10 +16,11 @@ from typing import Any
 import pytest
 
 from operations.booking import BookingRequest, Clock, book
+from operations.cancel import cancel
+from operations.confirm import confirm
 from operations.errors import Conflict, InvalidRequest, OutcomeUnknown, ReferencedElsewhere, Unprocessable
 from operations.find import FindRequest, find_appointments
 from operations.housekeeping import expire_holds, release_ended, release_missed
-from operations.lifecycle import cancel, confirm
 from operations.model import HOLD_EXPIRES_URL
 from operations.store import Stores
 from operations.writes import BOOKING_REQUEST_SYSTEM, HOLD_TAG, booking_marker

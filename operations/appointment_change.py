@@ -1,0 +1,59 @@
+"""What ``$confirm`` and ``$cancel`` (and any operation that changes one stored Appointment)
+share: reading the Appointment, and settling a write whose answer was lost.
+
+The caller's credentials read the addressed Appointment first (a caller may change what it may
+read); every other read and every write uses the sidecar's own (``Stores``). The Appointment
+update is version-checked (``ifMatch``): a hold being confirmed while the clean-up cancels it is
+settled by the upstream, never by luck -- whichever commits second fails its version check,
+re-reads and decides again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from operations.errors import ConcurrentChange, NotFound, OutcomeUnknown, StoreFailure
+from operations.store import FhirReader, Resource
+
+T = TypeVar("T")
+
+
+def read_appointment(reader: FhirReader, appointment_id: str) -> Resource:
+    appointment = reader.read("Appointment", appointment_id)
+    if appointment is None:
+        raise NotFound(f"Appointment/{appointment_id} does not exist", expression="Appointment")
+    return appointment
+
+
+class LostWrite:
+    """The write of one operation whose answer was lost, if any. Once there is one, the
+    operation's next attempt settles it, and any failure to reach the upstream on the way is
+    answered as that write's unknown outcome -- never as a plain error that reads "nothing
+    happened" (it may have)."""
+
+    def __init__(self) -> None:
+        self.error: OutcomeUnknown | None = None
+        self.fenced = False
+        """Whether the lock it was checked against has been fenced: it can no longer land."""
+
+    def lose(self, error: OutcomeUnknown, what: str) -> ConcurrentChange:
+        """Remember ``error``; the ``ConcurrentChange`` to raise so that the operation re-reads.
+        A second lost answer in a row is raised as it is: the upstream is not answering."""
+        if self.error is not None:
+            raise error
+        self.error = error
+        return ConcurrentChange(f"the answer to the {what} was lost; re-reading")
+
+    def guarding(self, step: Callable[[], T]) -> Callable[[], T]:
+        """``step`` as an attempt that answers a failure after a lost write as its outcome."""
+
+        def attempt() -> T:
+            try:
+                return step()
+            except StoreFailure:
+                if self.error is not None:
+                    raise self.error from None
+                raise
+
+        return attempt
