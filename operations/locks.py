@@ -187,8 +187,16 @@ def fence(store: FhirStore, locks: Locks, clock: Clock) -> bool:
         try:
             store.transaction(transaction_bundle([entry]))
             return True
-        except ConcurrentChange:
-            return False
+        except ConcurrentChange as exc:
+            # Refused. Usually because the lock moved -- but a database under repeatable read
+            # or serializable isolation may refuse the fence for a concurrent write that has
+            # not committed (yet), which proves nothing: look at the lock before concluding.
+            if _current_version(store, lock) != lock.version:
+                return False
+            last = StoreFailure(f"the fence was refused with the lock unmoved: {exc}")
+            last.transient = True
+            clock.sleep(min(2.0, 0.1 * 2**tries))
+            continue
         except StoreFailure as exc:
             if not exc.transient:
                 raise
@@ -196,3 +204,12 @@ def fence(store: FhirStore, locks: Locks, clock: Clock) -> bool:
             clock.sleep(min(2.0, 0.1 * 2**tries))
     assert last is not None
     raise last if isinstance(last, OutcomeUnknown) else OutcomeUnknown(last)
+
+
+def _current_version(store: FhirStore, lock: LockVersion) -> str:
+    """The lock's version as stored now (:data:`ABSENT` when it does not exist)."""
+    for resource in store.search("Basic", [("_id", lock.lock_id)]):
+        version = (resource.get("meta") or {}).get("versionId")
+        if resource.get("id") == lock.lock_id and version is not None:
+            return str(version)
+    return ABSENT

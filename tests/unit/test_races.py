@@ -18,7 +18,14 @@ import pytest
 from operations.booking import BookingRequest, Clock, book
 from operations.cancel import cancel
 from operations.confirm import confirm
-from operations.errors import Conflict, InvalidRequest, OutcomeUnknown, ReferencedElsewhere, Unprocessable
+from operations.errors import (
+    ConcurrentChange,
+    Conflict,
+    InvalidRequest,
+    OutcomeUnknown,
+    ReferencedElsewhere,
+    Unprocessable,
+)
 from operations.find import FindRequest, find_appointments
 from operations.housekeeping import expire_holds, release_ended, release_missed
 from operations.model import HOLD_EXPIRES_URL
@@ -596,3 +603,29 @@ def test_a_twin_seen_by_the_slot_search_but_not_by_the_look_up_is_found_by_a_sec
     second = book_now(store, proposal, together=look_up_first)
     assert (first[0].status, second.status) == (201, 200)
     assert appointment_of(second)["id"] == appointment_of(first[0])["id"]
+
+
+def test_a_fence_refused_while_the_lock_did_not_move_is_tried_again() -> None:
+    """Under repeatable read or serializable isolation the database may refuse the fence for a
+    concurrent write that has not committed: a refusal alone does not prove the lost booking
+    landed. The fence looks at the lock; unmoved, it fences again, and then "nothing stored"
+    is true."""
+    store = clinic()
+    proposal = at(store, "09:15")
+    store.lose_next_answer("later")  # the booking is still in flight
+    refusals = [1]
+    real_transaction = store.transaction
+
+    def refuse_once(bundle: Resource) -> Resource:
+        if refusals and all(e["resource"]["resourceType"] == "Basic" for e in bundle["entry"]):
+            refusals.pop()
+            raise ConcurrentChange("could not serialize access due to read/write dependencies")
+        return real_transaction(bundle)
+
+    store.transaction = refuse_once  # type: ignore[method-assign]
+    with pytest.raises(OutcomeUnknown) as caught:
+        book_now(store, proposal)
+    assert "Nothing was stored" in (caught.value.resolution or "")
+    assert not refusals  # the fence was refused once, then fenced
+    assert store.deliver_in_flight() == ["refused"]  # fenced: the late booking cannot land
+    assert visits(store) == []
