@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build, start and stop the local HAPI FHIR JPA server (FHIR R4, in-memory H2) in hapi-server/.
+# Build, start and stop the local HAPI FHIR JPA server (FHIR R4; in-memory H2 by default, PostgreSQL
+# with --spring.datasource.* arguments, see hapi-server/README.md) in hapi-server/
 #
 #   scripts/hapi.sh build              build build/hapi/hapi-server.jar (skipped when up to date)
 #   scripts/hapi.sh start [PORT] [ARG...]
