@@ -171,11 +171,10 @@ def book(
     store = stores.service
     reads = participant_reads(request)
     spans = footprints(request)
-    configuration, service_resource, lock_read, *participants = stores.together(
+    configuration, service_resource, lock_read = stores.together(
         lambda: stores.caller.read_schedules(request.schedule_ids),
         lambda: stores.caller.read_service(request.service_id),
         lambda: read_locks(store, spans),
-        *reads.searches(stores.caller),
     )
     service, legs = check_legs(
         configuration[0],
@@ -187,7 +186,12 @@ def book(
         service_expression=f"{request.root}.serviceType",
     )
     check_against_parameters(request, legs)
-    check_participants(reads, dict(participants), {leg.schedule.actor.reference for leg in legs})
+    actors = {leg.schedule.actor.reference for leg in legs}
+    # The actors came with the Schedules; the other participants are read with the deciding
+    # reads of the first attempt (no round trip of their own).
+    remaining = reads.excluding(actors)
+    participant_searches = remaining.searches(stores.caller)
+    participants_checked: list[bool] = []
     marker = marker or uuid.uuid4().hex
     first_read: list[Locks] = [lock_read]
 
@@ -202,10 +206,15 @@ def book(
         span = slot_search_span(request.visit, legs)
         slot_resources: list[Resource]
         replay: BookingResult | None
-        slot_resources, replay = stores.together(
+        *participants, slot_resources, replay = stores.together(
+            *participant_searches,  # first: a refusal of the caller's credentials wins
             lambda: store.search_slots(request.schedule_ids, span.start, span.end),
             lambda: existing_booking(store, request),
         )
+        if not participants_checked:
+            check_participants(remaining, dict(participants), actors)
+            participants_checked.append(True)
+            participant_searches.clear()  # checked once; a retry does not read them again
         if replay is not None:
             return replay
         try:

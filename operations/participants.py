@@ -2,9 +2,9 @@
 ...) must be readable with the caller's credentials -- a caller may book for what it may read
 (SPEC §5.1).
 
-The reads are planned from the proposal alone (:func:`participant_reads`), so they run in the
-booking's first round trip, at the same time as the configuration and lock reads; the answer is
-checked once the Schedules, and so their actors, are known (:func:`check_participants`). One
+The reads are planned from the proposal (:func:`participant_reads`); once the Schedules, and so
+their actors, are known, the others are read in the booking's second round trip, at the same
+time as its deciding reads, and checked before anything is decided (:func:`check_participants`). One
 search per resource type, whatever the number of participants. An upstream 401/403 reaches the
 caller as such (raised by the store); a participant the search does not return is 422
 ``not-found``.
@@ -29,6 +29,16 @@ class ParticipantReads:
     """``{resource type: {id: FHIRPath}}`` of the well-formed references."""
     malformed: dict[str, str] = field(default_factory=dict)
     """``{reference: FHIRPath}`` of references that are not ``Type/id`` (fine only for an actor)."""
+
+    def excluding(self, actors: Collection[str]) -> ParticipantReads:
+        """The reads left once the schedule actors are known: they need none (they came with
+        the Schedules, read with the same credentials)."""
+        wanted: dict[str, dict[str, str]] = {}
+        for resource_type, ids in self.wanted.items():
+            kept = {i: path for i, path in ids.items() if f"{resource_type}/{i}" not in actors}
+            if kept:
+                wanted[resource_type] = kept
+        return ParticipantReads(wanted, {r: p for r, p in self.malformed.items() if r not in actors})
 
     def searches(self, reader: FhirReader) -> list[Callable[[], tuple[str, set[str]]]]:
         """One read per resource type: ``(type, ids found)``, ready to run together."""

@@ -48,7 +48,6 @@ class Upstream:
         mock.get(re.compile(rf"{re.escape(BASE)}/Schedule\b.*"), json=schedule_bundle)
         mock.get(f"{BASE}/HealthcareService/checkup", json=CLINIC[1])
         mock.get(re.compile(rf"{re.escape(BASE)}/Patient\b.*"), json=bundle([PATIENT]))
-        mock.get(re.compile(rf"{re.escape(BASE)}/Practitioner\b.*"), json=bundle([CLINIC[0]]))
         lock = {"resourceType": "Basic", "id": "fanoni-lock-alice", "meta": {"versionId": "3"}}
         mock.get(re.compile(rf"{re.escape(BASE)}/Basic\b.*"), json=bundle([lock]))
         for kind in ("Slot", "Appointment"):
@@ -125,7 +124,7 @@ def test_permission_reads_as_the_caller_decisions_and_writes_as_the_sidecar(
     assert identities[("GET", "/Schedule")] == caller
     assert identities[("GET", "/HealthcareService/checkup")] == caller
     assert identities[("GET", "/Patient")] == caller  # the participant: a caller books for what it may read
-    assert identities[("GET", "/Practitioner")] == caller
+    assert ("GET", "/Practitioner") not in identities  # the actor came with the Schedule
     assert identities[("GET", "/Basic")] == service
     assert identities[("GET", "/Slot")] == service
     assert identities[("POST", "")] == service

@@ -1,6 +1,7 @@
 """How many upstream round trips of latency ``$book`` and ``$hold`` cost (issue 7, deliver 2):
-(1) configuration, participants and locks together, (2) the deciding Slot search and the
-identifier look-up together, strictly after the lock read, (3) the transaction."""
+(1) the Schedules with their actors, the service and the locks together, (2) the deciding Slot
+search, the identifier look-up and the other participants together, strictly after the lock
+read, (3) the transaction."""
 
 from __future__ import annotations
 
@@ -65,14 +66,9 @@ def test_a_booking_costs_three_round_trips() -> None:
         waves = booked(store, proposal, hold=hold)
         assert waves.count == 3, (store.calls, waves.groups)
         first, second = waves.groups
-        assert sorted(first) == [
-            "read_schedules",
-            "read_service",
-            "search Basic",
-            "search Patient",
-            "search Practitioner",
-        ]
-        assert sorted(second) == ["search Appointment", "search_slots"]  # after the lock read
+        assert sorted(first) == ["read_schedules", "read_service", "search Basic"]
+        # After the lock read; the patient too (the actor, Practitioner/alice, came with the Schedule).
+        assert sorted(second) == ["search Appointment", "search Patient", "search_slots"]
         assert store.calls[-1] == "transaction"
         store.resources = {k: v for k, v in store.resources.items() if not k.startswith("Appointment/")}  # fmt: skip
 
