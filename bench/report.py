@@ -66,7 +66,7 @@ def find_table(cells: list[dict[str, Any]]) -> list[str]:
             "ratio p50",
             "ratio p95",
             "sidecar CPU ms",
-            "HAPI CPU ms (call / alone)",
+            "upstream CPU ms (call / alone)",
             "reads",
         ],
         rows,
@@ -99,8 +99,8 @@ def book_cpu(modes: list[dict[str, Any]]) -> list[str]:
         [
             "mode",
             "sidecar CPU ms/booking",
-            "HAPI CPU ms/booking (via sidecar)",
-            "HAPI CPU ms/raw booking",
+            "upstream CPU ms/booking (via sidecar)",
+            "upstream CPU ms/raw booking",
             "total via sidecar",
             "raw / total (CPU-bound throughput ratio)",
         ],
@@ -354,7 +354,11 @@ def markdown(results: dict[str, Any]) -> str:
         out += [*book_table(modes), ""]
         out += [f"Inside the sidecar ({database}, its DEBUG log, booked requests):", ""]
         out += [*book_breakdown(modes), ""]
-        out += [f"CPU per booking ({database}; process trees, client threads excluded):", ""]
+        out += [
+            f"CPU per booking ({database}; from /proc: the sidecar's gunicorn processes, and upstream = "
+            "HAPI's JVM plus PostgreSQL's server processes when it runs; the benchmark's clients excluded):",
+            "",
+        ]
         out += [*book_cpu(modes), ""]
     if results.get("mass"):
         out += ["### Mass booking: 64 clients fill one Schedule", ""]
