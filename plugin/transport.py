@@ -31,6 +31,7 @@ from plugin.upstream_errors import (
     UpstreamError,
     UpstreamTimeout,
     UpstreamUnavailable,
+    connection_dropped,
     fhir_resource,
     is_read_timeout,
     never_connected,
@@ -123,9 +124,22 @@ class Transport:
         headers: Mapping[str, str] | None = None,
         read_timeout: float | None = None,
     ) -> requests.Response:
-        response = self._send_once(
-            method, url, params=params, body=body, headers=headers, read_timeout=read_timeout
-        )
+        try:
+            response = self._send_once(
+                method, url, params=params, body=body, headers=headers, read_timeout=read_timeout
+            )
+        except UpstreamUnavailable as exc:
+            if method != "GET" or not exc.connection_dropped:
+                raise
+            # HAPI (or a proxy) closed a kept-alive connection just as it was reused. A read
+            # changes nothing: send it once more, on a fresh connection.
+            logger.info(
+                "upstream closed a reused connection; reading again",
+                extra={"request_id": self._request_id, "upstream_url": url},
+            )
+            response = self._send_once(
+                method, url, params=params, body=body, headers=headers, read_timeout=read_timeout
+            )
         if response.status_code == 401 and self._credentials is not None:
             # The sidecar's token may have been revoked or expired early: one fresh token, once.
             sent = response.request.headers.get("Authorization")
@@ -208,6 +222,7 @@ class Transport:
                 raise UpstreamTimeout("the upstream FHIR server did not answer in time") from exc
             error = UpstreamUnavailable("the upstream FHIR server is unreachable")
             error.never_sent = never_connected(exc)
+            error.connection_dropped = connection_dropped(exc)
             raise error from exc
         except requests.RequestException as exc:
             self._log_failure(method, url, exc)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from http.client import RemoteDisconnected
 from typing import Any
 
 import requests
@@ -75,6 +76,9 @@ class UpstreamError(StoreFailure):
         self.headers: dict[str, str] = dict(headers or {})
         """Headers worth passing on to the caller (``WWW-Authenticate``, ``Retry-After``)."""
         self.never_sent = False
+        self.connection_dropped = False
+        """The upstream closed a kept-alive connection as it was reused: for a read, safe to send
+        again on a fresh connection."""
         """True when the request certainly never reached the upstream (no connection was
         made): a write that failed so cannot have landed."""
 
@@ -265,6 +269,25 @@ def rolled_back_by_a_concurrent_write(outcome: Resource | None) -> bool:
     reason comes after the SQL statement, far past what ``outcome_text`` keeps."""
     text = " ".join(_issue_texts(outcome))
     return any(marker in text for marker in ROLLED_BACK_BY_A_CONCURRENT_WRITE)
+
+
+def connection_dropped(exc: requests.RequestException) -> bool:
+    """Whether the connection was closed or reset under the request (a kept-alive connection
+    the upstream had just closed), as opposed to a timeout or a refused connection."""
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, RemoteDisconnected | ConnectionResetError | BrokenPipeError):
+            return True
+        pending += [a for a in current.args if isinstance(a, BaseException)]
+        for linked in (getattr(current, "reason", None), current.__cause__, current.__context__):
+            if isinstance(linked, BaseException):
+                pending.append(linked)
+    return False
 
 
 def is_read_timeout(exc: requests.ConnectionError) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from http.client import RemoteDisconnected
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
@@ -11,8 +12,9 @@ import pytest
 import requests
 import responses
 from responses import matchers
+from urllib3.exceptions import ProtocolError
 
-from operations.errors import ConcurrentChange
+from operations.errors import ConcurrentChange, OutcomeUnknown
 from operations.store import FhirStore
 from plugin.config import Settings
 from plugin.slot_index import SLOT_END_CACHE_SECONDS, SLOT_END_NOT_READY_RECHECK_SECONDS
@@ -521,3 +523,32 @@ def test_actors_a_server_did_not_include_are_fetched_per_type(
     assert set(actors) == {"Practitioner/p1", "Practitioner/p2", "Location/room"}
     assert store.round_trips == 3  # one per actor type, not one per actor
     assert ("_id", "p1,p2") in query(upstream.calls[1])
+
+
+def dropped() -> requests.ConnectionError:
+    """What requests raises when HAPI closed a kept-alive connection the pool then reused."""
+    reason = RemoteDisconnected("Remote end closed connection without response")
+    return requests.ConnectionError(ProtocolError("Connection aborted.", reason))
+
+
+def test_a_read_on_a_connection_the_upstream_just_closed_is_sent_again(
+    upstream: responses.RequestsMock, store: FhirUpstream
+) -> None:
+    upstream.get(f"{BASE}/HealthcareService/svc", body=dropped())
+    upstream.get(f"{BASE}/HealthcareService/svc", json={"resourceType": "HealthcareService", "id": "svc"})
+    assert store.read_service("svc") == {"resourceType": "HealthcareService", "id": "svc"}
+    assert len(upstream.calls) == 2
+
+
+def test_a_read_dropped_twice_and_a_write_dropped_once_are_not_sent_again(
+    upstream: responses.RequestsMock, client: UpstreamClient
+) -> None:
+    upstream.get(f"{BASE}/HealthcareService/svc", body=dropped())
+    upstream.get(f"{BASE}/HealthcareService/svc", body=dropped())
+    with pytest.raises(UpstreamUnavailable):
+        client.as_caller(None).read_service("svc")
+    assert len(upstream.calls) == 2
+    upstream.post(BASE, body=dropped())
+    with pytest.raises(OutcomeUnknown):  # a transaction may have landed: settled, never resent
+        client.as_caller(None).transaction({"resourceType": "Bundle", "type": "transaction", "entry": []})
+    assert len(upstream.calls) == 3
