@@ -160,9 +160,10 @@ def book(
     """``$book`` (``hold=False``) or ``$hold``: 201 with the transaction-response, or a replay.
 
     Three upstream round trips of latency (docs/performance.md), the very first booking of a
-    time included: (1) the configuration, the participants and the locks, together; (2) the deciding Slot search and the identifier
-    look-up, together, strictly after the lock read; (3) the transaction. A lost version check
-    repeats (2) and (3) after a fresh lock read.
+    time included: (1) the Schedules with their actors, the service and the locks, together;
+    (2) the deciding Slot search, the identifier look-up and the participants besides the
+    actors, together, strictly after the lock read; (3) the transaction. A lost version check
+    repeats the lock read, the Slot search and look-up, and the transaction.
 
     ``marker`` is the booking request id (generated when not given): it travels on the
     Appointment and the Slots, so a booking whose answer was lost can be found.
