@@ -9,7 +9,7 @@ certainly never reached the upstream (``never_sent``), which decides whether it 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from http.client import RemoteDisconnected
 from typing import Any
 
@@ -233,9 +233,9 @@ def fhir_resource(response: requests.Response, resource_type: str) -> Resource:
     return value
 
 
-def never_connected(exc: requests.RequestException) -> bool:
-    """Whether the failure happened before a connection existed (refused, DNS, connect
-    timeout), so the request cannot have reached the upstream."""
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and everything it wraps: its exception arguments, ``reason`` (urllib3), cause and
+    context, each once."""
     seen: set[int] = set()
     pending: list[BaseException] = [exc]
     while pending:
@@ -243,17 +243,20 @@ def never_connected(exc: requests.RequestException) -> bool:
         if id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, NewConnectionError | ConnectTimeoutError | requests.ConnectTimeout):
-            return True
+        yield current
         pending += [a for a in current.args if isinstance(a, BaseException)]
-        reason = getattr(current, "reason", None)
-        if isinstance(reason, BaseException):
-            pending.append(reason)
-        if current.__cause__ is not None:
-            pending.append(current.__cause__)
-        if current.__context__ is not None:
-            pending.append(current.__context__)
-    return False
+        for linked in (getattr(current, "reason", None), current.__cause__, current.__context__):
+            if isinstance(linked, BaseException):
+                pending.append(linked)
+
+
+def never_connected(exc: requests.RequestException) -> bool:
+    """Whether the failure happened before a connection existed (refused, DNS, connect
+    timeout), so the request cannot have reached the upstream."""
+    return any(
+        isinstance(cause, NewConnectionError | ConnectTimeoutError | requests.ConnectTimeout)
+        for cause in _causes(exc)
+    )
 
 
 def is_delete_conflict(outcome: Resource | None) -> bool:
@@ -274,20 +277,10 @@ def rolled_back_by_a_concurrent_write(outcome: Resource | None) -> bool:
 def connection_dropped(exc: requests.RequestException) -> bool:
     """Whether the connection was closed or reset under the request (a kept-alive connection
     the upstream had just closed), as opposed to a timeout or a refused connection."""
-    seen: set[int] = set()
-    pending: list[BaseException] = [exc]
-    while pending:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, RemoteDisconnected | ConnectionResetError | BrokenPipeError):
-            return True
-        pending += [a for a in current.args if isinstance(a, BaseException)]
-        for linked in (getattr(current, "reason", None), current.__cause__, current.__context__):
-            if isinstance(linked, BaseException):
-                pending.append(linked)
-    return False
+    return any(
+        isinstance(cause, RemoteDisconnected | ConnectionResetError | BrokenPipeError)
+        for cause in _causes(exc)
+    )
 
 
 def is_read_timeout(exc: requests.ConnectionError) -> bool:
