@@ -14,7 +14,8 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from operations.errors import ConcurrentChange, NotFound, OutcomeUnknown, StoreFailure
-from operations.store import FhirReader, Resource
+from operations.retries import Clock, RetryPolicy, retrying
+from operations.store import FhirReader, FhirStore, Resource, Stores, as_stores
 
 T = TypeVar("T")
 
@@ -57,3 +58,27 @@ class LostWrite:
                 raise
 
         return attempt
+
+
+def change_appointment(
+    stores: Stores | FhirStore,
+    appointment_id: str,
+    step: Callable[[FhirStore, Resource, LostWrite], T],
+    *,
+    clock: Clock,
+    policy: RetryPolicy | None,
+    operation: str,
+) -> T:
+    """The frame of an operation on one stored Appointment: read it with the caller's
+    credentials (permission: a caller may change what it may read), then run ``step`` on the
+    sidecar's own fresh read of it -- with the sidecar's store and the operation's
+    :class:`LostWrite` -- until it stops losing version checks (``operations/retries.py``)."""
+    stores = as_stores(stores)
+    read_appointment(stores.caller, appointment_id)
+    store = stores.service
+    lost = LostWrite()
+
+    def attempt() -> T:
+        return step(store, read_appointment(store, appointment_id), lost)
+
+    return retrying(policy or RetryPolicy(), clock, lost.guarding(attempt), operation=operation)

@@ -8,10 +8,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from operations.appointment_change import LostWrite, read_appointment
+from operations.appointment_change import LostWrite, change_appointment
 from operations.errors import InvalidRequest, OutcomeUnknown, ReferencedElsewhere, Unprocessable
-from operations.retries import Clock, RetryPolicy, retrying
-from operations.store import FhirStore, Resource, Stores, as_stores
+from operations.retries import Clock, RetryPolicy
+from operations.store import FhirStore, Resource, Stores
 from operations.writes import BookingResult as OperationResult
 from operations.writes import cancel_bundle, slot_ids
 
@@ -47,13 +47,8 @@ def cancel(
     A lost answer is settled by re-reading: the cancellation is version-checked, so it lands
     at most once, and a cancelled Appointment is the answer whoever's write landed.
     """
-    stores = as_stores(stores)
-    store = stores.service
-    read_appointment(stores.caller, appointment_id)  # permission: the caller may read it
-    lost = LostWrite()
 
-    def attempt() -> OperationResult:
-        appointment = read_appointment(store, appointment_id)
+    def step(store: FhirStore, appointment: Resource, lost: LostWrite) -> OperationResult:
         status = appointment.get("status")
         if lost.error is not None and status == "cancelled":
             return OperationResult(200, appointment)
@@ -82,4 +77,4 @@ def cancel(
         )
         return OperationResult(200, cancelled or store.read("Appointment", appointment_id) or {})
 
-    return retrying(policy or RetryPolicy(), clock, lost.guarding(attempt), operation="$cancel")
+    return change_appointment(stores, appointment_id, step, clock=clock, policy=policy, operation="$cancel")

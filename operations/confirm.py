@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from operations.appointment_change import LostWrite, read_appointment
+from operations.appointment_change import LostWrite, change_appointment
 from operations.errors import OutcomeUnknown, Unprocessable
 from operations.fhir_values import dig, format_instant, parse_instant, reference_id, transaction_bundle
 from operations.locks import NO_LOCKS, fence, lock_entries, read_locks
 from operations.model import HOLD_EXPIRES_URL, Interval, SlotStatus
-from operations.retries import Clock, RetryPolicy, retrying
-from operations.store import FhirStore, Resource, Stores, as_stores
+from operations.retries import Clock, RetryPolicy
+from operations.store import FhirStore, Resource, Stores
 from operations.writes import BookingResult as OperationResult
 from operations.writes import (
     hold_expiry,
@@ -60,13 +60,8 @@ def confirm(
 ) -> OperationResult:
     """A ``pending`` (unexpired) or ``proposed`` Appointment becomes ``booked``; its held Slots
     become ``busy`` and lose their expiry, buffers included. 200 with the transaction-response."""
-    stores = as_stores(stores)
-    store = stores.service
-    read_appointment(stores.caller, appointment_id)  # permission: the caller may read it
-    lost = LostWrite()
 
-    def attempt() -> OperationResult:
-        appointment = read_appointment(store, appointment_id)
+    def step(store: FhirStore, appointment: Resource, lost: LostWrite) -> OperationResult:
         status = appointment.get("status")
         if lost.error is not None and status == "booked":
             return OperationResult(200, replay_bundle(store, appointment))  # the lost write landed
@@ -112,4 +107,4 @@ def confirm(
             raise retry from exc
         return OperationResult(200, response_bundle(response))
 
-    return retrying(policy or RetryPolicy(), clock, lost.guarding(attempt), operation="$confirm")
+    return change_appointment(stores, appointment_id, step, clock=clock, policy=policy, operation="$confirm")
