@@ -54,6 +54,18 @@ def outcome_counts(outcomes: Sequence[Outcome]) -> dict[str, int]:
     }
 
 
+def _run_together(clients: int, client: Callable[[int], None], start: threading.Barrier, name: str) -> float:
+    """Run ``client(0..clients-1)`` in threads released together by ``start`` (which each client
+    waits on, and this thread too); the wall time from the release until the last one ends."""
+    with ThreadPoolExecutor(max_workers=clients, thread_name_prefix=name) as pool:
+        futures = [pool.submit(client, n) for n in range(clients)]
+        start.wait()
+        began = time.perf_counter()
+        for future in futures:
+            future.result()
+        return time.perf_counter() - began
+
+
 def checked(report: ScanReport, outcomes: Sequence[Outcome]) -> dict[str, Any]:
     """What the scan found, against what the callers were told."""
     told = {o.appointment_id for o in outcomes if o.status == 201 and o.appointment_id}
@@ -120,13 +132,7 @@ def mass_booking(
             outcomes.extend(mine)
             finds.extend(find_ms)
 
-    with ThreadPoolExecutor(max_workers=clients, thread_name_prefix="bench-mass") as pool:
-        futures = [pool.submit(client, n) for n in range(clients)]
-        start.wait()
-        began = time.perf_counter()
-        for future in futures:
-            future.result()
-        wall = time.perf_counter() - began
+    wall = _run_together(clients, client, start, "bench-mass")
     report = scan(fhir_base, [schedule])
     check = checked(report, outcomes)
     ok = [o for o in outcomes if o.status == 201]
@@ -194,13 +200,7 @@ def soak(
         with guard:
             outcomes.extend(mine)
 
-    with ThreadPoolExecutor(max_workers=clients, thread_name_prefix="bench-soak") as executor:
-        futures = [executor.submit(client, n) for n in range(clients)]
-        start.wait()
-        began = time.perf_counter()
-        for future in futures:
-            future.result()
-        wall = time.perf_counter() - began
+    wall = _run_together(clients, client, start, "bench-soak")
     report = scan(fhir_base, ids)
     check = checked(report, outcomes)
     ok = [o for o in outcomes if o.status == 201]
