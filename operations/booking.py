@@ -227,14 +227,15 @@ def book(
             raise
         expires = now + hold_ttl if hold else None
         bundle = booking_bundle(request, legs, locks, hold=hold, expires=expires, marker=marker)
-        logger.debug(
-            "booking transaction",
-            extra={
-                "booking_request": marker,
-                "locks": [f"{lock.lock_id}@{lock.version}" for lock in locks.taken],
-                "slots_seen": len(slot_resources),
-            },
-        )
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "booking transaction",
+                extra={
+                    "booking_request": marker,
+                    "locks": [f"{lock.lock_id}@{lock.version}" for lock in locks.taken],
+                    "slots_seen": len(slot_resources),
+                },
+            )
         try:
             response = store.transaction(bundle)
         except OutcomeUnknown as lost:

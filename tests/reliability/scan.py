@@ -42,7 +42,6 @@ Resource = dict[str, Any]
 NO_CACHE = {"Cache-Control": "no-cache", "Accept": "application/fhir+json"}
 ENDED = frozenset({"cancelled", "noshow", "entered-in-error"})
 TIME_TAKING = frozenset({"busy", "busy-tentative", "busy-unavailable"})
-VISIT_STATUSES = frozenset({"busy", "busy-tentative"})
 _ID_CHUNK = 50
 
 
