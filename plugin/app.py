@@ -24,6 +24,7 @@ from plugin.fhir_http import fhir_response, operation_outcome
 from plugin.holds import start_sweeper
 from plugin.identity import verifier_from_settings
 from plugin.logs import configure_logging
+from plugin.metrics import install as install_metrics
 from plugin.notifications import notifications
 from plugin.parallel import Parallel
 from plugin.routes import fhir, health
@@ -79,6 +80,7 @@ def create_app(
     _register_hold_sweeper(app)
     _register_request_log(app)
     _register_error_handlers(app)
+    install_metrics(app)
     return app
 
 

@@ -19,6 +19,7 @@ from plugin.app import create_app
 from plugin.config import ConfigError, Settings
 from plugin.identity import credentials_from_settings
 from plugin.logs import configure_logging
+from plugin.metrics import mark_process_dead, multiprocess_directory
 from plugin.registration import keep_registering, register
 
 DEFAULT_HOST = "0.0.0.0"  # a sidecar listens for its neighbours, not only for localhost
@@ -50,6 +51,11 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
         # Called in each worker after the fork: one app, one connection pool per process.
         return create_app(self._settings)
 
+    def run(self) -> None:
+        # The workers forked in here share their metrics through one directory (plugin/metrics.py).
+        with multiprocess_directory():
+            super().run()
+
 
 def gunicorn_options(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     host = f"[{args.host}]" if ":" in args.host else args.host
@@ -63,7 +69,13 @@ def gunicorn_options(args: argparse.Namespace, settings: Settings) -> dict[str, 
         "errorlog": "-",
         "loglevel": settings.log_level.lower(),
         "proc_name": "fanoni-scheduling",
+        "child_exit": _worker_exited,
     }
+
+
+def _worker_exited(server: Any, worker: Any) -> None:
+    """gunicorn's ``child_exit`` hook, in the master."""
+    mark_process_dead(worker.pid)
 
 
 def build_parser() -> argparse.ArgumentParser:

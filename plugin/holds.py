@@ -20,6 +20,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from operations.housekeeping import expire_holds, release_missed
+from plugin.metrics import record_holds_swept, record_sweep, record_sweep_failure
 from plugin.upstream import UpstreamClient
 from plugin.upstream_errors import UpstreamError
 
@@ -59,6 +60,7 @@ def sweep_once(upstream: UpstreamClient, clock: Callable[[], datetime], *, first
     store = upstream.background(f"sweep-{uuid.uuid4().hex[:12]}", "hold-expiry")
     now = clock()
     cancelled = expire_holds(store, now)
+    record_holds_swept(cancelled)
     if cancelled:
         logger.info("expired holds cancelled", extra={"cancelled": cancelled})
     reconciler = upstream.background(f"reconcile-{uuid.uuid4().hex[:12]}", "release-ended-appointment")
@@ -68,6 +70,7 @@ def sweep_once(upstream: UpstreamClient, clock: Callable[[], datetime], *, first
             "freed Slots of ended Appointments whose notification was missed",
             extra={"slots_deleted": freed},
         )
+    record_sweep(freed)
     return cancelled
 
 
@@ -76,11 +79,21 @@ def _run(upstream: UpstreamClient, period_seconds: int, clock: Callable[[], date
     stop.wait(random.uniform(0, period_seconds))  # jitter, not security
     first = True
     while not stop.is_set():
-        try:
-            sweep_once(upstream, clock, first=first)
+        if sweep_safely(upstream, clock, first=first):
             first = False
-        except UpstreamError as exc:
-            logger.warning("hold sweep failed: %s", exc.diagnostics)
-        except Exception:
-            logger.exception("hold sweep failed")
         stop.wait(period_seconds)
+
+
+def sweep_safely(upstream: UpstreamClient, clock: Callable[[], datetime], *, first: bool) -> bool:
+    """One pass of the sweeper thread: a failure is logged and counted, never raised (the next
+    pass tries again); ``False`` when it failed."""
+    try:
+        sweep_once(upstream, clock, first=first)
+    except UpstreamError as exc:
+        logger.warning("hold sweep failed: %s", exc.diagnostics)
+    except Exception:
+        logger.exception("hold sweep failed")
+    else:
+        return True
+    record_sweep_failure()
+    return False

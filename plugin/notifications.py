@@ -24,6 +24,7 @@ from operations.booking import Clock, RetryPolicy
 from operations.fhir_values import is_fhir_id
 from plugin.context import sidecar
 from plugin.fhir_http import fhir_response, operation_outcome
+from plugin.metrics import record_notification
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ def notification(subpath: str) -> Response:
     g.operation = "notification"
     state = sidecar()
     if not _authenticated(state.settings.notification_secret):
+        record_notification("unauthorized")
         return fhir_response(
             operation_outcome("security", "a valid notification secret is required"),
             401,
@@ -48,12 +50,18 @@ def notification(subpath: str) -> Response:
         )
     appointment_id = _appointment_id(subpath, request.get_data(cache=True))
     if appointment_id is None:
+        record_notification("ignored")
         return _informational("nothing to do: the notification names no Appointment")
     store = state.upstream.background(g.get("request_id"), "release-ended-appointment")
     g.stores = [store]
     clock = Clock(now=state.clock, monotonic=time.monotonic, sleep=time.sleep)
     policy = RetryPolicy(deadline_seconds=state.settings.booking_deadline_seconds)
-    freed = housekeeping.release_ended(store, appointment_id, clock=clock, policy=policy)
+    try:
+        freed = housekeeping.release_ended(store, appointment_id, clock=clock, policy=policy)
+    except Exception:
+        record_notification("failed")  # answered by the app's error handlers; HAPI delivers again
+        raise
+    record_notification("released" if freed else "unchanged")
     if freed:
         logger.info(
             "freed the time of an Appointment ended on the upstream",

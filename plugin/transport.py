@@ -25,6 +25,7 @@ from operations.store import Resource
 from plugin import version
 from plugin.config import Settings
 from plugin.identity import CredentialsUnavailable, ServiceCredentials
+from plugin.metrics import record_upstream_call
 from plugin.upstream_errors import (
     BudgetExhausted,
     UpstreamBadResponse,
@@ -212,11 +213,13 @@ class Transport:
                 allow_redirects=False,
             )
         except requests.Timeout as exc:
+            self._record_call(method, "timeout", started)
             self._log_failure(method, url, exc)
             error: UpstreamError = UpstreamTimeout("the upstream FHIR server did not answer in time")
             error.never_sent = never_connected(exc)
             raise error from exc
         except requests.ConnectionError as exc:
+            self._record_call(method, "timeout" if is_read_timeout(exc) else "unreachable", started)
             self._log_failure(method, url, exc)
             if is_read_timeout(exc):
                 raise UpstreamTimeout("the upstream FHIR server did not answer in time") from exc
@@ -225,8 +228,10 @@ class Transport:
             error.connection_dropped = connection_dropped(exc)
             raise error from exc
         except requests.RequestException as exc:
+            self._record_call(method, "error", started)
             self._log_failure(method, url, exc)
             raise UpstreamBadResponse("the upstream FHIR server sent an unusable answer") from exc
+        self._record_call(method, str(response.status_code), started)
         logger.debug(
             "upstream call",
             extra={
@@ -239,6 +244,10 @@ class Transport:
             },
         )
         return response
+
+    def _record_call(self, method: str, status: str, started: float) -> None:
+        identity = "service" if self._credentials is not None else "caller"
+        record_upstream_call(identity, method, status, time.monotonic() - started)
 
     def _log_failure(self, method: str, url: str, exc: Exception) -> None:
         logger.warning(
