@@ -115,7 +115,7 @@ class BenchClinic:
         ahead: the steady state of a Schedule booked before (a booking that finds its bucket's
         lock missing creates it in its transaction). Returns how many."""
         resources = [
-            lock_resource(sid, bucket=b, counter=0)
+            lock_resource(sid, key=f"b{b}", counter=0)
             for sid in schedule_ids
             for b in buckets(Interval(start, end))
         ]

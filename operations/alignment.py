@@ -8,7 +8,7 @@ repeated hour is offered twice, and whole-hour grids stay on whole local hours.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -60,9 +60,11 @@ def aligned_starts(
     request: Interval,
     not_before: datetime,
     limit: int,
+    accept: Callable[[datetime], bool] | None = None,
 ) -> list[datetime]:
     """Up to ``limit`` grid starts whose visit ``[start, start + duration]`` fits in one of
-    ``windows`` and inside ``request``, starting no earlier than ``not_before``."""
+    ``windows`` and inside ``request``, starting no earlier than ``not_before`` (and, with
+    ``accept``, that it accepts: booking limits, the other occurrences of a series)."""
     starts: list[datetime] = []
     for window in windows:
         low = max(window.start, request.start, not_before)
@@ -70,6 +72,8 @@ def aligned_starts(
         if high < low:
             continue
         for start in grid.starts_between(low, high):
+            if accept is not None and not accept(start):
+                continue
             starts.append(start)
             if len(starts) >= limit:
                 return starts

@@ -17,21 +17,30 @@ happened) or never will (the caller is told nothing was stored). See docs/reliab
 
 from __future__ import annotations
 
+import itertools
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import timedelta
 
-from operations.availability import schedule_windows
-from operations.errors import Conflict, OutcomeUnknown, StoreFailure, Unprocessable
-from operations.find import check_legs, decode_slots, slot_search_span, widened
-from operations.locks import Locks, fence, read_locks
-from operations.model import Interval, Leg, Service, SlotStatus
+from operations.decision import (
+    check_against_parameters,
+    decide,
+    deciding_spans,
+    exact_plan,
+    footprints,
+    speculative_plan,
+    visits_of,
+)
+from operations.errors import Conflict, InvalidRequest, OutcomeUnknown, StoreFailure
+from operations.legs import check_legs
+from operations.locks import LockPlan, Locks, fence, read_planned
+from operations.model import Interval
 from operations.participants import check_participants, participant_reads
 from operations.proposal import BookingRequest
 from operations.retries import Attempts, Clock, RetryPolicy, retrying
-from operations.store import FhirStore, Resource, Stores, as_stores
+from operations.store import FhirStore, Resource, Stores, Together, as_stores
 from operations.writes import (
     BOOKING_REQUEST_SYSTEM,
     ENDED_STATUSES,
@@ -44,62 +53,6 @@ from operations.writes import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-def check_against_parameters(request: BookingRequest, legs: Sequence[Leg]) -> None:
-    """Duration and buffers of the proposal must be those the parameters say (422)."""
-    for leg in legs:
-        if request.visit.duration != leg.params.duration:
-            raise Unprocessable(
-                f"The visit lasts {request.visit.duration}, but the duration for Schedule/{leg.schedule.id} "
-                f"is {leg.params.duration}",
-                expression=f"{request.root}.contained",
-            )
-        before, after = request.buffers[leg.schedule.id]
-        for label, given, wanted in (
-            ("before", before, leg.params.buffer_before),
-            ("after", after, leg.params.buffer_after),
-        ):
-            if given != wanted:
-                raise Unprocessable(
-                    f"The buffer {label} the visit on Schedule/{leg.schedule.id} is {given}, "
-                    f"the parameters say {wanted}",
-                    expression=f"{request.root}.contained",
-                )
-
-
-def decide(
-    service: Service,
-    legs: Sequence[Leg],
-    slot_resources: Sequence[Resource],
-    visit: Interval,
-    now: datetime,
-    root: str,
-) -> None:
-    """Is the visit (with each Schedule's buffers) bookable right now? Raises when not:
-    422 when it lies outside availability or in the past, 409 when it is taken."""
-    if visit.start < now:
-        raise Unprocessable("The visit starts in the past", expression=f"{root}.start")
-    slots = decode_slots(slot_resources)
-    free_only = [s for s in slots if s.status == SlotStatus.FREE]
-    for leg in legs:
-        if not leg.schedule.active:
-            raise Unprocessable(f"Schedule/{leg.schedule.id} is not active", expression=leg.expression)
-        span = widened(visit, leg.params)
-        if not _fits(schedule_windows(leg.schedule, service, leg.params, free_only, span, now), visit):
-            raise Unprocessable(
-                f"The time (with its buffers) lies outside the availability of Schedule/{leg.schedule.id}",
-                expression=f"{root}.start",
-            )
-        if not _fits(schedule_windows(leg.schedule, service, leg.params, slots, span, now), visit):
-            raise Conflict(
-                f"The time (or its buffers) is already booked or held on Schedule/{leg.schedule.id}",
-                expression=f"{root}.start",
-            )
-
-
-def _fits(windows: Sequence[Interval], visit: Interval) -> bool:
-    return any(w.start <= visit.start and visit.end <= w.end for w in windows)
 
 
 def existing_booking(store: FhirStore, request: BookingRequest) -> BookingResult | None:
@@ -138,15 +91,6 @@ def settle_lost_booking(
         raise lost from None
 
 
-def footprints(request: BookingRequest) -> dict[str, list[Interval]]:
-    """Per Schedule, the span a booking decides on and writes: the visit with the buffers the
-    proposal carries (checked against the parameters before anything is written)."""
-    return {
-        schedule_id: [Interval(request.visit.start - before, request.visit.end + after)]
-        for schedule_id, (before, after) in request.buffers.items()
-    }
-
-
 def book(
     stores: Stores | FhirStore,
     request: BookingRequest,
@@ -158,24 +102,28 @@ def book(
     marker: str | None = None,
 ) -> BookingResult:
     """``$book`` (``hold=False``) or ``$hold``: 201 with the transaction-response, or a replay.
+    With ``request.recurrence``, every occurrence of the series in the one transaction, or none.
 
     Three upstream round trips of latency (docs/performance.md), the very first booking of a
     time included: (1) the Schedules with their actors, the service and the locks, together;
     (2) the deciding Slot search, the identifier look-up and the participants besides the
-    actors, together, strictly after the lock read; (3) the transaction. A lost version check
-    repeats the lock read, the Slot search and look-up, and the transaction.
+    actors, together, strictly after the lock read; (3) the transaction. The lock read of (1)
+    is planned from the proposal alone (``operations/decision.py``); a lock it could not
+    foresee -- an occurrence of a series moved by a DST change of other than an hour -- is read
+    before (2), one round trip more. A lost version check repeats the lock read, the Slot
+    search and look-up, and the transaction.
 
     ``marker`` is the booking request id (generated when not given): it travels on the
-    Appointment and the Slots, so a booking whose answer was lost can be found.
+    Appointments and the Slots, so a booking whose answer was lost can be found.
     """
     stores = as_stores(stores)
     store = stores.service
     reads = participant_reads(request)
-    spans = footprints(request)
-    configuration, service_resource, lock_read = stores.together(
+    recurrence = request.recurrence
+    configuration, service_resource, speculated = stores.together(
         lambda: stores.caller.read_schedules(request.schedule_ids),
         lambda: stores.caller.read_service(request.service_id),
-        lambda: read_locks(store, spans),
+        lambda: read_planned(store, speculative_plan(request, recurrence), together=stores.together),
     )
     service, legs = check_legs(
         configuration[0],
@@ -187,6 +135,10 @@ def book(
         service_expression=f"{request.root}.serviceType",
     )
     check_against_parameters(request, legs)
+    visits = visits_of(request, legs, recurrence)
+    _check_occurrences_apart(request, visits)
+    plan = exact_plan(legs, request, visits)
+    spans = deciding_spans(legs, visits)
     actors = {leg.schedule.actor.reference for leg in legs}
     # The actors came with the Schedules; the other participants are read with the deciding
     # reads of the first attempt (no round trip of their own).
@@ -194,7 +146,8 @@ def book(
     participant_searches = remaining.searches(stores.caller)
     participants_checked: list[bool] = []
     marker = marker or uuid.uuid4().hex
-    first_read: list[Locks] = [lock_read]
+    series_id = uuid.uuid4().hex if recurrence is not None else None
+    first_read: list[Locks] = [speculated]
 
     def attempt() -> BookingResult:
         # Lock, then Slots and the identifier look-up. A twin request (same identifier) that
@@ -202,16 +155,15 @@ def book(
         # landed together): at the same time as the Slot search, or, when the Slots already
         # say "taken", once more after it. One that commits after our lock read fails our
         # version check, and the next attempt finds it.
-        locks = first_read.pop() if first_read else read_locks(store, spans)
+        locks = _taken_locks(store, plan, first_read.pop() if first_read else None, stores.together)
         now = clock.now()
-        span = slot_search_span(request.visit, legs)
-        slot_resources: list[Resource]
         replay: BookingResult | None
-        *participants, slot_resources, replay = stores.together(
+        *participants, replay, slot_lists = stores.together(
             *participant_searches,  # first: a refusal of the caller's credentials wins
-            lambda: store.search_slots(request.schedule_ids, span.start, span.end),
             lambda: existing_booking(store, request),
+            lambda: _search_spans(store, request.schedule_ids, spans, stores.together),
         )
+        slot_resources: list[Resource] = slot_lists
         if not participants_checked:
             check_participants(remaining, dict(participants), actors)
             participants_checked.append(True)
@@ -219,14 +171,23 @@ def book(
         if replay is not None:
             return replay
         try:
-            decide(service, legs, slot_resources, request.visit, now, request.root)
+            decide(service, legs, slot_resources, visits, now, request.root)
         except Conflict:
             replay = existing_booking(store, request)
             if replay is not None:
                 return replay
             raise
         expires = now + hold_ttl if hold else None
-        bundle = booking_bundle(request, legs, locks, hold=hold, expires=expires, marker=marker)
+        bundle = booking_bundle(
+            request,
+            legs,
+            locks,
+            hold=hold,
+            expires=expires,
+            marker=marker,
+            visits=visits,
+            series_id=series_id,
+        )
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "booking transaction",
@@ -257,6 +218,51 @@ def book(
         policy or RetryPolicy(), clock, attempt, operation="$hold" if hold else "$book", attempts=attempts
     )
     return replace(result, attempts=attempts.count)
+
+
+def _taken_locks(store: FhirStore, plan: LockPlan, speculated: Locks | None, together: Together) -> Locks:
+    """The locks of ``plan`` at their current versions: from the speculative read of the first
+    round trip where it has them (the rest read now), else read afresh."""
+    if speculated is None:
+        return read_planned(store, plan, together=together)
+    known = {lock.lock_id for lock in speculated.taken}
+    missing = {lock_id: where for lock_id, where in plan.items() if lock_id not in known}
+    locks = speculated.keeping(plan)
+    return locks.merged(read_planned(store, missing, together=together)) if missing else locks
+
+
+def _search_spans(
+    store: FhirStore, schedule_ids: Sequence[str], spans: Sequence[Interval], together: Together
+) -> list[Resource]:
+    """Every Slot of the Schedules over the deciding spans (one search each, together), each once."""
+    found: dict[str, Resource] = {}
+    anonymous: list[Resource] = []
+    searches = [_slot_search(store, schedule_ids, span) for span in spans]
+    for slots in together(*searches) if len(searches) > 1 else [s() for s in searches]:
+        for slot in slots:
+            if isinstance(slot.get("id"), str):
+                found.setdefault(slot["id"], slot)
+            else:
+                anonymous.append(slot)
+    return [*found.values(), *anonymous]
+
+
+def _slot_search(
+    store: FhirStore, schedule_ids: Sequence[str], span: Interval
+) -> Callable[[], list[Resource]]:
+    return lambda: store.search_slots(schedule_ids, span.start, span.end)
+
+
+def _check_occurrences_apart(request: BookingRequest, visits: Sequence[Interval]) -> None:
+    """Occurrences of one series must not overlap one another (with their buffers)."""
+    longest = max((before + after for before, after in request.buffers.values()), default=timedelta(0))
+    for earlier, later in itertools.pairwise(visits):
+        if earlier.end + longest > later.start:
+            raise InvalidRequest(
+                "The occurrences of this series would overlap one another (with their buffers)",
+                code="invalid",
+                expression="Parameters.recurrence",
+            )
 
 
 __all__ = [

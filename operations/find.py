@@ -1,182 +1,56 @@
-"""Use case: ``$find`` -- propose appointment times (SPEC §3, §4).
+"""Use case: ``$find`` -- propose appointment times (SPEC §3, §4, §7.1, §7.3, §7.4).
 
-Reads the Schedules with their actors, the HealthcareService and the Slots through the
-store (three searches, whatever the number of schedules), computes free time and renders
-a searchset Bundle.
+Reads the Schedules with their actors, the HealthcareService and the Slots through the store
+(three searches, whatever the number of schedules), computes free time and renders a searchset
+Bundle. Booking rules (``operations/rules.py``) and a series' later occurrences
+(``operations/series.py``) only remove starts; ``ignore-appointment`` makes one Appointment's
+own time count as free (the search for a new time of that Appointment).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import bisect
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
-from operations.alignment import Grid, aligned_starts
-from operations.availability import joint_windows, schedule_windows
-from operations.errors import InvalidRequest, NotFound, SchedulingError, Unprocessable
-from operations.fhir_values import parse_instant, reference_id
-from operations.model import Interval, Leg, ResolvedParameters, Schedule, Service, SlotOverlay
-from operations.parameters import parse_schedule, parse_service, parse_slot, resolve_parameters
+from operations.alignment import aligned_starts
+from operations.availability import joint_windows, merge, schedule_windows, subtract
+from operations.errors import Unprocessable
+from operations.find_request import DEFAULT_COUNT, DEFAULT_MAX_SCHEDULES, MAX_COUNT, FindRequest
+from operations.legs import (
+    agreed_grid,
+    check_legs,
+    decode_slots,
+    load_legs,
+    slot_search_span,
+    widened,
+)
+from operations.model import Interval, Leg, Service, SlotOverlay
 from operations.rendering import Renderer, outcome_entry, searchset
+from operations.rules import DAY, broken_rule, count_visits, day_of, has_rules, period_span, week_of
+from operations.series import Recurrence
 from operations.store import (
     ConfigurationReader,
+    FhirReader,
     Resource,
     SchedulingStore,
     SlotReader,
     Stores,
-    Together,
     one_after_another,
 )
+from operations.writes import slot_ids
 
-DEFAULT_COUNT = 20
-MAX_COUNT = 1000
-DEFAULT_MAX_SCHEDULES = 20
-"""Schedules one request may name (``MAX_SCHEDULES``): each adds locks, reads and work."""
+SLOT_MARGIN = timedelta(hours=4)
+"""How far beyond the requested range the Slot search reaches when it runs at the same time as
+the configuration reads (before the buffers are known): buffers up to this long need no
+second search."""
 
-
-@dataclass(frozen=True)
-class FindRequest:
-    """A validated ``$find`` request."""
-
-    start: datetime
-    end: datetime
-    service_id: str | None
-    schedule_ids: tuple[str, ...]
-    count: int
-    now: datetime
-    schedule_in_url: bool = False
-    """True for ``Schedule/<id>/$find``: an unknown schedule is then 404, not 422."""
-
-    @classmethod
-    def from_parameters(
-        cls,
-        params: Sequence[tuple[str, str]],
-        *,
-        now: datetime,
-        max_range_days: int,
-        schedule_id: str | None = None,
-        max_schedules: int = DEFAULT_MAX_SCHEDULES,
-    ) -> FindRequest:
-        """Validate ``(name, value)`` pairs (query string or Parameters, values as strings).
-
-        Raises ``InvalidRequest`` (400) with ``expression`` like ``Parameters.schedule[1]``.
-        Unknown parameter names are ignored, as FHIR servers ignore unknown search parameters
-        they are not asked to be strict about.
-        """
-        by_name: dict[str, list[str]] = {}
-        for name, value in params:
-            by_name.setdefault(name, []).append(value)
-
-        start = _single_instant(by_name, "start")
-        end = _single_instant(by_name, "end")
-        if start >= end:
-            raise InvalidRequest(
-                "start must be before end",
-                code="invalid",
-                expression=["Parameters.start", "Parameters.end"],
-            )
-        if end - start > timedelta(days=max_range_days):
-            raise InvalidRequest(
-                f"The range from start to end is longer than {max_range_days} days",
-                code="value",
-                expression="Parameters.end",
-            )
-
-        service_id = None
-        service_values = by_name.get("service-type-reference", [])
-        if len(service_values) > 1:
-            raise InvalidRequest(
-                "service-type-reference may be given only once",
-                code="value",
-                expression="Parameters.service-type-reference[1]",
-            )
-        if service_values:
-            service_id = _reference(
-                service_values[0], "HealthcareService", "Parameters.service-type-reference"
-            )
-        elif schedule_id is None:
-            raise InvalidRequest(
-                "service-type-reference is required (HealthcareService/<id>)",
-                code="required",
-                expression="Parameters.service-type-reference",
-            )
-
-        if schedule_id is not None:
-            schedule_ids: tuple[str, ...] = (schedule_id,)
-        else:
-            found: list[str] = []
-            for index, value in enumerate(by_name.get("schedule", [])):
-                for part in value.split(","):
-                    found.append(_reference(part, "Schedule", f"Parameters.schedule[{index}]"))
-            if not found:
-                raise InvalidRequest(
-                    "At least one schedule (Schedule/<id>) is required",
-                    code="required",
-                    expression="Parameters.schedule",
-                )
-            schedule_ids = tuple(dict.fromkeys(found))
-            if len(schedule_ids) > max_schedules:
-                raise InvalidRequest(
-                    f"At most {max_schedules} schedules may be named in one request, "
-                    f"this one names {len(schedule_ids)}",
-                    code="value",
-                    expression="Parameters.schedule",
-                )
-
-        count = DEFAULT_COUNT
-        count_values = by_name.get("_count", [])
-        if len(count_values) > 1:
-            raise InvalidRequest(
-                "_count may be given only once", code="value", expression="Parameters._count[1]"
-            )
-        if count_values:
-            try:
-                count = int(count_values[0].strip())
-            except ValueError:
-                raise InvalidRequest(
-                    f"_count {count_values[0]!r} is not an integer",
-                    code="value",
-                    expression="Parameters._count",
-                ) from None
-            if not 1 <= count <= MAX_COUNT:
-                raise InvalidRequest(
-                    f"_count must be between 1 and {MAX_COUNT}",
-                    code="value",
-                    expression="Parameters._count",
-                )
-
-        return cls(
-            start=start,
-            end=end,
-            service_id=service_id,
-            schedule_ids=schedule_ids,
-            count=count,
-            now=now,
-            schedule_in_url=schedule_id is not None,
-        )
-
-
-def _single_instant(by_name: dict[str, list[str]], name: str) -> datetime:
-    values = by_name.get(name, [])
-    if not values:
-        raise InvalidRequest(f"{name} is required", code="required", expression=f"Parameters.{name}")
-    if len(values) > 1:
-        raise InvalidRequest(
-            f"{name} may be given only once", code="value", expression=f"Parameters.{name}[1]"
-        )
-    try:
-        return parse_instant(values[0])
-    except ValueError as exc:
-        raise InvalidRequest(f"{name}: {exc}", code="value", expression=f"Parameters.{name}") from None
-
-
-def _reference(value: str, resource_type: str, expression: str) -> str:
-    try:
-        return reference_id(value, resource_type)
-    except ValueError as exc:
-        raise InvalidRequest(str(exc), code="value", expression=expression) from None
+DST_SLACK = timedelta(hours=3)
+"""How far a later occurrence of a series may lie from "first start + k periods" in real time:
+it keeps the local wall-clock time, which DST changes move by an hour (at most two, anywhere)."""
 
 
 @dataclass
@@ -192,157 +66,71 @@ class Availability:
     """(diagnostics, expression) for schedules that can offer nothing, for a known reason."""
 
 
-def load_legs(
-    store: ConfigurationReader,
-    schedule_ids: Sequence[str],
-    service_id: str | None,
-    *,
-    schedule_in_url: bool = False,
-    expressions: Sequence[str] | None = None,
-    service_expression: str = "Parameters.service-type-reference",
-    together: Together = one_after_another,
-) -> tuple[Service, list[Leg]]:
-    """Read and check the Schedules and the service; resolve each Schedule's parameters.
-
-    Shared by ``$find`` and the booking operations: the same rules, the same errors.
-    ``expressions`` says where each schedule was named (default ``Parameters.schedule[i]``),
-    ``service_expression`` where the service was, so errors point at the caller's input. With
-    the service known, its read and the Schedules' run ``together``.
-    """
-    if service_id is not None:
-        found, service_resource = together(
-            lambda: store.read_schedules(schedule_ids), lambda: store.read_service(service_id)
-        )
-        schedules, actors = found
-        return check_legs(
-            schedules,
-            actors,
-            service_id,
-            service_resource,
-            schedule_ids,
-            schedule_in_url=schedule_in_url,
-            expressions=expressions,
-            service_expression=service_expression,
-        )
-    schedules, actors = store.read_schedules(schedule_ids)
-    first = _parsed(schedules, actors, schedule_ids, schedule_in_url, expressions)[0][0]
-    offered = first.offered_service_ids
-    if len(offered) != 1:
-        raise InvalidRequest(
-            f"Schedule/{first.id} offers {len(offered)} services: service-type-reference is required",
-            code="required",
-            expression=service_expression,
-        )
-    return check_legs(
-        schedules,
-        actors,
-        offered[0],
-        store.read_service(offered[0]),
-        schedule_ids,
-        schedule_in_url=schedule_in_url,
-        expressions=expressions,
-        service_expression=service_expression,
-    )
+def occurrence_ranges(window: Interval, recurrence: Recurrence | None) -> list[Interval]:
+    """Where the occurrences of first starts in ``window`` can lie (merged): the window itself,
+    and for a series the window moved by each period, with room for DST changes."""
+    if recurrence is None:
+        return [window]
+    period = timedelta(days=1 if recurrence.unit == DAY else 7)
+    shifted = [window] + [
+        Interval(window.start + k * period - DST_SLACK, window.end + k * period + DST_SLACK)
+        for k in range(1, recurrence.count)
+    ]
+    return merge(shifted)
 
 
-def _parsed(
-    schedules: Sequence[Resource],
-    actors: dict[str, Resource],
-    schedule_ids: Sequence[str],
-    schedule_in_url: bool,
-    expressions: Sequence[str] | None,
-) -> list[tuple[Schedule, str]]:
-    by_id = {str(s.get("id")): s for s in schedules}
-    parsed: list[tuple[Schedule, str]] = []
-    for index, schedule_id in enumerate(schedule_ids):
-        expression = expressions[index] if expressions else f"Parameters.schedule[{index}]"
-        resource = by_id.get(schedule_id)
-        if resource is None:
-            if schedule_in_url:
-                raise NotFound(f"Schedule/{schedule_id} does not exist", expression="Schedule")
-            raise Unprocessable(
-                f"Schedule/{schedule_id} does not exist", code="not-found", expression=expression
-            )
-        parsed.append((parse_schedule(resource, actors), expression))
-    return parsed
+def needed_spans(window: Interval, legs: Sequence[Leg], recurrence: Recurrence | None) -> list[Interval]:
+    """Every span whose Slots the decision reads: the occurrence ranges widened by the buffers,
+    and, on a Schedule with a booking limit, the whole local days or weeks they touch."""
+    ranges = occurrence_ranges(window, recurrence)
+    spans = [slot_search_span(r, legs) for r in ranges]
+    for leg in legs:
+        params, zone = leg.params, leg.params.timezone
+        for r in ranges:
+            if params.daily_limit is not None:
+                spans.append(Interval(period_span(day_of(r.start, zone), DAY, zone).start, r.end))
+                spans.append(period_span(day_of(r.end, zone), DAY, zone))
+            if params.weekly_limit is not None:
+                spans.append(Interval(period_span(week_of(r.start, zone), "wk", zone).start, r.end))
+                spans.append(period_span(week_of(r.end, zone), "wk", zone))
+    return merge(spans)
 
 
-def check_legs(
-    schedules: Sequence[Resource],
-    actors: dict[str, Resource],
-    service_id: str,
-    service_resource: Resource | None,
-    schedule_ids: Sequence[str],
-    *,
-    schedule_in_url: bool = False,
-    expressions: Sequence[str] | None = None,
-    service_expression: str = "Parameters.service-type-reference",
-) -> tuple[Service, list[Leg]]:
-    """Check what was read (every Schedule exists and offers the active service) and resolve
-    each Schedule's parameters."""
-    parsed = _parsed(schedules, actors, schedule_ids, schedule_in_url, expressions)
-    if service_resource is None:
-        raise Unprocessable(
-            f"HealthcareService/{service_id} does not exist",
-            code="not-found",
-            expression=service_expression,
-        )
-    service = parse_service(service_resource)
-    if not service.active:
-        raise Unprocessable(
-            f"HealthcareService/{service_id} is not active",
-            expression=service_expression,
-        )
-    legs = []
-    for schedule, expression in parsed:
-        if service.id not in schedule.offered_service_ids:
-            raise Unprocessable(
-                f"Schedule/{schedule.id} does not offer HealthcareService/{service.id}",
-                expression=expression,
-            )
-        try:
-            params = resolve_parameters(schedule, service)
-        except SchedulingError as exc:
-            exc.diagnostics = f"{exc.diagnostics} (for {expression})"
-            raise
-        legs.append(Leg(schedule, params, expression))
-    return service, legs
+def _fits(windows: Sequence[Interval], starts: Sequence[datetime], visit: Interval) -> bool:
+    """Whether ``visit`` lies inside one of the sorted, disjoint ``windows`` (``starts``: theirs)."""
+    index = bisect.bisect_right(starts, visit.start) - 1
+    return index >= 0 and windows[index].end >= visit.end
 
 
-def agreed_grid(legs: Sequence[Leg]) -> tuple[timedelta, Grid]:
-    """The duration and alignment grid every Schedule of the request agrees on (SPEC §3)."""
-    first = legs[0]
-    zones = [(leg, leg.params.alignment_timezone) for leg in legs if leg.params.alignment_timezone]
-    for leg in legs[1:]:
-        for label, mine, theirs in (
-            ("duration", leg.params.duration, first.params.duration),
-            ("alignmentInterval", leg.params.alignment_interval, first.params.alignment_interval),
-            ("alignmentOffset", leg.params.alignment_offset, first.params.alignment_offset),
-        ):
-            if mine != theirs:
-                raise Unprocessable(
-                    f"The schedules disagree on {label}: Schedule/{first.schedule.id} has "
-                    f"{_minutes(theirs)}, Schedule/{leg.schedule.id} has {_minutes(mine)}",
-                    expression=leg.expression,
-                )
-    for leg, zone in zones[1:]:
-        if zone != zones[0][1]:
-            raise Unprocessable(
-                f"The schedules disagree on alignmentTimezone: {zones[0][1]} and {zone}",
-                expression=leg.expression,
-            )
-    zone = zones[0][1] if zones else first.params.timezone
-    assert zone is not None
-    return first.params.duration, Grid(first.params.alignment_interval, first.params.alignment_offset, zone)
+def _acceptance(
+    legs: Sequence[Leg],
+    windows: Sequence[Interval],
+    duration: timedelta,
+    slots: Sequence[SlotOverlay],
+    now: datetime,
+    recurrence: Recurrence | None,
+) -> Callable[[datetime], bool] | None:
+    """What a first start must pass beyond fitting in the windows: the booking limits of every
+    Schedule, and for a series every later occurrence free and within every rule. ``None``
+    when there is nothing to check (notice and window are applied by clipping the range)."""
+    limited = [leg for leg in legs if leg.params.has_limits]
+    if not limited and recurrence is None:
+        return None
+    counts = {
+        leg.schedule.id: count_visits(slots, leg.schedule.id, leg.params.timezone, now) for leg in limited
+    }
+    ruled = [leg for leg in legs if has_rules(leg.params)]
+    window_starts = [w.start for w in windows]
+    zone = legs[0].params.timezone
 
+    def accept(start: datetime) -> bool:
+        starts = recurrence.starts(start, zone) if recurrence is not None else [start]
+        for later in starts[1:]:
+            if not _fits(windows, window_starts, Interval(later, later + duration)):
+                return False
+        return all(broken_rule(leg.params, starts, now, counts.get(leg.schedule.id)) is None for leg in ruled)
 
-def _minutes(value: timedelta) -> str:
-    return f"{value.total_seconds() / 60:g} min"
-
-
-def decode_slots(slot_resources: Sequence[dict[str, Any]]) -> list[SlotOverlay]:
-    """Stored Slots as overlays, dropping those that cannot matter."""
-    return [s for s in (parse_slot(r) for r in slot_resources) if s is not None]
+    return accept
 
 
 def compute(
@@ -352,13 +140,22 @@ def compute(
     request: Interval,
     now: datetime,
     count: int,
+    *,
+    recurrence: Recurrence | None = None,
+    ignore: Collection[str] = (),
 ) -> Availability:
-    """The pure heart of ``$find``: free time of every leg, intersected, on the grid."""
+    """The pure heart of ``$find``: free time of every leg, intersected, on the grid, within the
+    booking rules (and for a series, only first starts whose every occurrence is free).
+    Slots with ids in ``ignore`` count as not there."""
     duration, grid = agreed_grid(legs)
+    if ignore:
+        slots = [s for s in slots if s.id not in ignore]
     notices: list[tuple[str, str]] = []
     per_schedule = []
+    not_before = now
+    latest: datetime | None = None
     for leg in legs:
-        schedule = leg.schedule
+        schedule, params = leg.schedule, leg.params
         if not schedule.active:
             notices.append((f"Schedule/{schedule.id} is not active: it offers no time", leg.expression))
         elif schedule.planning_horizon is not None and (
@@ -370,29 +167,37 @@ def compute(
                     leg.expression,
                 )
             )
-        span = widened(request, leg.params)
-        per_schedule.append(schedule_windows(schedule, service, leg.params, slots, span, now))
+        earliest = now + params.minimum_notice
+        if params.minimum_notice and earliest > request.end - duration:
+            notices.append(
+                (
+                    f"minimumNotice: Schedule/{schedule.id} offers nothing before {earliest.isoformat()}",
+                    leg.expression,
+                )
+            )
+        if params.booking_window is not None and now + params.booking_window < request.start:
+            notices.append(
+                (
+                    f"bookingWindow: Schedule/{schedule.id} offers nothing after "
+                    f"{(now + params.booking_window).isoformat()}",
+                    leg.expression,
+                )
+            )
+        not_before = max(not_before, earliest)
+        if params.booking_window is not None:
+            limit = now + params.booking_window
+            latest = limit if latest is None else min(latest, limit)
+        spans = [widened(r, params) for r in occurrence_ranges(request, recurrence)]
+        windows: list[Interval] = []
+        for span in spans:
+            windows.extend(schedule_windows(schedule, service, params, slots, span, now))
+        per_schedule.append(merge(windows))
     windows = joint_windows(per_schedule, duration)
-    starts = aligned_starts(windows, duration, grid, request, now, count)
+    first = request if latest is None else Interval(request.start, min(request.end, latest + duration))
+    accept = _acceptance(legs, windows, duration, slots, now, recurrence)
+    starts = aligned_starts(windows, duration, grid, first, not_before, count, accept)
     # Times are written in the first Schedule's zone: what its staff read on the wall clock.
     return Availability(service, list(legs), duration, legs[0].params.timezone, starts, notices)
-
-
-def widened(request: Interval, params: ResolvedParameters) -> Interval:
-    """The span whose availability matters: the request plus room for the buffers."""
-    return Interval(request.start - params.buffer_before, request.end + params.buffer_after)
-
-
-def slot_search_span(request: Interval, legs: Sequence[Leg]) -> Interval:
-    """One Slot search covers every leg's widened span."""
-    spans = [widened(request, leg.params) for leg in legs]
-    return Interval(min(s.start for s in spans), max(s.end for s in spans))
-
-
-SLOT_MARGIN = timedelta(hours=4)
-"""How far beyond the requested range the Slot search reaches when it runs at the same time as
-the configuration reads (before the buffers are known): buffers up to this long need no
-second search."""
 
 
 def find_availability(stores: Stores | SchedulingStore, request: FindRequest) -> Availability:
@@ -400,44 +205,87 @@ def find_availability(stores: Stores | SchedulingStore, request: FindRequest) ->
 
     The configuration is read with the caller's credentials (what the caller may not read, it
     cannot ask about); the Slots with the sidecar's own, so that time the caller cannot see
-    is still known to be taken (SPEC §5.1). With the service named, the three reads run
-    ``together`` -- one upstream round trip of latency, whatever the number of schedules -- and
-    the Slot search covers the range plus :data:`SLOT_MARGIN`; a schedule whose buffers reach
-    further gets a second Slot search. Without it, the service is read after the Schedules
-    that name it (two round trips; the Slot search goes with the first).
+    is still known to be taken (SPEC §5.1). With the service named, the reads run ``together``
+    -- one upstream round trip of latency, whatever the number of schedules -- and the Slot
+    search covers the range (each occurrence's, for a series) plus :data:`SLOT_MARGIN`. Only
+    what that did not cover is searched afterwards: buffers longer than the margin, and the
+    rest of the local days or weeks a booking limit counts (a second round trip then).
+    Without the service, it is read after the Schedules that name it (two round trips; the
+    Slot search goes with the first). ``ignore-appointment`` is read with the caller's
+    credentials, in the first round trip.
     """
     configuration, slot_reader = _readers(stores)
     together = stores.together if isinstance(stores, Stores) else one_after_another
     ids = list(request.schedule_ids)
     window = Interval(request.start, request.end)
-    searched: Interval | None = None
-    slot_resources: list[Resource] = []
+    searched = merge(
+        Interval(r.start - SLOT_MARGIN, r.end + SLOT_MARGIN)
+        for r in occurrence_ranges(window, request.recurrence)
+    )
+    slot_reads = [_slot_search(slot_reader, ids, span) for span in searched]
+    extra: list[Callable[[], Any]] = []
+    if request.ignore_appointment is not None:
+        reader = cast(FhirReader, stores.caller if isinstance(stores, Stores) else stores)
+        ignored_id = request.ignore_appointment
+        extra.append(lambda: reader.read("Appointment", ignored_id))
     if request.service_id is not None:
         service_id = request.service_id
-        searched = Interval(window.start - SLOT_MARGIN, window.end + SLOT_MARGIN)
-        span_guess = searched
-        found, service_resource, slot_resources = together(
+        found, service_resource, *rest = together(
             lambda: configuration.read_schedules(ids),
             lambda: configuration.read_service(service_id),
-            lambda: slot_reader.search_slots(ids, span_guess.start, span_guess.end),
+            *extra,
+            *slot_reads,
         )
         service, legs = check_legs(
             found[0], found[1], service_id, service_resource, ids, schedule_in_url=request.schedule_in_url
         )
     else:
-        # The service follows from the Schedules: their read and the Slot search go together,
-        # the service's read follows (two round trips of latency).
-        searched = Interval(window.start - SLOT_MARGIN, window.end + SLOT_MARGIN)
-        span_guess = searched
-        legs_found, slot_resources = together(
+        legs_found, *rest = together(
             lambda: load_legs(configuration, ids, None, schedule_in_url=request.schedule_in_url),
-            lambda: slot_reader.search_slots(ids, span_guess.start, span_guess.end),
+            *extra,
+            *slot_reads,
         )
         service, legs = legs_found
-    span = slot_search_span(window, legs)
-    if searched is None or span.start < searched.start or span.end > searched.end:
-        slot_resources = slot_reader.search_slots([leg.schedule.id for leg in legs], span.start, span.end)
-    return compute(service, legs, decode_slots(slot_resources), window, request.now, request.count)
+    ignored: Resource | None = rest.pop(0) if extra else None
+    slot_resources: list[Resource] = [slot for found_slots in rest for slot in found_slots]
+    if request.ignore_appointment is not None and ignored is None:
+        raise Unprocessable(
+            f"Appointment/{request.ignore_appointment} does not exist",
+            code="not-found",
+            expression="Parameters.ignore-appointment",
+        )
+    missing = subtract(needed_spans(window, legs, request.recurrence), searched)
+    if missing:
+        schedule_ids = [leg.schedule.id for leg in legs]
+        for more in together(*(_slot_search(slot_reader, schedule_ids, span) for span in missing)):
+            slot_resources.extend(more)
+    return compute(
+        service,
+        legs,
+        _unique(decode_slots(slot_resources)),
+        window,
+        request.now,
+        request.count,
+        recurrence=request.recurrence,
+        ignore=frozenset(slot_ids(ignored)) if ignored is not None else frozenset(),
+    )
+
+
+def _slot_search(reader: SlotReader, ids: Sequence[str], span: Interval) -> Callable[[], list[Resource]]:
+    return lambda: reader.search_slots(ids, span.start, span.end)
+
+
+def _unique(slots: list[SlotOverlay]) -> list[SlotOverlay]:
+    """Slots found by two searches whose spans touch count once."""
+    seen: set[str] = set()
+    unique = []
+    for slot in slots:
+        if slot.id is not None:
+            if slot.id in seen:
+                continue
+            seen.add(slot.id)
+        unique.append(slot)
+    return unique
 
 
 def _readers(stores: Stores | SchedulingStore) -> tuple[ConfigurationReader, SlotReader]:
@@ -464,12 +312,21 @@ def find_slots(stores: Stores | SchedulingStore, request: FindRequest) -> dict[s
 
 
 __all__ = [
+    "DEFAULT_COUNT",
+    "DEFAULT_MAX_SCHEDULES",
+    "MAX_COUNT",
+    "SLOT_MARGIN",
     "Availability",
     "FindRequest",
     "Leg",
+    "check_legs",
     "compute",
+    "decode_slots",
     "find_appointments",
     "find_availability",
     "find_slots",
     "load_legs",
+    "needed_spans",
+    "slot_search_span",
+    "widened",
 ]

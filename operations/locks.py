@@ -11,6 +11,13 @@ that exists has version 1 or more). Two bookings whose footprints overlap share 
 bucket, so they cannot both commit on the same view; bookings of separate times on one
 Schedule mostly take different buckets and do not queue behind each other.
 
+**Period locks.** A Schedule with a booking limit (SPEC §7.1) counts its visits per local day or
+ISO week; a booking there also takes the lock of that day (``fanoni-lock-<schedule>.d<date>``)
+or week (``.w<monday>``), so two bookings that both see the last place of a day cannot both
+commit. Which one applies is known only once the configuration is read, so the lock read asks
+for every day and week the visit could fall on in any time zone
+(``operations.rules.candidate_period_keys``) and the booking takes the one that applies.
+
 Every lock carries a counter that each update increments, so an update never stores content
 identical to the last version (an upstream may skip such a no-op update and its version check).
 """
@@ -18,7 +25,7 @@ identical to the last version (an upstream may skip such a no-op update and its 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -26,7 +33,7 @@ from operations.errors import ConcurrentChange, OutcomeUnknown, StoreFailure
 from operations.fhir_values import transaction_bundle
 from operations.model import FANONI_CODE_SYSTEM, FANONI_EXTENSION_BASE, Interval
 from operations.retries import Clock
-from operations.store import FhirStore, Resource
+from operations.store import FhirStore, Resource, Together, one_after_another
 
 LOCK_COUNTER_URL = FANONI_EXTENSION_BASE + "lock-counter"
 LOCK_PREFIX = "fanoni-lock-"
@@ -40,13 +47,19 @@ part of the lock protocol, not a setting (docs/consistency.md)."""
 _EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 
 
-def bucket_lock_id(schedule_id: str, bucket: int) -> str:
-    """The id of the lock of one bucket of a Schedule (``fanoni-lock-<schedule>.b<n>``), within
-    FHIR's 64-character limit (a long Schedule id is replaced by a hash of it)."""
-    candidate = f"{LOCK_PREFIX}{schedule_id}.b{bucket}"
+def lock_id(schedule_id: str, key: str) -> str:
+    """The id of one lock of a Schedule (``fanoni-lock-<schedule>.<key>``; ``key`` is ``b<n>`` for
+    a time bucket, ``d<date>``/``w<monday>`` for a day or a week), within FHIR's 64-character
+    limit (a long Schedule id is replaced by a hash of it)."""
+    candidate = f"{LOCK_PREFIX}{schedule_id}.{key}"
     if len(candidate) <= 64:
         return candidate
-    return f"{LOCK_PREFIX}{hashlib.sha256(schedule_id.encode()).hexdigest()[:40]}.b{bucket}"
+    return f"{LOCK_PREFIX}{hashlib.sha256(schedule_id.encode()).hexdigest()[:40]}.{key}"
+
+
+def bucket_lock_id(schedule_id: str, bucket: int) -> str:
+    """The id of the lock of one time bucket of a Schedule (``fanoni-lock-<schedule>.b<n>``)."""
+    return lock_id(schedule_id, f"b{bucket}")
 
 
 def buckets(span: Interval) -> range:
@@ -70,7 +83,8 @@ class LockVersion:
 
     lock_id: str
     schedule_id: str
-    bucket: int
+    key: str
+    """``b<n>`` (a time bucket), ``d<date>`` or ``w<monday>`` (a period of a booking limit)."""
     version: str = ABSENT
     counter: int = -1
 
@@ -83,6 +97,21 @@ class Locks:
 
     def __bool__(self) -> bool:
         return bool(self.taken)
+
+    def keeping(self, wanted: Collection[str]) -> Locks:
+        """Only the locks with these ids (the period locks that apply, once the configuration
+        says which), in the same order."""
+        return Locks(taken=tuple(lock for lock in self.taken if lock.lock_id in wanted))
+
+    def merged(self, other: Locks) -> Locks:
+        """These locks and ``other``'s, each lock once (the version read first wins: it was read
+        before the deciding reads), in the fixed order."""
+        by_id = {lock.lock_id: lock for lock in other.taken} | {lock.lock_id: lock for lock in self.taken}
+        return Locks(taken=tuple(sorted(by_id.values(), key=_order)))
+
+
+def _order(lock: LockVersion) -> tuple[str, str]:
+    return (lock.schedule_id, lock.key)
 
 
 NO_LOCKS = Locks(taken=())
@@ -97,41 +126,84 @@ def footprint_buckets(footprints: Mapping[str, Iterable[Interval]]) -> dict[str,
     return {schedule_id: sorted(found) for schedule_id, found in sorted(wanted.items())}
 
 
-def read_locks(store: FhirStore, footprints: Mapping[str, Iterable[Interval]]) -> Locks:
-    """The locks a write over ``footprints`` (per Schedule id, the spans it decides on) takes:
-    one search for all of them. Writes nothing, so it may run before the request is validated,
-    at the same time as the configuration reads."""
-    wanted = footprint_buckets(footprints)
-    if not wanted:
+LOCK_SEARCH_IDS = 100
+"""Lock ids per search: a long series asks for hundreds, more than fits in one URL."""
+
+
+LockPlan = dict[str, tuple[str, str]]
+"""The locks a write takes: lock id -> (Schedule id, key)."""
+
+
+def lock_plan(
+    footprints: Mapping[str, Iterable[Interval]], periods: Mapping[str, Iterable[str]] | None = None
+) -> LockPlan:
+    """The locks of every bucket ``footprints`` (per Schedule id, the spans a write decides on)
+    touch, and the period locks ``periods`` names (per Schedule id, keys such as ``d2026-12-07``)."""
+    plan: LockPlan = {}
+    for schedule_id, indexes in footprint_buckets(footprints).items():
+        for b in indexes:
+            plan[bucket_lock_id(schedule_id, b)] = (schedule_id, f"b{b}")
+    for schedule_id, keys in sorted((periods or {}).items()):
+        for key in sorted(keys):
+            plan[lock_id(schedule_id, key)] = (schedule_id, key)
+    return plan
+
+
+def read_locks(
+    store: FhirStore,
+    footprints: Mapping[str, Iterable[Interval]],
+    periods: Mapping[str, Iterable[str]] | None = None,
+    *,
+    together: Together = one_after_another,
+) -> Locks:
+    """The locks a write over ``footprints`` takes, and the period locks ``periods`` names
+    (:func:`lock_plan`). Writes nothing, so it may run before the request is validated, at the
+    same time as the configuration reads."""
+    return read_planned(store, lock_plan(footprints, periods), together=together)
+
+
+def read_planned(store: FhirStore, plan: LockPlan, *, together: Together = one_after_another) -> Locks:
+    """The current version of every planned lock (absent ones as :data:`ABSENT`): one search for
+    all of them, or a few ``together`` when they are too many for one URL."""
+    if not plan:
         return NO_LOCKS
-    meaning = {
-        bucket_lock_id(schedule_id, b): (schedule_id, b)
-        for schedule_id, indexes in wanted.items()
-        for b in indexes
-    }
+    ids = list(plan)
+    chunks = [ids[i : i + LOCK_SEARCH_IDS] for i in range(0, len(ids), LOCK_SEARCH_IDS)]
     found: dict[str, LockVersion] = {}
-    for resource in store.search("Basic", [("_id", ",".join(meaning))]):
-        resource_id = str(resource.get("id"))
-        version = (resource.get("meta") or {}).get("versionId")
-        if resource_id in meaning and version is not None:
-            owner, bucket = meaning[resource_id]
-            found[resource_id] = LockVersion(
-                resource_id, owner, bucket, str(version), _lock_counter(resource)
-            )
-    return Locks(
-        taken=tuple(found.get(lock_id) or LockVersion(lock_id, *where) for lock_id, where in meaning.items())
-    )
+    searches = [_lock_search(store, chunk) for chunk in chunks]
+    for resources in together(*searches) if len(searches) > 1 else [searches[0]()]:
+        for resource in resources:
+            resource_id = str(resource.get("id"))
+            version = (resource.get("meta") or {}).get("versionId")
+            if resource_id in plan and version is not None:
+                owner, key = plan[resource_id]
+                found[resource_id] = LockVersion(
+                    resource_id, owner, key, str(version), _lock_counter(resource)
+                )
+    locks = (found.get(i) or LockVersion(i, *where) for i, where in plan.items())
+    return Locks(taken=tuple(sorted(locks, key=_order)))
 
 
-def lock_resource(schedule_id: str, bucket: int, counter: int) -> Resource:
-    """A lock as stored: a ``Basic`` about the Schedule, ``created`` on its bucket's UTC date
-    (so locks of the past can be found)."""
+def _lock_search(store: FhirStore, ids: Sequence[str]) -> Callable[[], list[Resource]]:
+    return lambda: store.search("Basic", [("_id", ",".join(ids))])
+
+
+def _created(key: str) -> str:
+    """The date a lock is about: its bucket's UTC date, or its day's (week's first) date."""
+    if key.startswith("b"):
+        return bucket_span(int(key[1:])).start.date().isoformat()
+    return key[1:]
+
+
+def lock_resource(schedule_id: str, key: str, counter: int) -> Resource:
+    """A lock as stored: a ``Basic`` about the Schedule, ``created`` on the date it is about (so
+    locks of the past can be found)."""
     return {
         "resourceType": "Basic",
-        "id": bucket_lock_id(schedule_id, bucket),
+        "id": lock_id(schedule_id, key),
         "code": {"coding": [{"system": FANONI_CODE_SYSTEM, "code": "schedule-time-lock"}]},
         "subject": {"reference": f"Schedule/{schedule_id}"},
-        "created": bucket_span(bucket).start.date().isoformat(),
+        "created": _created(key),
         "extension": [{"url": LOCK_COUNTER_URL, "valueInteger": counter}],
     }
 
@@ -160,7 +232,7 @@ def lock_entries(locks: Locks) -> list[Resource]:
     """The transaction entries that take ``locks``: each lock updated, checked against the
     version read, or created, checked against its absence -- the heart of race freedom."""
     return [
-        _put(lock_resource(lock.schedule_id, lock.bucket, lock.counter + 1), lock.version)
+        _put(lock_resource(lock.schedule_id, lock.key, lock.counter + 1), lock.version)
         for lock in locks.taken
     ]
 
@@ -181,7 +253,7 @@ def fence(store: FhirStore, locks: Locks, clock: Clock) -> bool:
     lock = locks.taken[0]
     # counter + 2: content that differs from what the lost write stored (counter + 1), so the
     # upstream cannot treat the fence as a no-op update and skip its version check.
-    entry = _put(lock_resource(lock.schedule_id, lock.bucket, lock.counter + 2), lock.version)
+    entry = _put(lock_resource(lock.schedule_id, lock.key, lock.counter + 2), lock.version)
     last: StoreFailure | None = None
     for tries in range(SETTLE_ATTEMPTS):
         try:

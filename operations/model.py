@@ -18,6 +18,11 @@ FANONI_EXTENSION_BASE = "https://fanoni.dev/fhir/StructureDefinition/"
 FANONI_CODE_SYSTEM = "https://fanoni.dev/fhir/CodeSystem/fanoni"
 HOLD_EXPIRES_URL = FANONI_EXTENSION_BASE + "hold-expires"
 SLOT_CAPACITY_URL = FANONI_EXTENSION_BASE + "slot-capacity"
+SERIES_URL = FANONI_EXTENSION_BASE + "series"
+"""On every Appointment of a recurring series (SPEC §7.4): the series identifier, the
+occurrence's number and the series' length."""
+SERIES_SYSTEM = "https://fanoni.dev/fhir/series"
+"""System of a series' shared identifier (and of the ``meta.tag`` that finds its Appointments)."""
 
 SCHEDULING_PARAMETERS_URL = "https://medplum.com/fhir/StructureDefinition/SchedulingParameters"
 SERVICE_TYPE_REFERENCE_URL = "https://medplum.com/fhir/service-type-reference"
@@ -72,6 +77,12 @@ class ParameterBlock:
     slot_capacity: int | None = None
     availability: tuple[WeeklyWindow, ...] | None = None
     not_available: tuple[Interval, ...] | None = None
+    minimum_notice: timedelta | None = None
+    booking_window: timedelta | None = None
+    daily_limit: int | None = None
+    """``bookingLimit`` with ``periodUnit`` ``d``; the two units inherit separately."""
+    weekly_limit: int | None = None
+    """``bookingLimit`` with ``periodUnit`` ``wk``."""
 
 
 @dataclass(frozen=True)
@@ -132,6 +143,18 @@ class ResolvedParameters:
     availability: tuple[WeeklyWindow, ...] | None
     """``None`` means always available."""
     not_available: tuple[Interval, ...]
+    minimum_notice: timedelta = timedelta(0)
+    """Nothing may start earlier than now + this (SPEC §7.1)."""
+    booking_window: timedelta | None = None
+    """Nothing may start later than now + this; ``None``: no rolling limit."""
+    daily_limit: int | None = None
+    """At most this many visits per local calendar day of ``timezone``; ``None``: no limit."""
+    weekly_limit: int | None = None
+    """At most this many visits per ISO week (local, Monday to Sunday); ``None``: no limit."""
+
+    @property
+    def has_limits(self) -> bool:
+        return self.daily_limit is not None or self.weekly_limit is not None
 
 
 class SlotStatus:

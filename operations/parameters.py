@@ -217,6 +217,19 @@ def parse_parameter_block(
         if not isinstance(sub, dict):
             raise _config_error(what, path, "not an extension")
         url = sub.get("url")
+        if url == "bookingLimit":
+            # May repeat, once per unit (SPEC §7.1): a day limit and a week limit.
+            unit, limit = parse_booking_limit(sub, what, path)
+            key = f"bookingLimit ({unit})"
+            if key in seen:
+                raise _config_error(
+                    what,
+                    path,
+                    f"a bookingLimit per {_UNIT_NAMES[unit]} is given twice (first at {seen[key]})",
+                )
+            seen[key] = path
+            values["daily_limit" if unit == "d" else "weekly_limit"] = limit
+            continue
         if url in seen:
             raise _config_error(
                 what, path, f"the sub-extension {url!r} is given twice (first at {seen[url]})"
@@ -242,6 +255,11 @@ def parse_parameter_block(
         elif url in ("alignmentTimezone", "timezone"):
             name = "alignment_timezone" if url == "alignmentTimezone" else "timezone"
             values[name] = _parse(what, path, parse_timezone, sub.get("valueCode"))
+        elif url in ("minimumNotice", "bookingWindow"):
+            amount = _parse(what, path, parse_duration, sub.get("valueDuration"))
+            if url == "bookingWindow" and amount <= timedelta(0):
+                raise _config_error(what, path, "bookingWindow must be longer than zero")
+            values["minimum_notice" if url == "minimumNotice" else "booking_window"] = amount
         elif url == "slotCapacity":
             values["slot_capacity"] = _parse(what, path, parse_positive_int, sub.get("valuePositiveInt"))
         elif url == "availability":
@@ -267,6 +285,47 @@ def parse_parameter_block(
     if on_schedule and "service_id" not in values:
         raise _config_error(what, expression, "a SchedulingParameters block on a Schedule needs 'service'")
     return ParameterBlock(expression=expression, **values)
+
+
+_UNIT_NAMES = {"d": "day", "wk": "week"}
+_TIMING_REPEAT_FIELDS = frozenset({"frequency", "period", "periodUnit"})
+
+
+def parse_booking_limit(sub: Resource, what: str, path: str) -> tuple[str, int]:
+    """``bookingLimit``: a ``valueTiming`` whose ``repeat`` says N visits per 1 day or week
+    (``frequency`` N, ``period`` 1, ``periodUnit`` ``d``/``wk``). Returns ``(unit, N)``; anything
+    else is an error pointing at the field at fault."""
+    timing = sub.get("valueTiming")
+    if not isinstance(timing, dict):
+        raise _config_error(
+            what, path, "bookingLimit needs a valueTiming (repeat: frequency, period 1, periodUnit d|wk)"
+        )
+    for key in timing:
+        if key not in ("repeat", "id", "extension"):
+            raise _config_error(
+                what, f"{path}.valueTiming.{key}", f"bookingLimit supports only Timing.repeat, not {key!r}"
+            )
+    repeat = timing.get("repeat")
+    if not isinstance(repeat, dict):
+        raise _config_error(what, f"{path}.valueTiming", "bookingLimit needs valueTiming.repeat")
+    at = f"{path}.valueTiming.repeat"
+    for key in repeat:
+        if key not in _TIMING_REPEAT_FIELDS and key not in ("id", "extension"):
+            raise _config_error(
+                what, f"{at}.{key}", f"bookingLimit supports frequency, period and periodUnit, not {key!r}"
+            )
+    frequency = repeat.get("frequency")
+    if isinstance(frequency, bool) or not isinstance(frequency, int) or frequency < 1:
+        raise _config_error(
+            what, f"{at}.frequency", "frequency (the number of visits) must be a positive integer"
+        )
+    period = repeat.get("period")
+    if isinstance(period, bool) or not isinstance(period, int | float) or period != 1:
+        raise _config_error(what, f"{at}.period", f"period must be 1 (one day or one week), not {period!r}")
+    unit = repeat.get("periodUnit")
+    if unit not in _UNIT_NAMES:
+        raise _config_error(what, f"{at}.periodUnit", f"periodUnit must be 'd' or 'wk', not {unit!r}")
+    return str(unit), frequency
 
 
 def _scheduling_blocks(
@@ -419,6 +478,10 @@ def resolve_parameters(schedule: Schedule, service: Service) -> ResolvedParamete
         slot_capacity=_pick("slot_capacity", own, inherited) or 1,
         availability=availability,
         not_available=tuple(not_available),
+        minimum_notice=_pick("minimum_notice", own, inherited) or timedelta(0),
+        booking_window=_pick("booking_window", own, inherited),
+        daily_limit=_pick("daily_limit", own, inherited),
+        weekly_limit=_pick("weekly_limit", own, inherited),
     )
 
 

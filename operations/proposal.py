@@ -4,15 +4,16 @@ shape and turned into a :class:`BookingRequest` -- or a 400 naming the culprit's
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
 from operations.errors import InvalidRequest
 from operations.fhir_values import dig, parse_instant, reference_id
-from operations.find import DEFAULT_MAX_SCHEDULES
+from operations.find_request import DEFAULT_MAX_SCHEDULES
 from operations.model import Interval, SlotStatus
 from operations.parameters import service_references
+from operations.series import DEFAULT_MAX_SERIES, Recurrence, parse_recurrence
 from operations.store import Resource
 
 MAX_PARTICIPANTS = 50
@@ -32,13 +33,24 @@ class BookingRequest:
     """Per schedule id: the FHIRPath of its busy Slot in the proposal, for errors."""
     identifiers: tuple[tuple[str | None, str], ...]
     root: str
+    recurrence: Recurrence | None = None
+    """``$book``/``$hold`` of a recurring series: every occurrence, or none (SPEC §7.4)."""
 
     @classmethod
-    def from_body(cls, body: Any, *, max_schedules: int = DEFAULT_MAX_SCHEDULES) -> BookingRequest:
+    def from_body(
+        cls,
+        body: Any,
+        *,
+        max_schedules: int = DEFAULT_MAX_SCHEDULES,
+        max_series: int = DEFAULT_MAX_SERIES,
+    ) -> BookingRequest:
         """The ``appointment`` (alias ``appointment-resource``) of a Parameters body, or a bare
-        Appointment. Raises ``InvalidRequest`` (400) naming the culprit's FHIRPath."""
+        Appointment, and a ``recurrence`` (valueTiming) beside it. Raises ``InvalidRequest``
+        (400) naming the culprit's FHIRPath."""
         appointment, root = _appointment_from_body(body)
-        return cls.from_appointment(appointment, root, max_schedules=max_schedules)
+        request = cls.from_appointment(appointment, root, max_schedules=max_schedules)
+        recurrence = _recurrence_from_body(body, max_series)
+        return replace(request, recurrence=recurrence) if recurrence is not None else request
 
     @classmethod
     def from_appointment(
@@ -225,6 +237,25 @@ def _appointment_from_body(body: Any) -> tuple[Resource, str]:
             expression="Parameters.appointment",
         )
     return resource, "Parameters.appointment"
+
+
+def _recurrence_from_body(body: Resource, max_series: int) -> Recurrence | None:
+    if body.get("resourceType") != "Parameters":
+        return None
+    found = [p for p in body.get("parameter") or [] if isinstance(p, dict) and p.get("name") == "recurrence"]
+    if not found:
+        return None
+    if len(found) > 1:
+        raise InvalidRequest(
+            "recurrence may be given only once", code="value", expression="Parameters.recurrence[1]"
+        )
+    if "valueTiming" not in found[0]:
+        raise InvalidRequest(
+            "recurrence must be given as valueTiming", code="structure", expression="Parameters.recurrence"
+        )
+    return parse_recurrence(
+        found[0]["valueTiming"], expression="Parameters.recurrence.valueTiming", max_series=max_series
+    )
 
 
 def _contained_slot(resource: Resource, path: str) -> tuple[str, Interval]:

@@ -5,6 +5,7 @@ transaction-response shapes the callers get (also when a stored booking is repla
 
 from __future__ import annotations
 
+import copy
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from operations.locks import Locks, lock_entries
 from operations.model import (
     FANONI_CODE_SYSTEM,
     HOLD_EXPIRES_URL,
+    SERIES_SYSTEM,
+    SERIES_URL,
     SLOT_CAPACITY_URL,
     Interval,
     Leg,
@@ -23,6 +26,7 @@ from operations.model import (
 )
 from operations.proposal import BookingRequest
 from operations.rendering import BUFFER_COMMENTS, VISIT, footprint
+from operations.series import series_extension, series_id_of, series_tag
 from operations.store import FhirStore, Resource
 
 ENDED_STATUSES = frozenset({"cancelled", "entered-in-error", "noshow"})
@@ -99,28 +103,66 @@ def booking_bundle(
     hold: bool,
     expires: datetime | None,
     marker: str,
+    visits: Sequence[Interval] | None = None,
+    series_id: str | None = None,
 ) -> Resource:
-    """The one transaction: lock updates, the Slots (visit + buffers), the Appointment."""
-    slot_entries = []
-    for leg in legs:
-        for slot in _written_slots(leg, request.visit, hold, expires, marker):
-            slot_entries.append(
-                {
-                    "fullUrl": f"urn:uuid:{uuid.uuid4()}",
-                    "resource": slot,
-                    "request": {"method": "POST", "url": "Slot"},
-                }
-            )
+    """The one transaction: lock updates, then for each visit its Slots (visit + buffers) and its
+    Appointment. ``visits`` defaults to the proposal's; with ``series_id`` each Appointment is an
+    occurrence of that series (SPEC §7.4)."""
+    visits = list(visits or [request.visit])
+    entries = [*lock_entries(locks)]
+    for index, visit in enumerate(visits):
+        slot_entries = []
+        for leg in legs:
+            for slot in _written_slots(leg, visit, hold, expires, marker):
+                slot_entries.append(
+                    {
+                        "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                        "resource": slot,
+                        "request": {"method": "POST", "url": "Slot"},
+                    }
+                )
+        appointment = _booked_appointment(request, legs, visit, slot_entries, hold, expires, marker)
+        if series_id is not None:
+            appointment["extension"] = [
+                *appointment.get("extension", []),
+                series_extension(series_id, index + 1, len(visits)),
+            ]
+            appointment["meta"]["tag"].append(series_tag(series_id))
+        entries += [
+            *slot_entries,
+            {
+                "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                "resource": appointment,
+                "request": {"method": "POST", "url": "Appointment"},
+            },
+        ]
+    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+
+
+def _booked_appointment(
+    request: BookingRequest,
+    legs: Sequence[Leg],
+    visit: Interval,
+    slot_entries: Sequence[Resource],
+    hold: bool,
+    expires: datetime | None,
+    marker: str,
+) -> Resource:
+    """The Appointment a booking stores for one visit: the proposal as the caller sent it, with
+    the status, the times, the new Slots, the sidecar's tags and every schedule actor."""
     appointment = {
-        k: v for k, v in request.appointment.items() if k not in ("id", "meta", "contained", "slot", "text")
+        k: v
+        for k, v in copy.deepcopy(request.appointment).items()
+        if k not in ("id", "meta", "contained", "slot", "text")
     }
     zone = legs[0].params.timezone
     appointment.update(
         {
             "resourceType": "Appointment",
             "status": "pending" if hold else "booked",
-            "start": format_instant(request.visit.start, zone),
-            "end": format_instant(request.visit.end, zone),
+            "start": format_instant(visit.start, zone),
+            "end": format_instant(visit.end, zone),
             "slot": [{"reference": e["fullUrl"]} for e in slot_entries],
             "meta": {"tag": [BOOKING_TAG, booking_request_tag(marker)]},
         }
@@ -140,32 +182,36 @@ def booking_bundle(
     extensions = [
         e
         for e in appointment.get("extension") or []
-        if not (isinstance(e, dict) and e.get("url") == HOLD_EXPIRES_URL)
+        if not (isinstance(e, dict) and e.get("url") in (HOLD_EXPIRES_URL, SERIES_URL))
     ]
     if expires is not None:
         extensions.append({"url": HOLD_EXPIRES_URL, "valueInstant": format_instant(expires)})
         appointment["meta"]["tag"].append(HOLD_TAG)
     if extensions:
         appointment["extension"] = extensions
-    entries = [
-        *lock_entries(locks),
-        *slot_entries,
-        {
-            "fullUrl": f"urn:uuid:{uuid.uuid4()}",
-            "resource": appointment,
-            "request": {"method": "POST", "url": "Appointment"},
-        },
-    ]
-    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+    else:
+        appointment.pop("extension", None)
+    return appointment
 
 
 def response_bundle(response: Resource) -> Resource:
-    """The caller's view of a transaction-response: the Appointment first, then its Slots; the
-    lock updates and the Provenance are implementation details and left out."""
+    """The caller's view of a transaction-response: each Appointment followed by its Slots (in
+    the order written); the lock updates, deletions and the Provenance are implementation
+    details and left out."""
     entries = [e for e in response.get("entry") or [] if isinstance(e, dict)]
     appointments = [e for e in entries if (e.get("resource") or {}).get("resourceType") == "Appointment"]
     slots = [e for e in entries if (e.get("resource") or {}).get("resourceType") == "Slot"]
-    return {"resourceType": "Bundle", "type": "transaction-response", "entry": [*appointments, *slots]}
+    by_id = {str(e["resource"].get("id")): e for e in slots}
+    ordered: list[Resource] = []
+    placed: set[str] = set()
+    for entry in appointments:
+        ordered.append(entry)
+        for slot_id in slot_ids(entry["resource"]):
+            if slot_id in by_id and slot_id not in placed:
+                ordered.append(by_id[slot_id])
+                placed.add(slot_id)
+    ordered += [e for e in slots if str(e["resource"].get("id")) not in placed]
+    return {"resourceType": "Bundle", "type": "transaction-response", "entry": ordered}
 
 
 def slot_ids(appointment: Resource) -> list[str]:
@@ -184,11 +230,18 @@ def slots_written_with(store: FhirStore, appointment: Resource) -> list[Resource
 
 
 def replay_bundle(store: FhirStore, appointment: Resource) -> Resource:
-    """The stored Appointment and its Slots as a transaction-response-shaped Bundle."""
-    ids = slot_ids(appointment)
+    """The stored Appointment and its Slots as a transaction-response-shaped Bundle -- for an
+    occurrence of a series, every occurrence, in order, each followed by its Slots."""
+    series_id = series_id_of(appointment)
+    appointments = [appointment]
+    if series_id is not None:
+        members = store.search("Appointment", [("_tag", f"{SERIES_SYSTEM}|{series_id}")])
+        live = [a for a in members if a.get("status") not in ENDED_STATUSES]
+        appointments = sorted(live or [appointment], key=lambda a: parse_instant(a.get("start")))
+    ids = [i for a in appointments for i in slot_ids(a)]
     slots = store.search("Slot", [("_id", ",".join(ids))]) if ids else []
     by_id = {s.get("id"): s for s in slots}
-    return _bundle_of([appointment, *(by_id[i] for i in ids if i in by_id)])
+    return _bundle_of([r for a in appointments for r in (a, *(by_id[i] for i in slot_ids(a) if i in by_id))])
 
 
 def _bundle_of(ordered: Sequence[Resource]) -> Resource:

@@ -1,0 +1,189 @@
+"""A ``$find`` request as the caller sent it, validated (SPEC §4, §7.3, §7.4): 400 naming the
+parameter at fault, or a :class:`FindRequest`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from operations.errors import InvalidRequest
+from operations.fhir_values import parse_instant, reference_id
+from operations.series import DEFAULT_MAX_SERIES, Recurrence, parse_recurrence
+
+DEFAULT_COUNT = 20
+MAX_COUNT = 1000
+DEFAULT_MAX_SCHEDULES = 20
+"""Schedules one request may name (``MAX_SCHEDULES``): each adds locks, reads and work."""
+
+
+@dataclass(frozen=True)
+class FindRequest:
+    """A validated ``$find`` request."""
+
+    start: datetime
+    end: datetime
+    service_id: str | None
+    schedule_ids: tuple[str, ...]
+    count: int
+    now: datetime
+    schedule_in_url: bool = False
+    """True for ``Schedule/<id>/$find``: an unknown schedule is then 404, not 422."""
+    recurrence: Recurrence | None = None
+    """Offer only first starts whose every occurrence is free and within the rules (§7.4)."""
+    ignore_appointment: str | None = None
+    """The id of an Appointment whose own time counts as free (a reschedule, §7.3)."""
+
+    @classmethod
+    def from_parameters(
+        cls,
+        params: Sequence[tuple[str, str]],
+        *,
+        now: datetime,
+        max_range_days: int,
+        schedule_id: str | None = None,
+        max_schedules: int = DEFAULT_MAX_SCHEDULES,
+        max_series: int = DEFAULT_MAX_SERIES,
+    ) -> FindRequest:
+        """Validate ``(name, value)`` pairs (query string or Parameters, values as strings).
+
+        Raises ``InvalidRequest`` (400) with ``expression`` like ``Parameters.schedule[1]``.
+        Unknown parameter names are ignored, as FHIR servers ignore unknown search parameters
+        they are not asked to be strict about.
+        """
+        by_name: dict[str, list[str]] = {}
+        for name, value in params:
+            by_name.setdefault(name, []).append(value)
+
+        start = _single_instant(by_name, "start")
+        end = _single_instant(by_name, "end")
+        if start >= end:
+            raise InvalidRequest(
+                "start must be before end",
+                code="invalid",
+                expression=["Parameters.start", "Parameters.end"],
+            )
+        if end - start > timedelta(days=max_range_days):
+            raise InvalidRequest(
+                f"The range from start to end is longer than {max_range_days} days",
+                code="value",
+                expression="Parameters.end",
+            )
+
+        service_id = None
+        service_values = by_name.get("service-type-reference", [])
+        if len(service_values) > 1:
+            raise InvalidRequest(
+                "service-type-reference may be given only once",
+                code="value",
+                expression="Parameters.service-type-reference[1]",
+            )
+        if service_values:
+            service_id = _reference(
+                service_values[0], "HealthcareService", "Parameters.service-type-reference"
+            )
+        elif schedule_id is None:
+            raise InvalidRequest(
+                "service-type-reference is required (HealthcareService/<id>)",
+                code="required",
+                expression="Parameters.service-type-reference",
+            )
+
+        if schedule_id is not None:
+            schedule_ids: tuple[str, ...] = (schedule_id,)
+        else:
+            found: list[str] = []
+            for index, value in enumerate(by_name.get("schedule", [])):
+                for part in value.split(","):
+                    found.append(_reference(part, "Schedule", f"Parameters.schedule[{index}]"))
+            if not found:
+                raise InvalidRequest(
+                    "At least one schedule (Schedule/<id>) is required",
+                    code="required",
+                    expression="Parameters.schedule",
+                )
+            schedule_ids = tuple(dict.fromkeys(found))
+            if len(schedule_ids) > max_schedules:
+                raise InvalidRequest(
+                    f"At most {max_schedules} schedules may be named in one request, "
+                    f"this one names {len(schedule_ids)}",
+                    code="value",
+                    expression="Parameters.schedule",
+                )
+
+        count = DEFAULT_COUNT
+        count_values = by_name.get("_count", [])
+        if len(count_values) > 1:
+            raise InvalidRequest(
+                "_count may be given only once", code="value", expression="Parameters._count[1]"
+            )
+        if count_values:
+            try:
+                count = int(count_values[0].strip())
+            except ValueError:
+                raise InvalidRequest(
+                    f"_count {count_values[0]!r} is not an integer",
+                    code="value",
+                    expression="Parameters._count",
+                ) from None
+            if not 1 <= count <= MAX_COUNT:
+                raise InvalidRequest(
+                    f"_count must be between 1 and {MAX_COUNT}",
+                    code="value",
+                    expression="Parameters._count",
+                )
+
+        recurrence = None
+        recurrences = by_name.get("recurrence", [])
+        if len(recurrences) > 1:
+            raise InvalidRequest(
+                "recurrence may be given only once", code="value", expression="Parameters.recurrence[1]"
+            )
+        if recurrences:
+            recurrence = parse_recurrence(
+                recurrences[0], expression="Parameters.recurrence", max_series=max_series
+            )
+
+        ignore = None
+        ignored = by_name.get("ignore-appointment", [])
+        if len(ignored) > 1:
+            raise InvalidRequest(
+                "ignore-appointment may be given only once",
+                code="value",
+                expression="Parameters.ignore-appointment[1]",
+            )
+        if ignored:
+            ignore = _reference(ignored[0], "Appointment", "Parameters.ignore-appointment")
+
+        return cls(
+            start=start,
+            end=end,
+            service_id=service_id,
+            schedule_ids=schedule_ids,
+            count=count,
+            now=now,
+            schedule_in_url=schedule_id is not None,
+            recurrence=recurrence,
+            ignore_appointment=ignore,
+        )
+
+
+def _single_instant(by_name: dict[str, list[str]], name: str) -> datetime:
+    values = by_name.get(name, [])
+    if not values:
+        raise InvalidRequest(f"{name} is required", code="required", expression=f"Parameters.{name}")
+    if len(values) > 1:
+        raise InvalidRequest(
+            f"{name} may be given only once", code="value", expression=f"Parameters.{name}[1]"
+        )
+    try:
+        return parse_instant(values[0])
+    except ValueError as exc:
+        raise InvalidRequest(f"{name}: {exc}", code="value", expression=f"Parameters.{name}") from None
+
+
+def _reference(value: str, resource_type: str, expression: str) -> str:
+    try:
+        return reference_id(value, resource_type)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), code="value", expression=expression) from None
