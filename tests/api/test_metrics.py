@@ -8,6 +8,7 @@ after with a scrape before. The use cases are substituted where a test is about 
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -336,10 +337,10 @@ def test_a_run_gets_an_empty_directory_of_its_own(monkeypatch: pytest.MonkeyPatc
     with metrics.multiprocess_directory() as directory:
         assert directory.is_dir()
         assert list(directory.iterdir()) == []
-        assert metrics.os.environ[metrics.MULTIPROCESS_ENV] == str(directory)
+        assert os.environ[metrics.MULTIPROCESS_ENV] == str(directory)
         (directory / "counter_123.db").write_bytes(b"x")
     assert not directory.exists()
-    assert metrics.MULTIPROCESS_ENV not in metrics.os.environ
+    assert metrics.MULTIPROCESS_ENV not in os.environ
 
     # An operator's own directory is kept, but emptied of an earlier run's files.
     given = tmp_path / "metrics"

@@ -4,7 +4,8 @@ HAPI is built once (Maven, cached in ``~/.m2`` and ``build/hapi``) and started o
 for the session, with the guard, subscriptions and HAPI's AuthorizationInterceptor on
 (``tests/integration/trust.py``). The sidecar runs as it does in production: ``fanoni-scheduling
 serve`` under gunicorn with 4 workers, with its own credentials, guard key and notification
-webhook, plus a second sidecar process on another port, both against that HAPI.
+webhook, plus a second sidecar process on another port, both against that HAPI. HAPI forwards
+the operations called at its own base to the first one.
 """
 
 from __future__ import annotations
@@ -55,7 +56,9 @@ class Sidecar(SidecarProcess):
 
 @pytest.fixture(scope="session")
 def hapi() -> Iterator[HapiServer]:
-    server = start_hapi(extra_args=hapi_args())
+    # Forwarding on, to sidecar A: the operations are listed and answered at HAPI's base too.
+    forwarding = f"--hapi.fanoni_sidecar_url=http://127.0.0.1:{SIDECAR_A_PORT}/fhir"
+    server = start_hapi(extra_args=[*hapi_args(), forwarding])
     try:
         yield server
     finally:

@@ -1,5 +1,6 @@
 package dev.fanoni.hapi.forwarding;
 
+import ca.uhn.fhir.context.FhirContext;
 import ca.uhn.fhir.interceptor.api.Hook;
 import ca.uhn.fhir.interceptor.api.Interceptor;
 import ca.uhn.fhir.interceptor.api.Pointcut;
@@ -22,7 +23,7 @@ import java.util.Collections;
 import java.util.List;
 import java.util.Locale;
 import java.util.Optional;
-import java.util.regex.Pattern;
+import org.hl7.fhir.instance.model.api.IBaseConformance;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 
@@ -30,13 +31,20 @@ import org.slf4j.LoggerFactory;
  * Forwards Fanoni Scheduling's operation calls that reach HAPI FHIR to the scheduling sidecar, so
  * that {@code [hapi base]/Appointment/$find} works like {@code [sidecar base]/Appointment/$find}.
  *
- * <p>Forwarded (nothing else; every other request is left to HAPI):
+ * <p>Forwarded (nothing else; every other request is left to HAPI), as {@link FanoniOperations#ALL}
+ * lists them:
  *
  * <ul>
  *   <li>{@code GET|POST Appointment/$find}, {@code GET|POST Schedule/<id>/$find}
  *   <li>{@code POST Appointment/$hold}, {@code POST Appointment/$book}
- *   <li>{@code POST Appointment/<id>/$confirm}, {@code POST Appointment/<id>/$cancel}
+ *   <li>{@code POST Appointment/<id>/$confirm}, {@code POST Appointment/<id>/$cancel},
+ *       {@code POST Appointment/<id>/$reschedule}
  * </ul>
+ *
+ * <p>The same operations are added to HAPI's own CapabilityStatement ({@code GET [base]/metadata}),
+ * each with its OperationDefinition's canonical URL, at
+ * {@link Pointcut#SERVER_CAPABILITY_STATEMENT_GENERATED}, so that clients discover them where FHIR
+ * clients look. A disabled interceptor (no sidecar URL) lists nothing, as it forwards nothing.
  *
  * <p>The hook runs at {@link Pointcut#SERVER_INCOMING_REQUEST_PRE_HANDLER_SELECTED}: HAPI has parsed
  * the path but not yet looked for a method that serves it. The later pointcuts
@@ -85,14 +93,6 @@ public class FanoniForwardingInterceptor {
 	static final String FORWARDED_HEADER = "X-Fanoni-Forwarded";
 
 	private static final Logger ourLog = LoggerFactory.getLogger(FanoniForwardingInterceptor.class);
-
-	/** FHIR id: the only ids the forwarded paths may carry. */
-	private static final String ID = "[A-Za-z0-9\\-.]{1,64}";
-
-	private static final Pattern READ_OR_WRITE =
-			Pattern.compile("Appointment/\\$find|Schedule/" + ID + "/\\$find");
-	private static final Pattern WRITE_ONLY =
-			Pattern.compile("Appointment/\\$(?:hold|book)|Appointment/" + ID + "/\\$(?:confirm|cancel)");
 
 	private static final List<String> FORWARDED_REQUEST_HEADERS =
 			List.of("Content-Type", "Accept", "Authorization");
@@ -268,25 +268,32 @@ public class FanoniForwardingInterceptor {
 	}
 
 	/**
+	 * Lists the forwarded operations in HAPI's CapabilityStatement. HAPI calls this when it builds the
+	 * statement, which it then caches (60 s by default); adding is idempotent all the same.
+	 */
+	@Hook(Pointcut.SERVER_CAPABILITY_STATEMENT_GENERATED)
+	public void listSchedulingOperations(IBaseConformance theCapabilityStatement, RequestDetails theRequestDetails) {
+		if (myClient == null) {
+			return;
+		}
+		FhirContext context = theRequestDetails.getFhirContext();
+		FanoniOperations.addTo(context, theCapabilityStatement);
+	}
+
+	/**
 	 * The canonical operation path ({@code Appointment/$find}, ...) when {@code theRequestPath} is one
 	 * of the forwarded operations for {@code theMethod}; {@code null} otherwise. {@code theRequestPath}
 	 * is HAPI's request path below its base, still percent-encoded ({@code %24find} is {@code $find}).
 	 */
 	static String operationPath(String theMethod, String theRequestPath) {
-		if (theRequestPath == null || !("GET".equals(theMethod) || "POST".equals(theMethod))) {
+		if (theRequestPath == null) {
 			return null;
 		}
 		String path = percentDecode(theRequestPath);
 		if (path == null) {
 			return null;
 		}
-		if (READ_OR_WRITE.matcher(path).matches()) {
-			return path;
-		}
-		if ("POST".equals(theMethod) && WRITE_ONLY.matcher(path).matches()) {
-			return path;
-		}
-		return null;
+		return FanoniOperations.match(theMethod, path) == null ? null : path;
 	}
 
 	/**
