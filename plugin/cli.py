@@ -15,6 +15,7 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
 
+from plugin import doctor
 from plugin.app import create_app
 from plugin.config import ConfigError, Settings
 from plugin.identity import credentials_from_settings
@@ -110,11 +111,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--dev", action="store_true", help="Flask's development server instead of gunicorn")
 
     commands.add_parser("register", help="install the Slot end SearchParameter and OperationDefinitions")
+    doctor.add_arguments(
+        commands.add_parser(
+            "doctor",
+            help="report what makes scheduling silently wrong in the clinic's data (docs/doctor.md)",
+        )
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "doctor":
+        return doctor.run(args)  # its own settings: --fhir-base-url, --authorization
     try:
         settings = Settings.from_env()
         # The sidecar's own credentials, checked once here (a SMART key that does not fit its
