@@ -18,7 +18,8 @@ install: $(STAMP)
 hapi:
 	scripts/hapi.sh build
 
-# The HAPI interceptors' own unit tests (the guard's decisions); the Python suites test them in HAPI.
+# The HAPI interceptors' own unit tests (the guard's decisions; what forwarding forwards and adds to
+# the CapabilityStatement); the Python suites test them in HAPI.
 java-test:
 	mvn -q -B -Dstyle.color=never -f plugin/hapi/pom.xml test
 
