@@ -154,7 +154,6 @@ def test_find_at_hapis_base_returns_proposals(forwarding_hapi: Any, sidecar: Sid
     response = requests.get(f"{forwarding_hapi.base_url}/{FIND}", params=params, timeout=60)
     assert starts(response) == ["09:00", "10:00", "11:00"]
     assert response.json()["entry"][0]["resource"]["resourceType"] == "Appointment"
-    assert response.headers["X-Upstream-Round-Trips"] == "3"
     direct = requests.get(f"{sidecar.base_url}/{FIND}", params=params, timeout=60)
     assert response.json()["entry"] == direct.json()["entry"]
     after = scrape(sidecar)
