@@ -173,8 +173,16 @@ class Progress:
     def phase(self, label: str) -> None:
         self.close()
         if self._enabled:
+            # Updates come once per page (up to 1000 resources, a round trip apart), so each one
+            # is drawn: tqdm's default 0.1 s throttle would hide a fast server's progress.
             self._bar = tqdm(
-                desc=label, unit=" resources", file=self._stream, leave=False, dynamic_ncols=True
+                desc=label,
+                unit=" resources",
+                file=self._stream,
+                leave=False,
+                dynamic_ncols=True,
+                mininterval=0,
+                miniters=1,
             )
 
     def page(self, _resource_type: str, entries: int, total: int | None) -> None:

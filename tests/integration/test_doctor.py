@@ -24,6 +24,7 @@ import requests
 from operations.model import HOLD_EXPIRES_URL, SERVICE_TYPE_REFERENCE_URL, SLOT_CAPACITY_URL
 from operations.writes import HOLD_TAG, booking_request_tag
 from plugin import cli
+from plugin import doctor as doctor_command
 from scripts.sample_clinic import sample_bundle
 from tests.integration.clinic import load, new_prefix
 from tests.integration.conftest import Sidecar
@@ -52,7 +53,7 @@ def doctor(
         environment["UPSTREAM_AUTHORIZATION"] = authorization
     out, err = io.StringIO(), stderr if stderr is not None else io.StringIO()
     parsed = cli.build_parser().parse_args(["doctor", *args])
-    status = cli.doctor.run(parsed, environ=environment, stdout=out, stderr=err)
+    status = doctor_command.run(parsed, environ=environment, stdout=out, stderr=err)
     return status, out.getvalue(), err.getvalue()
 
 
