@@ -356,6 +356,19 @@ def test_human_report_and_paging_in_small_pages_find_the_same(
     assert findings_of(as_json) == findings_of(result.stdout)
 
 
+def test_without_schedule_filter_every_schedule_is_read(
+    broken: tuple[str, list[str], subprocess.CompletedProcess[str]], hapi: Any
+) -> None:
+    """The whole server, as an administrator runs it: the planted defects are among what it
+    finds (the session's HAPI holds other tests' data too, so more may be found)."""
+    _, schedules, result = broken
+    status, out, _ = doctor(hapi.base_url, "--json", "--days", "30")
+    report = json.loads(out)
+    assert status == 1
+    assert findings_of(result.stdout) <= findings_of(out)
+    assert report["read"]["schedules"] >= len(schedules)
+
+
 def test_credentials_that_may_not_read_slots_make_it_exit_2(
     broken: tuple[str, list[str], subprocess.CompletedProcess[str]], hapi: Any
 ) -> None:
