@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import timedelta
 
@@ -30,6 +30,7 @@ from operations.decision import (
     deciding_spans,
     exact_plan,
     footprints,
+    search_spans,
     speculative_plan,
     visits_of,
 )
@@ -161,7 +162,7 @@ def book(
         *participants, replay, slot_lists = stores.together(
             *participant_searches,  # first: a refusal of the caller's credentials wins
             lambda: existing_booking(store, request),
-            lambda: _search_spans(store, request.schedule_ids, spans, stores.together),
+            lambda: search_spans(store, request.schedule_ids, spans, stores.together),
         )
         slot_resources: list[Resource] = slot_lists
         if not participants_checked:
@@ -229,28 +230,6 @@ def _taken_locks(store: FhirStore, plan: LockPlan, speculated: Locks | None, tog
     missing = {lock_id: where for lock_id, where in plan.items() if lock_id not in known}
     locks = speculated.keeping(plan)
     return locks.merged(read_planned(store, missing, together=together)) if missing else locks
-
-
-def _search_spans(
-    store: FhirStore, schedule_ids: Sequence[str], spans: Sequence[Interval], together: Together
-) -> list[Resource]:
-    """Every Slot of the Schedules over the deciding spans (one search each, together), each once."""
-    found: dict[str, Resource] = {}
-    anonymous: list[Resource] = []
-    searches = [_slot_search(store, schedule_ids, span) for span in spans]
-    for slots in together(*searches) if len(searches) > 1 else [s() for s in searches]:
-        for slot in slots:
-            if isinstance(slot.get("id"), str):
-                found.setdefault(slot["id"], slot)
-            else:
-                anonymous.append(slot)
-    return [*found.values(), *anonymous]
-
-
-def _slot_search(
-    store: FhirStore, schedule_ids: Sequence[str], span: Interval
-) -> Callable[[], list[Resource]]:
-    return lambda: store.search_slots(schedule_ids, span.start, span.end)
 
 
 def _check_occurrences_apart(request: BookingRequest, visits: Sequence[Interval]) -> None:

@@ -11,7 +11,7 @@ exact plan; whatever it needs that the speculation did not read is read before t
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timedelta
 
 from operations.availability import merge, schedule_windows
@@ -23,7 +23,7 @@ from operations.model import Interval, Leg, Service, SlotOverlay, SlotStatus
 from operations.proposal import BookingRequest
 from operations.rules import broken_rule, candidate_period_keys, count_visits, counting_spans, period_keys
 from operations.series import Recurrence
-from operations.store import Resource
+from operations.store import FhirStore, Resource, Together
 
 _DST_GUESSES = (timedelta(hours=-1), timedelta(0), timedelta(hours=1))
 
@@ -148,6 +148,7 @@ def decide(
             _decide_one(service, legs, slots, free_only, visit, now, root)
         except SchedulingError as exc:
             exc.diagnostics = which(index) + exc.diagnostics
+            exc.args = (exc.diagnostics,)
             raise
 
 
@@ -177,3 +178,25 @@ def _decide_one(
 
 def _fits(windows: Sequence[Interval], visit: Interval) -> bool:
     return any(w.start <= visit.start and visit.end <= w.end for w in windows)
+
+
+def search_spans(
+    store: FhirStore, schedule_ids: Sequence[str], spans: Sequence[Interval], together: Together
+) -> list[Resource]:
+    """Every Slot of the Schedules over the deciding spans (one search each, together), each once."""
+    found: dict[str, Resource] = {}
+    anonymous: list[Resource] = []
+    searches = [_slot_search(store, schedule_ids, span) for span in spans]
+    for slots in together(*searches) if len(searches) > 1 else [s() for s in searches]:
+        for slot in slots:
+            if isinstance(slot.get("id"), str):
+                found.setdefault(slot["id"], slot)
+            else:
+                anonymous.append(slot)
+    return [*found.values(), *anonymous]
+
+
+def _slot_search(
+    store: FhirStore, schedule_ids: Sequence[str], span: Interval
+) -> Callable[[], list[Resource]]:
+    return lambda: store.search_slots(schedule_ids, span.start, span.end)

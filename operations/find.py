@@ -319,6 +319,7 @@ __all__ = [
     "Availability",
     "FindRequest",
     "Leg",
+    "agreed_grid",
     "check_legs",
     "compute",
     "decode_slots",

@@ -69,6 +69,13 @@ class FhirReader(ConfigurationReader, Protocol):
         ``limit`` matches (fewer pages) when a limit is given."""
         ...
 
+    def search_including(
+        self, resource_type: str, params: Sequence[tuple[str, str]]
+    ) -> tuple[list[Resource], list[Resource]]:
+        """The matches of a search and, apart, the resources its ``_include`` brought (every
+        page): one round trip for a resource and what it references."""
+        ...
+
 
 class FhirStore(FhirReader, SlotReader, Protocol):
     """The reads and the one write the booking operations need.

@@ -52,6 +52,8 @@ class Settings:
     """Period of the background clean-up of lapsed holds in each worker; 0 turns it off."""
     max_schedules: int = 20
     """Schedules one ``$find`` or booking may name (400 beyond): each adds locks and work."""
+    max_series: int = 12
+    """Most occurrences a recurring series may have (``recurrence.repeat.count``, SPEC §7.4)."""
     guard_key: str | None = field(default=None, repr=False)
     """Sent as ``X-Fanoni-Service-Key`` on the sidecar's own calls: how the HAPI guard knows a
     write comes from the sidecar (docs/security.md)."""
@@ -91,6 +93,7 @@ class Settings:
         _positive(self.booking_deadline_seconds, "BOOKING_DEADLINE_SECONDS")
         _at_least(self.hold_sweep_seconds, 0, "HOLD_SWEEP_SECONDS")
         _at_least(self.max_schedules, 1, "MAX_SCHEDULES")
+        _at_least(self.max_series, 2, "MAX_SERIES")
         for name, url in (
             ("NOTIFICATION_URL", self.notification_url),
             ("SMART_TOKEN_URL", self.smart_token_url),
@@ -190,6 +193,7 @@ class Settings:
             booking_deadline_seconds=typed("BOOKING_DEADLINE_SECONDS", float, 20.0, "a number of seconds"),
             hold_sweep_seconds=typed("HOLD_SWEEP_SECONDS", int, 60, "a whole number of seconds"),
             max_schedules=typed("MAX_SCHEDULES", int, 20, "a whole number"),
+            max_series=typed("MAX_SERIES", int, 12, "a whole number"),
             guard_key=get("GUARD_KEY"),
             service_name=get("SERVICE_NAME") or "fanoni-scheduling",
             notification_url=get("NOTIFICATION_URL"),

@@ -150,6 +150,8 @@ def _parameter_value(item: Resource, name: str, expression: str) -> str:
                 expression=expression,
             )
         return reference
+    if key == "valueTiming" and isinstance(value, dict):
+        return json.dumps(value)  # a Timing (``recurrence``): parsed by the use case
     if isinstance(value, bool):  # before int: bool is an int in Python
         return "true" if value else "false"
     if isinstance(value, int | float):

@@ -14,7 +14,7 @@ from typing import Any
 
 from flask import Blueprint, Response, g, request
 
-from operations import booking, cancel, confirm, find
+from operations import booking, cancel, confirm, find, reschedule
 from operations.errors import InvalidRequest, NotFound
 from operations.fhir_values import as_list, is_fhir_id
 from plugin import version
@@ -58,6 +58,7 @@ def _find_request(schedule_id: str | None = None) -> find.FindRequest:
         max_range_days=state.settings.max_range_days,
         schedule_id=schedule_id,
         max_schedules=state.settings.max_schedules,
+        max_series=state.settings.max_series,
     )
 
 
@@ -78,9 +79,7 @@ def appointment_hold() -> Response:
 
 def _book(*, hold: bool) -> Response:
     state = sidecar()
-    booking_request = booking.BookingRequest.from_body(
-        json_body(request.get_data(cache=True)), max_schedules=state.settings.max_schedules
-    )
+    booking_request = _booking_request()
     result = booking.book(
         request_stores("hold" if hold else "book"),
         booking_request,
@@ -101,6 +100,26 @@ def _book(*, hold: bool) -> Response:
     return fhir_response(result.bundle, status=result.status, headers=headers)
 
 
+def _booking_request() -> booking.BookingRequest:
+    state = sidecar()
+    return booking.BookingRequest.from_body(
+        json_body(request.get_data(cache=True)),
+        max_schedules=state.settings.max_schedules,
+        max_series=state.settings.max_series,
+    )
+
+
+@fhir.post("/Appointment/<appointment_id>/$reschedule")
+def appointment_reschedule(appointment_id: str) -> Response:
+    g.operation = "Appointment/$reschedule"
+    appointment_id = _existing_id(appointment_id)
+    result = reschedule.reschedule(
+        request_stores("reschedule"), appointment_id, _booking_request(), clock=_clock(), policy=_policy()
+    )
+    g.attempts = result.attempts
+    return fhir_response(result.bundle, status=result.status)
+
+
 @fhir.post("/Appointment/<appointment_id>/$confirm")
 def appointment_confirm(appointment_id: str) -> Response:
     g.operation = "Appointment/$confirm"
@@ -114,13 +133,15 @@ def appointment_confirm(appointment_id: str) -> Response:
 @fhir.post("/Appointment/<appointment_id>/$cancel")
 def appointment_cancel(appointment_id: str) -> Response:
     g.operation = "Appointment/$cancel"
-    reason = _cancelation_reason(json_body(request.get_data(cache=True), required=False))
+    body = json_body(request.get_data(cache=True), required=False)
+    reason = _cancelation_reason(body)
     result = cancel.cancel(
         request_stores("cancel"),
         _existing_id(appointment_id),
         reason=reason,
         clock=_clock(),
         policy=_policy(),
+        series=cancel.series_cancellation(_named("series", body)),
     )
     return fhir_response(result.bundle, status=result.status)
 
@@ -135,17 +156,28 @@ def _existing_id(resource_id: str) -> str:
 def _cancelation_reason(body: object) -> dict[str, Any] | None:
     """``cancelationReason`` from a Parameters body (valueCodeableConcept, valueString or
     valueCode), or from the query string; absent is fine."""
-    pairs: list[tuple[str, Any]] = [
-        (name, value) for name, value in request.args.items(multi=True) if name == "cancelationReason"
-    ]
+    return cancel.cancellation_reason(_named("cancelationReason", body))
+
+
+def _named(name: str, body: object) -> list[tuple[str, Any]]:
+    """The values of parameter ``name``: from the query string, then from a Parameters body
+    (valueCodeableConcept, valueString, valueCode or valueBoolean)."""
+    pairs: list[tuple[str, Any]] = [(n, value) for n, value in request.args.items(multi=True) if n == name]
     if body is not None:
         if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
             raise InvalidRequest("the request body must be a Parameters resource", code="structure")
         for item in as_list(body.get("parameter")):
-            if isinstance(item, dict) and item.get("name") == "cancelationReason":
-                value = item.get("valueCodeableConcept", item.get("valueString", item.get("valueCode")))
-                pairs.append(("cancelationReason", value))
-    return cancel.cancellation_reason(pairs)
+            if isinstance(item, dict) and item.get("name") == name:
+                value = next(
+                    (
+                        item[k]
+                        for k in ("valueCodeableConcept", "valueString", "valueCode", "valueBoolean")
+                        if k in item
+                    ),
+                    None,
+                )
+                pairs.append((name, value))
+    return pairs
 
 
 def _clock() -> booking.Clock:

@@ -284,6 +284,13 @@ class FhirUpstream(Transport):
             if mode == "match"
         ][:limit]
 
+    def search_including(
+        self, resource_type: str, params: Params | Mapping[str, str]
+    ) -> tuple[list[Resource], list[Resource]]:
+        """The matches of the search and, apart, what its ``_include`` brought, across all pages."""
+        found = self._search_all(resource_type, params, headers=_STRICT)
+        return [r for r, mode in found if mode == "match"], [r for r, mode in found if mode == "include"]
+
     def _search_all(
         self,
         resource_type: str,

@@ -22,7 +22,7 @@ def test_metadata_lists_the_operations(client: FlaskClient) -> None:
     assert resources == {
         "Appointment": [
             {"name": code, "definition": f"https://fanoni.dev/fhir/OperationDefinition/{code}"}
-            for code in ("book", "cancel", "confirm", "find", "hold")
+            for code in ("book", "cancel", "confirm", "find", "hold", "reschedule")
         ],
         "Schedule": [
             {
@@ -49,6 +49,8 @@ def test_operation_definitions_are_served(client: FlaskClient) -> None:
         "service-type-reference": (1, "1"),
         "schedule": (1, "*"),
         "_count": (0, "1"),
+        "recurrence": (0, "1"),
+        "ignore-appointment": (0, "1"),
     }
 
     schedule = client.get("/fhir/OperationDefinition/schedule-find").get_json()

@@ -20,6 +20,7 @@ INSTALLED = [
     "OperationDefinition/confirm",
     "OperationDefinition/find",
     "OperationDefinition/hold",
+    "OperationDefinition/reschedule",
     "OperationDefinition/schedule-find",
 ]
 

@@ -50,9 +50,17 @@ def params_block(**fields: Any) -> Resource:
             subs.append({"url": url, "valuePositiveInt": value})
         elif url == "availability":
             subs.append({"url": "availability", "extension": value})
+        elif url == "bookingLimit":  # [(visits, "d" | "wk"), ...]
+            for frequency, unit in value:
+                subs.append({"url": "bookingLimit", "valueTiming": limit_timing(frequency, unit)})
         else:
             subs.append({"url": url, "valueDuration": value if isinstance(value, dict) else minutes(value)})
     return {"url": SCHEDULING_PARAMETERS_URL, "extension": subs}
+
+
+def limit_timing(frequency: int, unit: str) -> Resource:
+    """The Timing of a ``bookingLimit``: ``frequency`` visits per one ``unit`` (``d``, ``wk``)."""
+    return {"repeat": {"frequency": frequency, "period": 1, "periodUnit": unit}}
 
 
 def window(days: str, start: str | None = None, end: str | None = None, all_day: bool = False) -> Resource:

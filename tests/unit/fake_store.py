@@ -162,6 +162,22 @@ class FakeFhirStore(FakeStore):
         self._paused(f"search {resource_type}")
         return results[:limit]
 
+    def search_including(
+        self, resource_type: str, params: Sequence[tuple[str, str]]
+    ) -> tuple[list[Resource], list[Resource]]:
+        includes = [value for name, value in params if name == "_include"]
+        matches = self.search(resource_type, [(n, v) for n, v in params if n != "_include"])
+        included: list[Resource] = []
+        for include in includes:
+            source, _, element = include.partition(":")
+            assert source == resource_type, include
+            for match in matches:
+                for reference in match.get(element) or []:
+                    found = self.resources.get(str((reference or {}).get("reference")))
+                    if found is not None and found not in included:
+                        included.append(copy.deepcopy(found))
+        return matches, included
+
     @staticmethod
     def _matches(resource: Resource, name: str, value: str) -> bool:
         if name == "_id":
