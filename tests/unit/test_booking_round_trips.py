@@ -96,3 +96,20 @@ def test_a_retry_after_a_version_conflict_repeats_only_the_lock_read_slot_search
     assert store.calls.count("search Basic") == 3
     assert store.calls.count("read_schedules") == 2  # ours and the rival's, once each
     assert ours[-3:] == ["search Basic", "search_slots", "transaction"]
+
+
+def test_a_booking_under_a_daily_limit_still_costs_three_round_trips() -> None:
+    # The day's lock is among the candidates read with the bucket locks, before the time zone
+    # (and so the local day) is known; the Slot search covers the whole local day.
+    store = clinic()
+    store.resources["HealthcareService/checkup"]["extension"][0]["extension"].append(
+        {"url": "bookingLimit", "valueTiming": {"repeat": {"frequency": 5, "period": 1, "periodUnit": "d"}}}
+    )
+    proposal = at(store, "09:15")
+    store.calls.clear()
+    waves = booked(store, proposal)
+    assert waves.count == 3, (store.calls, waves.groups)
+    written = store.transactions[-1]["entry"]
+    locks = [e["request"]["url"] for e in written if e["request"]["url"].startswith("Basic/")]
+    assert "Basic/fanoni-lock-alice.d2026-12-07" in locks
+    assert not any(".w" in lock for lock in locks)  # no weekly limit: no week lock taken

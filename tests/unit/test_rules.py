@@ -5,16 +5,20 @@ in ``$book``/``$hold`` (422 ``business-rule`` naming the rule), race-free."""
 from __future__ import annotations
 
 import copy
-from datetime import UTC, datetime, timedelta
+from collections import Counter
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from operations.booking import BookingRequest, book
 from operations.errors import InvalidConfiguration, Unprocessable
 from operations.find import FindRequest, find_appointments
 from operations.parameters import parse_service
-from tests.unit.builders import hours, params_block, practitioner, schedule, service
+from tests.unit.builders import hours, params_block, practitioner, schedule, service, slot
 from tests.unit.fake_store import FakeFhirStore
 from tests.unit.test_booking import TTL, FakeClock
 
@@ -300,3 +304,52 @@ class TestConfiguration:
         with pytest.raises(InvalidConfiguration, match="twice") as bad:
             parse_service(twice)
         assert bad.value.expression == ["HealthcareService.extension[0].extension[2]"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    notice_hours=st.integers(0, 72),
+    window_days=st.one_of(st.none(), st.integers(1, 20)),
+    daily=st.one_of(st.none(), st.integers(1, 4)),
+    weekly=st.one_of(st.none(), st.integers(1, 12)),
+    booked=st.lists(st.tuples(st.integers(0, 13), st.integers(0, 15)), max_size=12, unique=True),
+    now_offset_hours=st.integers(0, 96),
+)
+def test_no_offered_start_breaks_a_rule(
+    notice_hours: int,
+    window_days: int | None,
+    daily: int | None,
+    weekly: int | None,
+    booked: list[tuple[int, int]],
+    now_offset_hours: int,
+) -> None:
+    """Counted independently of the engine: every offered start is at least the notice away,
+    within the window, and on a local day and ISO week that still have room."""
+    limits = [(n, u) for n, u in ((daily, "d"), (weekly, "wk")) if n is not None]
+    rules: dict[str, Any] = {"minimumNotice": {"value": notice_hours, "unit": "h"}}
+    if window_days is not None:
+        rules["bookingWindow"] = {"value": window_days, "unit": "d"}
+    if limits:
+        rules["bookingLimit"] = limits
+    store = clinic(**rules)
+    zone = ZoneInfo(NY)
+    first = date(2026, 12, 7)
+    visits: list[datetime] = []
+    for day, half_hour in booked:  # visits already there (written around the rules)
+        start = datetime.combine(first + timedelta(days=day), time(9), tzinfo=zone) + timedelta(
+            minutes=30 * half_hour
+        )
+        visits.append(start)
+        store.add(slot("alice", "busy", start.isoformat(), (start + timedelta(minutes=30)).isoformat()))
+    now = datetime(2026, 12, 6, 12, tzinfo=UTC) + timedelta(hours=now_offset_hours)
+    per_day = Counter(v.date() for v in visits)
+    per_week = Counter(v.date() - timedelta(days=v.weekday()) for v in visits)
+    for text in starts(store, "12-07", "12-21", now=now):
+        start = datetime.fromisoformat(f"2026-{text}:00").replace(tzinfo=zone)
+        assert start >= now + timedelta(hours=notice_hours)
+        if window_days is not None:
+            assert start <= now + timedelta(days=window_days)
+        if daily is not None:
+            assert per_day[start.date()] < daily
+        if weekly is not None:
+            assert per_week[start.date() - timedelta(days=start.weekday())] < weekly
