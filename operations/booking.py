@@ -25,17 +25,16 @@ from dataclasses import replace
 from datetime import timedelta
 
 from operations.decision import (
-    check_against_parameters,
     decide,
     deciding_spans,
     exact_plan,
     footprints,
+    request_legs,
     search_spans,
     speculative_plan,
     visits_of,
 )
 from operations.errors import Conflict, InvalidRequest, OutcomeUnknown, StoreFailure
-from operations.legs import check_legs
 from operations.locks import LockPlan, Locks, fence, read_planned
 from operations.model import Interval
 from operations.participants import check_participants, participant_reads
@@ -126,16 +125,7 @@ def book(
         lambda: stores.caller.read_service(request.service_id),
         lambda: read_planned(store, speculative_plan(request, recurrence), together=stores.together),
     )
-    service, legs = check_legs(
-        configuration[0],
-        configuration[1],
-        request.service_id,
-        service_resource,
-        request.schedule_ids,
-        expressions=[request.visit_paths[s] for s in request.schedule_ids],
-        service_expression=f"{request.root}.serviceType",
-    )
-    check_against_parameters(request, legs)
+    service, legs = request_legs(request, configuration, service_resource)
     visits = visits_of(request, legs, recurrence)
     _check_occurrences_apart(request, visits)
     plan = exact_plan(legs, request, visits)

@@ -7,13 +7,12 @@ both commit (docs/consistency.md). Shared with ``$cancel``: ``operations/appoint
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from operations.appointment_change import LostWrite, change_appointment
+from operations.decision import slot_footprints
 from operations.errors import OutcomeUnknown, Unprocessable
-from operations.fhir_values import dig, format_instant, parse_instant, reference_id, transaction_bundle
+from operations.fhir_values import format_instant, transaction_bundle
 from operations.locks import NO_LOCKS, fence, lock_entries, read_locks
-from operations.model import HOLD_EXPIRES_URL, Interval, SlotStatus
+from operations.model import HOLD_EXPIRES_URL, SlotStatus
 from operations.retries import Clock, RetryPolicy
 from operations.store import FhirStore, Resource, Stores
 from operations.writes import BookingResult as OperationResult
@@ -42,19 +41,6 @@ def _without_expiry(resource: Resource) -> Resource:
     return copy
 
 
-def _footprints(slots: Sequence[Resource]) -> dict[str, list[Interval]]:
-    """Per Schedule, the spans of these Slots: what a write changing them locks."""
-    found: dict[str, list[Interval]] = {}
-    for slot in slots:
-        try:
-            schedule_id = reference_id(dig(slot, "schedule", "reference"), "Schedule")
-            span = Interval(parse_instant(slot["start"]), parse_instant(slot["end"]))
-        except (KeyError, TypeError, ValueError):
-            continue
-        found.setdefault(schedule_id, []).append(span)
-    return found
-
-
 def confirm(
     stores: Stores | FhirStore, appointment_id: str, *, clock: Clock, policy: RetryPolicy | None = None
 ) -> OperationResult:
@@ -76,7 +62,7 @@ def confirm(
             )
         ids = slot_ids(appointment)
         slots = store.search("Slot", [("_id", ",".join(ids))]) if ids else []
-        locks = read_locks(store, _footprints(slots)) if slots else NO_LOCKS
+        locks = read_locks(store, slot_footprints(slots)) if slots else NO_LOCKS
         # "Now" after the lock read: a booking that took this time because it saw the hold as
         # lapsed has committed a newer lock version, and this transaction will fail on it.
         expires = hold_expiry(appointment)

@@ -16,8 +16,8 @@ from datetime import datetime, timedelta
 
 from operations.availability import merge, schedule_windows
 from operations.errors import Conflict, SchedulingError, Unprocessable
-from operations.fhir_values import format_instant
-from operations.legs import decode_slots, slot_search_span, widened
+from operations.fhir_values import dig, format_instant, parse_instant, reference_id
+from operations.legs import check_legs, decode_slots, slot_search_span, widened
 from operations.locks import LockPlan, lock_plan
 from operations.model import Interval, Leg, Service, SlotOverlay, SlotStatus
 from operations.proposal import BookingRequest
@@ -48,6 +48,39 @@ def check_against_parameters(request: BookingRequest, legs: Sequence[Leg]) -> No
                     f"the parameters say {wanted}",
                     expression=f"{request.root}.contained",
                 )
+
+
+def request_legs(
+    request: BookingRequest,
+    configuration: tuple[list[Resource], dict[str, Resource]],
+    service: Resource | None,
+) -> tuple[Service, list[Leg]]:
+    """The proposal's Schedules and service as read, checked, with errors pointing at the
+    proposal (its busy Slots, its serviceType); duration and buffers checked against them."""
+    found, legs = check_legs(
+        configuration[0],
+        configuration[1],
+        request.service_id,
+        service,
+        request.schedule_ids,
+        expressions=[request.visit_paths[s] for s in request.schedule_ids],
+        service_expression=f"{request.root}.serviceType",
+    )
+    check_against_parameters(request, legs)
+    return found, legs
+
+
+def slot_footprints(slots: Sequence[Resource]) -> dict[str, list[Interval]]:
+    """Per Schedule, the spans of these stored Slots: what a write changing them locks."""
+    found: dict[str, list[Interval]] = {}
+    for slot in slots:
+        try:
+            schedule_id = reference_id(dig(slot, "schedule", "reference"), "Schedule")
+            span = Interval(parse_instant(slot["start"]), parse_instant(slot["end"]))
+        except (KeyError, TypeError, ValueError):
+            continue
+        found.setdefault(schedule_id, []).append(span)
+    return found
 
 
 def visits_of(request: BookingRequest, legs: Sequence[Leg], recurrence: Recurrence | None) -> list[Interval]:

@@ -112,17 +112,13 @@ class FindRequest:
                 )
 
         count = DEFAULT_COUNT
-        count_values = by_name.get("_count", [])
-        if len(count_values) > 1:
-            raise InvalidRequest(
-                "_count may be given only once", code="value", expression="Parameters._count[1]"
-            )
-        if count_values:
+        count_value = _at_most_once(by_name, "_count")
+        if count_value is not None:
             try:
-                count = int(count_values[0].strip())
+                count = int(count_value.strip())
             except ValueError:
                 raise InvalidRequest(
-                    f"_count {count_values[0]!r} is not an integer",
+                    f"_count {count_value!r} is not an integer",
                     code="value",
                     expression="Parameters._count",
                 ) from None
@@ -134,26 +130,14 @@ class FindRequest:
                 )
 
         recurrence = None
-        recurrences = by_name.get("recurrence", [])
-        if len(recurrences) > 1:
-            raise InvalidRequest(
-                "recurrence may be given only once", code="value", expression="Parameters.recurrence[1]"
-            )
-        if recurrences:
-            recurrence = parse_recurrence(
-                recurrences[0], expression="Parameters.recurrence", max_series=max_series
-            )
+        timing = _at_most_once(by_name, "recurrence")
+        if timing is not None:
+            recurrence = parse_recurrence(timing, expression="Parameters.recurrence", max_series=max_series)
 
         ignore = None
-        ignored = by_name.get("ignore-appointment", [])
-        if len(ignored) > 1:
-            raise InvalidRequest(
-                "ignore-appointment may be given only once",
-                code="value",
-                expression="Parameters.ignore-appointment[1]",
-            )
-        if ignored:
-            ignore = _reference(ignored[0], "Appointment", "Parameters.ignore-appointment")
+        ignored = _at_most_once(by_name, "ignore-appointment")
+        if ignored is not None:
+            ignore = _reference(ignored, "Appointment", "Parameters.ignore-appointment")
 
         return cls(
             start=start,
@@ -180,6 +164,16 @@ def _single_instant(by_name: dict[str, list[str]], name: str) -> datetime:
         return parse_instant(values[0])
     except ValueError as exc:
         raise InvalidRequest(f"{name}: {exc}", code="value", expression=f"Parameters.{name}") from None
+
+
+def _at_most_once(by_name: dict[str, list[str]], name: str) -> str | None:
+    """The value of an optional parameter that may be given once (400 for a second)."""
+    values = by_name.get(name, [])
+    if len(values) > 1:
+        raise InvalidRequest(
+            f"{name} may be given only once", code="value", expression=f"Parameters.{name}[1]"
+        )
+    return values[0] if values else None
 
 
 def _reference(value: str, resource_type: str, expression: str) -> str:

@@ -24,17 +24,17 @@ from dataclasses import dataclass
 
 from operations.appointment_change import LostWrite, read_appointment
 from operations.decision import (
-    check_against_parameters,
     decide,
     deciding_spans,
     exact_plan,
+    request_legs,
     search_spans,
+    slot_footprints,
     speculative_plan,
     visits_of,
 )
 from operations.errors import InvalidRequest, NotFound, OutcomeUnknown, Unprocessable
-from operations.fhir_values import dig, format_instant, parse_instant, reference_id
-from operations.legs import check_legs
+from operations.fhir_values import format_instant, parse_instant
 from operations.locks import Locks, fence, lock_plan, read_planned
 from operations.model import Interval, Leg
 from operations.parameters import service_references
@@ -66,15 +66,7 @@ class Current:
 
     def footprints(self) -> dict[str, list[Interval]]:
         """Per Schedule, the spans of its Slots: the old time's locks."""
-        found: dict[str, list[Interval]] = {}
-        for slot in self.slots:
-            try:
-                schedule_id = reference_id(dig(slot, "schedule", "reference"), "Schedule")
-                span = Interval(parse_instant(slot["start"]), parse_instant(slot["end"]))
-            except (KeyError, TypeError, ValueError):
-                continue
-            found.setdefault(schedule_id, []).append(span)
-        return found
+        return slot_footprints(self.slots)
 
 
 def _read_current(store: FhirStore, appointment_id: str) -> Current:
@@ -115,16 +107,7 @@ def reschedule(
         lambda: _read_current(store, appointment_id),
         lambda: read_planned(store, speculative_plan(request, None), together=stores.together),
     )
-    service, legs = check_legs(
-        configuration[0],
-        configuration[1],
-        request.service_id,
-        service_resource,
-        request.schedule_ids,
-        expressions=[request.visit_paths[s] for s in request.schedule_ids],
-        service_expression=f"{request.root}.serviceType",
-    )
-    check_against_parameters(request, legs)
+    service, legs = request_legs(request, configuration, service_resource)
     visits = visits_of(request, legs, None)
     plan = exact_plan(legs, request, visits)
     spans = deciding_spans(legs, visits)
