@@ -77,7 +77,13 @@ def test_get_passes_the_query_in_order(client: FlaskClient, captured: Captured) 
         ("schedule", "Schedule/b"),
         ("_count", "5"),
     ]
-    assert captured.kwargs == {"now": NOW, "max_range_days": 31, "schedule_id": None, "max_schedules": 20, "max_series": 12}
+    assert captured.kwargs == {
+        "now": NOW,
+        "max_range_days": 31,
+        "schedule_id": None,
+        "max_schedules": 20,
+        "max_series": 12,
+    }
 
 
 def test_post_parameters_become_string_pairs(client: FlaskClient, captured: Captured) -> None:
