@@ -17,6 +17,7 @@ from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from operations.errors import ConcurrentChange, OutcomeUnknown, SchedulingError
+from plugin.admin import admin
 from plugin.config import Settings
 from plugin.context import EXTENSION_KEY, Sidecar, round_trips
 from plugin.definitions import operation_definitions
@@ -77,6 +78,7 @@ def create_app(
     app.register_blueprint(fhir, url_prefix=settings.base_path or None)
     app.register_blueprint(health)
     app.register_blueprint(notifications)
+    app.register_blueprint(admin)
     _register_hold_sweeper(app)
     _register_request_log(app)
     _register_error_handlers(app)
