@@ -25,9 +25,9 @@ from zoneinfo import ZoneInfo
 import requests
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT))
 
-from sample_clinic import sample_bundle  # noqa: E402
+from scripts.sample_clinic import sample_bundle  # noqa: E402
 
 HAPI_PORT = int(os.environ.get("HAPI_PORT", "8080"))
 SIDECAR_PORT = int(os.environ.get("SIDECAR_PORT", "8090"))

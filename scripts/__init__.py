@@ -1,0 +1,1 @@
+"""Developer scripts: `make run` (run_local.py) and the sample clinic it loads."""
