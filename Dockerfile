@@ -4,6 +4,13 @@
 # Configuration is environment only (docs/configuration.md); deployment: docs/deployment.md.
 
 ARG PYTHON_IMAGE=python:3.11-slim
+ARG NODE_IMAGE=node:20-slim
+
+# ---- admin-ui: the calendar page's third-party code (FullCalendar, Luxon) from the npm lockfile
+FROM ${NODE_IMAGE} AS admin-ui
+WORKDIR /ui
+COPY plugin/admin_ui/package.json plugin/admin_ui/package-lock.json ./
+RUN npm ci --no-audit --no-fund --loglevel=error
 
 # ---- builder: the project and its runtime dependencies in a venv (no dev extras) -------------
 FROM ${PYTHON_IMAGE} AS builder
@@ -20,6 +27,8 @@ WORKDIR /src
 COPY pyproject.toml README* ./
 COPY operations/ operations/
 COPY plugin/ plugin/
+# The wheel's package data takes the few built files the page serves (pyproject.toml).
+COPY --from=admin-ui /ui/node_modules plugin/admin_ui/node_modules
 # pip compiles .pyc at install time, so the read-only final image needs no writable cache.
 RUN pip install --no-cache-dir .
 

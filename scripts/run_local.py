@@ -122,6 +122,10 @@ def main() -> int:
         print(f"      the same at HAPI's base: curl -s '{at_hapi}'")
         print(f"      ({forwarded.get('total', 0)} proposals; {FHIR_BASE}/metadata lists the operations)")
         print(f"Metrics: curl -s http://localhost:{SIDECAR_PORT}/metrics")
+        print(
+            f"Calendar: http://localhost:{SIDECAR_PORT}/admin?schedule=dr-alice&schedule=room-1&schedule=dr-ravi"
+            " (no token needed on this HAPI: leave Authorization empty)"
+        )
         print("Guard: a Slot with status busy POSTed to HAPI directly is refused (403); book with $book.")
         print("Ctrl-C stops everything.", flush=True)
         sidecar.wait()

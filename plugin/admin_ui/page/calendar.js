@@ -10,13 +10,16 @@ export const KINDS = {
   visit: { label: 'Booked visit', color: '#2b6cb0' },
   hold: { label: 'Hold (until it expires)', color: '#dd6b20' },
   block: { label: 'Blocked', color: '#c53030' },
-  buffer: { label: 'Buffer around a visit', color: '#718096' },
+  buffer: { label: 'Buffer around a visit', color: '#4a5568', background: true },
   availability: { label: 'One-time availability', color: '#2f855a' },
   busy: { label: 'Busy Slot without a visit', color: '#6b46c1' },
 };
 
-function hhmm(iso, zone) {
-  return DateTime.fromISO(iso).setZone(zone).toFormat('HH:mm:ss');
+/** The expiry's wall-clock time, with its date when that is not the held day's. */
+function until(event, zone) {
+  const expires = DateTime.fromISO(event.expires).setZone(zone);
+  const sameDay = expires.hasSame(DateTime.fromISO(event.start).setZone(zone), 'day');
+  return expires.toFormat(sameDay ? 'HH:mm:ss' : 'd LLL HH:mm:ss');
 }
 
 function title(event, zone) {
@@ -24,7 +27,7 @@ function title(event, zone) {
     case 'visit':
       return [event.service || 'Visit', event.patients.join(', ') || event.appointment].join(' · ');
     case 'hold':
-      return `Hold · until ${hhmm(event.expires, zone)}${event.service ? ` · ${event.service}` : ''}`;
+      return `Hold · until ${until(event, zone)}${event.service ? ` · ${event.service}` : ''}`;
     case 'block':
       return `Blocked · ${event.comment || ''}`;
     case 'buffer':
@@ -57,6 +60,11 @@ export function calendarEvents(schedule, serviceId) {
     events.push(...background('free', service.free, service.id));
   }
   for (const item of schedule.events) {
+    if (item.kind === 'buffer') {
+      // Drawn behind: a 5-minute box would otherwise push its visit aside.
+      events.push(...background('buffer', [item], null).map((e) => ({ ...e, extendedProps: item })));
+      continue;
+    }
     events.push({
       start: item.start,
       end: item.end,
@@ -118,6 +126,7 @@ export function drawCalendar(element, schedule, weekStart, serviceId, handlers) 
     eventDidMount: (info) => {
       // What the page drew, for people reading the DOM and for the browser test.
       const props = info.event.extendedProps;
+      if (!props.kind) return; // the mirror of a selection being dragged
       info.el.dataset.kind = props.kind;
       info.el.dataset.start = props.start;
       info.el.dataset.end = props.end;

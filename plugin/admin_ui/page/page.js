@@ -7,7 +7,7 @@ import { dialogOpen, initDialogs, openEventDialog, openSlotDialog } from './dial
 
 const { DateTime } = window.luxon;
 const $ = (id) => document.getElementById(id);
-const state = { schedules: [], selected: [], week: '', service: '', data: null, calendars: [], timer: null };
+const state = { schedules: [], selected: [], week: '', service: '', data: null, calendars: [], timer: null, loads: 0 };
 
 function monday(isoDate) {
   const day = DateTime.fromISO(isoDate);
@@ -137,12 +137,16 @@ async function load(message = '') {
     return;
   }
   status('Loading…');
+  const mine = ++state.loads; // only the latest load draws: an earlier answer may come later
+  let data;
   try {
-    state.data = await readWeek(state.selected, state.week);
+    data = await readWeek(state.selected, state.week);
   } catch (error) {
-    status(error.message, true);
+    if (mine === state.loads) status(error.message, true);
     return;
   }
+  if (mine !== state.loads) return;
+  state.data = data;
   drawServicePicker();
   saveUrl();
   drawCalendars();
