@@ -1,5 +1,6 @@
 """The sample clinic `make run` loads: two practitioners in different time zones, a room, and two
-services with different durations and buffers. Also importable (``sample_bundle()``)."""
+services with different durations and buffers; the long consultation has booking rules (a day's
+notice, at most 4 a day). Also importable (``sample_bundle()``)."""
 
 from __future__ import annotations
 
@@ -87,6 +88,12 @@ def sample_resources() -> list[dict[str, Any]]:
             {"url": "duration", "valueDuration": _minutes(60)},
             {"url": "bufferAfter", "valueDuration": _minutes(15)},
             {"url": "alignmentInterval", "valueDuration": _minutes(30)},
+            # Booking rules (SPEC 7.1): a day's notice, at most 4 long consultations a day.
+            {"url": "minimumNotice", "valueDuration": {"value": 24, "unit": "h"}},
+            {
+                "url": "bookingLimit",
+                "valueTiming": {"repeat": {"frequency": 4, "period": 1, "periodUnit": "d"}},
+            },
         ),
         _schedule("dr-alice", "Practitioner/dr-alice", ["office-visit", "long-consult"]),
         _schedule(
