@@ -13,7 +13,9 @@ at build time and served from there: only the files listed in ``VENDOR`` are rea
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from flask import Blueprint, Response, g, render_template, request, send_file
 
@@ -92,6 +94,11 @@ def asset(name: str) -> Response:
     return response
 
 
+def _json(body: dict[str, Any]) -> Response:
+    """The page's own JSON (not FHIR resources; errors stay OperationOutcomes)."""
+    return Response(json.dumps(body, ensure_ascii=False), content_type="application/json; charset=utf-8")
+
+
 def _admin_store() -> FhirUpstream:
     """The administrator's store: their ``Authorization`` as sent, nothing of the sidecar's."""
     state = sidecar()
@@ -124,7 +131,7 @@ def schedules() -> Response:
                     "active": resource.get("active", True) is not False,
                 }
             )
-    return fhir_response({"schedules": listed, "truncated": len(ids) >= MAX_SCHEDULES_LISTED})
+    return _json({"schedules": listed, "truncated": len(ids) >= MAX_SCHEDULES_LISTED})
 
 
 @admin.get("/admin/api/week")
@@ -133,7 +140,7 @@ def week() -> Response:
     g.operation = "admin/week"
     state = sidecar()
     week_request = WeekRequest.from_query(list(request.args.items(multi=True)))
-    return fhir_response(read_week(_admin_store(), week_request, state.clock(), state.parallel))
+    return _json(read_week(_admin_store(), week_request, state.clock(), state.parallel))
 
 
 @admin.post("/admin/api/slots")

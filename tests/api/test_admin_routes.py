@@ -205,6 +205,7 @@ def test_the_week_is_read_with_the_admins_token_and_nothing_of_the_sidecars(
     only_schedule(response)
     hapi.assert_only_admin_credentials()
     assert response.headers["Cache-Control"] == "no-store"
+    assert response.mimetype == "application/json"
 
 
 def test_the_week_is_drawn_in_the_schedules_zone_with_each_kind_classified(
