@@ -6,6 +6,8 @@ afterwards), registers the sidecar on it, runs the sidecar under gunicorn (2 wor
 
 1. ``$find`` over days x schedules x existing busy Slots against the same upstream reads
    replayed alone straight to HAPI (``bench/find_matrix.py``; H2);
+   ... and ``$find`` with every booking rule on against the same ``$find`` without them, 10
+   schedules x 31 days, ranges from local midnights and from 09:30 (``bench/find_rules.py``; H2);
 2. ``$book`` against raw HAPI transactions of the same shape: one client, 16 clients on 16
    schedules, 16 and 64 clients on one schedule with capacity 1 and 30 (``bench/book.py``;
    all on H2, the one-schedule modes and the 16-schedule reference on PostgreSQL);
@@ -46,7 +48,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import book as book_bench
-from bench import find_matrix, mass, plots, report, servers
+from bench import find_matrix, find_rules, mass, plots, report, servers
 from bench.upstream_log import LogIndex
 from tests.integration.processes import REPO
 
@@ -57,6 +59,7 @@ def _plans(quick: bool, args: argparse.Namespace) -> dict[str, Any]:
     if quick:
         return {
             "find": find_matrix.FindPlan(days=(1, 7), schedules=(1, 10), slots=(0, 1000), reps=5, warmup=1),
+            "rules": find_rules.RulesPlan(slots=(1000,), reps=11, warmup=2),
             "bookings": args.bookings or 32,
             "reps": args.reps or 1,
             "mass": {"clients": 64, "capacity": 30, "opens": "08:00", "closes": "08:30"},
@@ -66,6 +69,7 @@ def _plans(quick: bool, args: argparse.Namespace) -> dict[str, Any]:
         "find": find_matrix.FindPlan(
             days=(1, 7, 31), schedules=(1, 2, 10), slots=(0, 1000, 10000), reps=11, warmup=2
         ),
+        "rules": find_rules.RulesPlan(slots=(0, 1000), reps=21, warmup=3),
         "bookings": args.bookings or 128,
         "reps": args.reps or 3,
         "mass": {"clients": 64, "capacity": 30, "opens": "08:00", "closes": "18:00"},
@@ -109,7 +113,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         action="append",
-        choices=("find", "book", "mass", "soak", "profile"),
+        choices=("find", "rules", "book", "mass", "soak", "profile"),
         help="run only these parts (repeatable)",
     )
     args = parser.parse_args(argv)
@@ -136,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     database = args.database or ("h2" if args.quick else "both")
     databases = ["h2", "postgres"] if database == "both" else [database]
-    parts = set(args.only or ("find", "book", "mass"))
+    parts = set(args.only or ("find", "rules", "book", "mass"))
     if not args.only:
         parts |= {"soak"} if args.soak else set()
         parts |= {"profile"} if args.profile else set()
@@ -200,6 +204,10 @@ def _measure(
         if "find" in parts and db == "h2":
             progress(f"[{db}] $find matrix")
             results["find"] = find_matrix.run(fhir_base, sidecar.base_url, log, plan["find"], cpu, progress)
+            save()
+        if "rules" in parts and db == "h2":
+            progress(f"[{db}] $find with every booking rule on vs none")
+            results["rules"] = find_rules.run(fhir_base, sidecar.base_url, log, plan["rules"], cpu, progress)
             save()
         if "book" in parts:
             modes = tuple(m.key for m in book_bench.MODES)

@@ -78,11 +78,14 @@ class BenchClinic:
         opens: str = "08:00",
         closes: str = "18:00",
         capacity: int | None = None,
+        rules: dict[str, Any] | None = None,
     ) -> str:
         """A HealthcareService open every day ``opens``-``closes`` (New York), ``duration``-minute
-        visits on a ``grid``-minute grid, no buffers, ``slotCapacity`` when given."""
+        visits on a ``grid``-minute grid, no buffers, ``slotCapacity`` when given, and the booking
+        ``rules`` given (``builders.params_block`` fields: ``minimumNotice``, ``bookingWindow`` in
+        minutes, ``bookingLimit=[(visits, "d" | "wk"), ...]``)."""
         sid = f"{self.prefix}-{name}"
-        block: dict[str, Any] = {"duration": duration, "alignmentInterval": grid}
+        block: dict[str, Any] = {"duration": duration, "alignmentInterval": grid, **(rules or {})}
         if capacity is not None:
             block["slotCapacity"] = capacity
         load(

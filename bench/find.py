@@ -8,6 +8,13 @@ one joint request of two Schedules in different zones. Each timed call goes from
 parameters through ``FindRequest.from_parameters`` and ``find_appointments`` to the Bundle,
 reading from an in-memory store that only hands out the stored dicts.
 
+Booking rules (issue 8): 10 single-schedule finds (two per zone) over the 31 days with the
+service's every booking rule on -- a minimum notice, a booking window longer than the range,
+a daily and a weekly limit high enough that they empty no day -- against the same 10 without,
+on the same Slots, the runs of the two interleaved. The store here costs nothing per read, so
+this is the rules' compute cost alone; ``python -m bench`` measures them end to end through
+HAPI, where a limit may also cost a second Slot search (``bench/find_rules.py``).
+
     python bench/find.py [--runs N] [--seed S] [--profile]
     python -m bench.find [--runs N]
 """
@@ -15,6 +22,7 @@ reading from an in-memory store that only hands out the stored dicts.
 from __future__ import annotations
 
 import argparse
+import copy
 import cProfile
 import io
 import pstats
@@ -61,16 +69,18 @@ SERVICE_ID = "consult"
 
 
 class MemoryStore:
-    """A ``SchedulingStore`` over pre-indexed dicts: the cost of a read is a dict lookup."""
+    """A ``SchedulingStore`` over pre-indexed dicts: the cost of a read is a dict lookup (and,
+    per Slot, two comparisons with the searched span)."""
 
     def __init__(self, resources: Sequence[Resource]) -> None:
         self.by_reference: dict[str, Resource] = {}
-        self.slots_by_schedule: dict[str, list[Resource]] = {}
+        self.slots_by_schedule: dict[str, list[tuple[datetime, datetime, Resource]]] = {}
         for resource in resources:
             self.by_reference[f"{resource['resourceType']}/{resource['id']}"] = resource
             if resource["resourceType"] == "Slot":
                 schedule_id = resource["schedule"]["reference"].split("/")[-1]
-                self.slots_by_schedule.setdefault(schedule_id, []).append(resource)
+                span = datetime.fromisoformat(resource["start"]), datetime.fromisoformat(resource["end"])
+                self.slots_by_schedule.setdefault(schedule_id, []).append((*span, resource))
 
     def read_schedules(self, ids: Sequence[str]) -> tuple[list[Resource], dict[str, Resource]]:
         schedules = [self.by_reference[f"Schedule/{i}"] for i in ids]
@@ -81,8 +91,14 @@ class MemoryStore:
         return self.by_reference.get(f"HealthcareService/{service_id}")
 
     def search_slots(self, schedule_ids: Sequence[str], start: datetime, end: datetime) -> list[Resource]:
-        # Every Slot of the schedules lies in the range: the engine filters nothing away.
-        return [slot for i in schedule_ids for slot in self.slots_by_schedule.get(i, [])]
+        # As HAPI's search: the Slots overlapping the span, so the searches a booking limit adds
+        # (the rest of the local days and weeks) do not hand out every Slot a second time.
+        return [
+            slot
+            for i in schedule_ids
+            for slot_start, slot_end, slot in self.slots_by_schedule.get(i, [])
+            if slot_start < end and slot_end > start
+        ]
 
 
 def _minutes(n: int) -> Resource:
@@ -173,6 +189,51 @@ def build_workload(seed: int) -> list[Resource]:
     return resources
 
 
+RULES_SCHEDULES = 10
+DAILY_LIMIT = 15
+WEEKLY_LIMIT = 80
+"""About 5 visits a day per Schedule (the ``busy`` and ``busy-tentative`` Slots): the limits
+remove nothing, so both sides compute the same proposals."""
+
+
+def with_rules(resources: Sequence[Resource]) -> list[Resource]:
+    """The workload with every booking rule added to the service (a copy; the same Slots)."""
+    ruled = copy.deepcopy([r for r in resources if r["resourceType"] == "HealthcareService"])
+    for service in ruled:
+        service["extension"][0]["extension"] += [
+            {"url": "minimumNotice", "valueDuration": _minutes(12 * 60)},
+            {"url": "bookingWindow", "valueDuration": _minutes(60 * 24 * 60)},
+            *(
+                {
+                    "url": "bookingLimit",
+                    "valueTiming": {"repeat": {"frequency": limit, "period": 1, "periodUnit": unit}},
+                }
+                for limit, unit in ((DAILY_LIMIT, "d"), (WEEKLY_LIMIT, "wk"))
+            ),
+        ]
+    return ruled + [r for r in resources if r["resourceType"] != "HealthcareService"]
+
+
+def rules_finds(store: MemoryStore) -> list[int]:
+    return [find(store, [f"s{n}"])["total"] for n in range(RULES_SCHEDULES)]
+
+
+def timed_pair(
+    first: Callable[[], object], second: Callable[[], object], runs: int
+) -> tuple[tuple[list[float], list[float]], tuple[list[float], list[float]]]:
+    """:func:`timed` for two actions, their runs interleaved (the order alternating), so a
+    change in the machine's load falls on both."""
+    first(), second()
+    samples: tuple[tuple[list[float], list[float]], ...] = (([], []), ([], []))
+    for run in range(runs):
+        for index in (0, 1) if run % 2 == 0 else (1, 0):
+            began, began_cpu = time.perf_counter(), time.process_time()
+            (first, second)[index]()
+            samples[index][0].append((time.perf_counter() - began) * 1000)
+            samples[index][1].append((time.process_time() - began_cpu) * 1000)
+    return samples[0], samples[1]
+
+
 def request(schedule_ids: Sequence[str]) -> FindRequest:
     params = [
         ("start", RANGE_START.isoformat()),
@@ -246,10 +307,10 @@ def describe(label: str, samples: tuple[list[float], list[float]], per: int = 1)
     )
 
 
-def profile(store: MemoryStore, top: int) -> str:
+def profile(store: MemoryStore, top: int, action: Callable[[MemoryStore], object] | None = None) -> str:
     profiler = cProfile.Profile()
     profiler.enable()
-    single_finds(store)
+    (action or single_finds)(store)
     profiler.disable()
     out = io.StringIO()
     stats = pstats.Stats(profiler, stream=out)
@@ -299,8 +360,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     ):
         verdict = "meets" if statistics.median(samples[0]) <= target else "misses"
         print(f"target <= {target:g} ms median, {label}: {verdict}")
+    ruled = MemoryStore(with_rules(build_workload(args.seed)))
+    plain_counts, ruled_counts = rules_finds(store), rules_finds(ruled)
+    assert plain_counts == ruled_counts, "limits this high must remove no proposal"
+    plain, with_all = timed_pair(lambda: rules_finds(store), lambda: rules_finds(ruled), args.runs)
+    print(
+        f"booking rules: {RULES_SCHEDULES} single-schedule finds x {DAYS} days, {sum(plain_counts)} "
+        f"proposals either way (minimum notice 12 h, window 60 days, at most {DAILY_LIMIT}/day, "
+        f"{WEEKLY_LIMIT}/week)"
+    )
+    print(describe(f"{RULES_SCHEDULES} finds, no rules", plain))
+    print(describe(f"{RULES_SCHEDULES} finds, every rule on", with_all))
+    rules_target = 1.10
+    wall_ratio = statistics.median(with_all[0]) / statistics.median(plain[0])
+    cpu_ratio = statistics.median(with_all[1]) / statistics.median(plain[1])
+    verdict = "meets" if wall_ratio <= rules_target else "misses"
+    print(
+        f"target rules on <= {rules_target:.2f}x rules off, median: {verdict} "
+        f"({wall_ratio:.2f}x wall, {cpu_ratio:.2f}x cpu)"
+    )
     if args.profile:
         print(profile(store, 25))
+        print(profile(ruled, 25, rules_finds))
     return 0
 
 

@@ -279,6 +279,10 @@ def targets(results: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
                 f"({worst['days']} d x {worst['schedules']} schedules x {worst['slots']} Slots)",
             )
         )
+    # Imported here: bench.report_rules builds its table with this module's helpers.
+    from bench.report_rules import rules_targets
+
+    checks += rules_targets(results.get("rules") or [])
     for database, modes in (results.get("book") or {}).items():
         by = {m["mode"]: m for m in modes}
         for key, label in (("seq", "one at a time"), ("dist16", "16 clients on 16 schedules")):
@@ -349,6 +353,10 @@ def markdown(results: dict[str, Any]) -> str:
     if results.get("find"):
         out += ["### `$find`: sidecar vs the same upstream reads alone (H2)", ""]
         out += [*find_table(results["find"]), ""]
+    if results.get("rules"):
+        from bench.report_rules import rules_section
+
+        out += rules_section(results["rules"])
     for database, modes in (results.get("book") or {}).items():
         out += [f"### `$book` vs raw HAPI transactions ({database})", ""]
         out += [*book_table(modes), ""]
