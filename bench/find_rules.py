@@ -77,6 +77,8 @@ class Call:
     server_ms: float
     upstream_ms: float
     """The sidecar's upstream critical path as it timed it: per round, the longest chain."""
+    later_rounds_ms: float
+    """The part of it after the first round: what a booking limit's extra Slot searches cost."""
     shape: str
     upstream_calls: int
     """``X-Upstream-Round-Trips``: the HTTP calls the sidecar made upstream for the request."""
@@ -196,6 +198,7 @@ def _call(
         client_ms=client_s * 1000,
         server_ms=entry.access.duration_ms,
         upstream_ms=critical_path_ms(rounds),
+        later_rounds_ms=critical_path_ms(rounds[1:]),
         shape=plan_shape(rounds),
         upstream_calls=int(response.headers.get("X-Upstream-Round-Trips", "-1")),
         proposals=proposals,
@@ -211,6 +214,7 @@ def side_summary(calls: Sequence[Call]) -> dict[str, Any]:
         "latency": latency([c.client_ms for c in calls]),
         "server": latency([c.server_ms for c in calls]),
         "upstream_in_sidecar": latency([c.upstream_ms for c in calls]),
+        "later_rounds": latency([c.later_rounds_ms for c in calls]),
         "proposals": statistics.median(c.proposals for c in calls) if calls else 0,
         "upstream_calls": statistics.median(c.upstream_calls for c in calls) if calls else 0,
         "shape": shapes.most_common(1)[0][0] if calls else "",

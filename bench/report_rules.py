@@ -30,6 +30,8 @@ def rules_table(cells: list[dict[str, Any]]) -> list[str]:
                     f"{num(lat.get('min'))}-{num(lat.get('max'))}",
                     num(s["server"]["p50"]),
                     num(s["upstream_in_sidecar"]["p50"]),
+                    num(s.get("later_rounds", {}).get("p50")),
+                    num(s["server"]["p50"] - s["upstream_in_sidecar"]["p50"]),
                     num(s["cpu_ms_mean"].get("sidecar")),
                     num(upstream_cpu(s["cpu_ms_mean"])),
                     f"`{s['shape']}`",
@@ -51,6 +53,8 @@ def rules_table(cells: list[dict[str, Any]]) -> list[str]:
             "min-max",
             "in the sidecar p50",
             "its reads p50",
+            "of which after the first round",
+            "in the sidecar minus its reads",
             "sidecar CPU ms",
             "upstream CPU ms",
             "rounds",
@@ -98,7 +102,8 @@ def rules_section(cells: list[dict[str, Any]]) -> list[str]:
         "",
         "Rules on: minimum notice 1 day, booking window 60 days, at most "
         f"{cells[0].get('daily_limit', '-')} visits a day and {cells[0].get('weekly_limit', '-')} a week "
-        "per Schedule. Rounds: concurrent reads per round trip, `+` between rounds.",
+        "per Schedule. Rounds: concurrent reads per round trip, `+` between rounds; the reads' time is "
+        "the sidecar's upstream critical path (per round, the longest read), from its DEBUG log.",
         "",
         *rules_table(cells),
         "",

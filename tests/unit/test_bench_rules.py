@@ -23,6 +23,7 @@ def call(ms: float, shape: str = "3", calls: int = 3) -> find_rules.Call:
         client_ms=ms,
         server_ms=ms - 3,
         upstream_ms=ms - 20,
+        later_rounds_ms=15.0 if "+" in shape else 0.0,
         shape=shape,
         upstream_calls=calls,
         proposals=79,
@@ -81,6 +82,7 @@ def test_summary_pairs_the_sides_and_divides_on_by_off() -> None:
     assert (on["shape"], off["shape"]) == ("3+2", "3")
     assert (on["upstream_calls"], off["upstream_calls"]) == (5, 3)
     assert on["later_reads"] and not off["later_reads"]
+    assert (on["later_rounds"]["p50"], off["later_rounds"]["p50"]) == (15.0, 0.0)
 
 
 def test_target_met_within_ten_percent_and_missed_beyond() -> None:
