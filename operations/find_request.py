@@ -25,6 +25,7 @@ class FindRequest:
     end: datetime
     service_id: str | None
     schedule_ids: tuple[str, ...]
+    """Every Schedule the request names, each once, in the order named: what is read."""
     count: int
     now: datetime
     schedule_in_url: bool = False
@@ -33,6 +34,15 @@ class FindRequest:
     """Offer only first starts whose every occurrence is free and within the rules (§7.4)."""
     ignore_appointment: str | None = None
     """The id of an Appointment whose own time counts as free (a reschedule, §7.3)."""
+    schedule_groups: tuple[tuple[str, ...], ...] = ()
+    """The schedules as the caller grouped them (SPEC §7.2): each group is one ``schedule``
+    parameter, a pool whose comma-separated members are "any one of"; the groups are "all of".
+    Empty means one group per id of ``schedule_ids``."""
+
+    @property
+    def groups(self) -> tuple[tuple[str, ...], ...]:
+        """The pools of the request, each at least one Schedule id: "all of" these, each "any one of"."""
+        return self.schedule_groups or tuple((i,) for i in self.schedule_ids)
 
     @classmethod
     def from_parameters(
@@ -91,11 +101,17 @@ class FindRequest:
 
         if schedule_id is not None:
             schedule_ids: tuple[str, ...] = (schedule_id,)
+            groups: tuple[tuple[str, ...], ...] = ((schedule_id,),)
         else:
             found: list[str] = []
+            named: list[tuple[str, ...]] = []
             for index, value in enumerate(by_name.get("schedule", [])):
-                for part in value.split(","):
-                    found.append(_reference(part, "Schedule", f"Parameters.schedule[{index}]"))
+                members = [
+                    _reference(part, "Schedule", f"Parameters.schedule[{index}]") for part in value.split(",")
+                ]
+                found.extend(members)
+                named.append(tuple(dict.fromkeys(members)))
+            groups = tuple(named)
             if not found:
                 raise InvalidRequest(
                     "At least one schedule (Schedule/<id>) is required",
@@ -149,6 +165,7 @@ class FindRequest:
             schedule_in_url=schedule_id is not None,
             recurrence=recurrence,
             ignore_appointment=ignore,
+            schedule_groups=groups,
         )
 
 
