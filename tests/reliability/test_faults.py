@@ -318,8 +318,16 @@ def test_a_fault_on_a_cancellation(
     assert answer.status_code == case.status, answer.text
     assert appointment_of(answer)["status"] == "cancelled"
     upstream_calls = proxy.counts(request_id=request_id)
-    # Sent twice when the first did not land (the second lands; a late first is refused).
-    assert upstream_calls["transaction cancel"] == (1 if case.landed else 2), upstream_calls
+    # Sent twice when the first did not land (the second lands; a late first is refused). Whether
+    # the first landed is HAPI's answer to it, not the fault's kind alone: a forwarded first that
+    # HAPI itself refused (a concurrent write on a loaded machine) is sent again, as it must be.
+    first = fault.done[0].upstream_status
+    first_landed = first is not None and 200 <= first < 300
+    if case.landed:
+        assert first is not None, fault.done[0]
+    else:
+        assert not first_landed, fault.done[0]
+    assert upstream_calls["transaction cancel"] == (1 if first_landed else 2), (upstream_calls, first)
     if case.action.kind == "delay_request":
         assert fault.done[0].upstream_status in (409, 412), fault.done[0]
     report = scanned(hapi, clinic)
