@@ -29,8 +29,19 @@ from operations.legs import (
     widened,
 )
 from operations.model import Interval, Leg, Service, SlotOverlay
+from operations.read_hints import ReadHints
 from operations.rendering import Renderer, outcome_entry, searchset
-from operations.rules import DAY, broken_rule, count_visits, day_of, has_rules, period_span, week_of
+from operations.rules import (
+    DAY,
+    WEEK,
+    broken_rule,
+    day_of,
+    full_periods,
+    has_rules,
+    period_span,
+    visits_by_schedule,
+    week_of,
+)
 from operations.series import Recurrence
 from operations.store import (
     ConfigurationReader,
@@ -81,18 +92,25 @@ def occurrence_ranges(window: Interval, recurrence: Recurrence | None) -> list[I
 
 def needed_spans(window: Interval, legs: Sequence[Leg], recurrence: Recurrence | None) -> list[Interval]:
     """Every span whose Slots the decision reads: the occurrence ranges widened by the buffers,
-    and, on a Schedule with a booking limit, the whole local days or weeks they touch."""
+    and, on a Schedule with a booking limit, the whole local days or weeks in which a visit of
+    the range can start (the last start is the range's end less the visit)."""
     ranges = occurrence_ranges(window, recurrence)
     spans = [slot_search_span(r, legs) for r in ranges]
     for leg in legs:
         params, zone = leg.params, leg.params.timezone
         for r in ranges:
-            if params.daily_limit is not None:
-                spans.append(Interval(period_span(day_of(r.start, zone), DAY, zone).start, r.end))
-                spans.append(period_span(day_of(r.end, zone), DAY, zone))
-            if params.weekly_limit is not None:
-                spans.append(Interval(period_span(week_of(r.start, zone), "wk", zone).start, r.end))
-                spans.append(period_span(week_of(r.end, zone), "wk", zone))
+            last = max(r.start, r.end - params.duration)
+            for unit, limit, period_of in (
+                (DAY, params.daily_limit, day_of),
+                (WEEK, params.weekly_limit, week_of),
+            ):
+                if limit is not None:
+                    spans.append(
+                        Interval(
+                            period_span(period_of(r.start, zone), unit, zone).start,
+                            period_span(period_of(last, zone), unit, zone).end,
+                        )
+                    )
     return merge(spans)
 
 
@@ -112,23 +130,40 @@ def _acceptance(
 ) -> Callable[[datetime], bool] | None:
     """What a first start must pass beyond fitting in the windows: the booking limits of every
     Schedule, and for a series every later occurrence free and within every rule. ``None``
-    when there is nothing to check (notice and window are applied by clipping the range)."""
+    when there is nothing to check (notice and window are applied by clipping the range).
+
+    Without a series a start breaks a limit exactly when it falls in a local day or week that is
+    already full, so those periods are found once and a start costs one bisection."""
     limited = [leg for leg in legs if leg.params.has_limits]
     if not limited and recurrence is None:
         return None
-    counts = {
-        leg.schedule.id: count_visits(slots, leg.schedule.id, leg.params.timezone, now) for leg in limited
-    }
+    counts = visits_by_schedule(slots, [(leg.schedule.id, leg.params.timezone) for leg in limited], now)
+    if recurrence is None:
+        return outside(full_periods([(leg.params, counts[leg.schedule.id]) for leg in limited]))
     ruled = [leg for leg in legs if has_rules(leg.params)]
     window_starts = [w.start for w in windows]
     zone = legs[0].params.timezone
 
     def accept(start: datetime) -> bool:
-        starts = recurrence.starts(start, zone) if recurrence is not None else [start]
+        starts = recurrence.starts(start, zone)
         for later in starts[1:]:
             if not _fits(windows, window_starts, Interval(later, later + duration)):
                 return False
         return all(broken_rule(leg.params, starts, now, counts.get(leg.schedule.id)) is None for leg in ruled)
+
+    return accept
+
+
+def outside(blocked: Sequence[Interval]) -> Callable[[datetime], bool] | None:
+    """A test that a start lies in none of the sorted, disjoint ``blocked`` spans (``None`` when
+    there are none)."""
+    if not blocked:
+        return None
+    starts = [b.start for b in blocked]
+
+    def accept(start: datetime) -> bool:
+        index = bisect.bisect_right(starts, start) - 1
+        return index < 0 or blocked[index].end <= start
 
     return accept
 
@@ -216,11 +251,15 @@ def find_availability(stores: Stores | SchedulingStore, request: FindRequest) ->
     """
     configuration, slot_reader = _readers(stores)
     together = stores.together if isinstance(stores, Stores) else one_after_another
+    hints = stores.hints if isinstance(stores, Stores) else None
     ids = list(request.schedule_ids)
     window = Interval(request.start, request.end)
     searched = merge(
-        Interval(r.start - SLOT_MARGIN, r.end + SLOT_MARGIN)
-        for r in occurrence_ranges(window, request.recurrence)
+        [
+            Interval(r.start - SLOT_MARGIN, r.end + SLOT_MARGIN)
+            for r in occurrence_ranges(window, request.recurrence)
+        ]
+        + _hinted_spans(hints, ids, request)
     )
     slot_reads = [_slot_search(slot_reader, ids, span) for span in searched]
     extra: list[Callable[[], Any]] = []
@@ -254,6 +293,8 @@ def find_availability(stores: Stores | SchedulingStore, request: FindRequest) ->
             code="not-found",
             expression="Parameters.ignore-appointment",
         )
+    if hints is not None:
+        hints.remember(service.id, legs)
     missing = subtract(needed_spans(window, legs, request.recurrence), searched)
     if missing:
         schedule_ids = [leg.schedule.id for leg in legs]
@@ -269,6 +310,17 @@ def find_availability(stores: Stores | SchedulingStore, request: FindRequest) ->
         recurrence=request.recurrence,
         ignore=frozenset(slot_ids(ignored)) if ignored is not None else frozenset(),
     )
+
+
+def _hinted_spans(hints: ReadHints | None, ids: Sequence[str], request: FindRequest) -> list[Interval]:
+    """The spans the Schedules needed last time (``operations/read_hints.py``): searched in the
+    first round, so a booking limit's whole days and weeks need no second round trip."""
+    if hints is None or request.service_id is None:
+        return []
+    legs = hints.recall(ids, request.service_id)
+    if not legs:
+        return []
+    return needed_spans(Interval(request.start, request.end), legs, request.recurrence)
 
 
 def _slot_search(reader: SlotReader, ids: Sequence[str], span: Interval) -> Callable[[], list[Resource]]:

@@ -80,6 +80,40 @@ def count_visits(
     return counts
 
 
+def visits_by_schedule(
+    slots: Iterable[SlotOverlay], schedules: Sequence[tuple[str, ZoneInfo]], now: datetime
+) -> dict[str, VisitCounts]:
+    """:func:`count_visits` for several Schedules (id, zone) in one pass over ``slots``."""
+    counts = {schedule_id: VisitCounts() for schedule_id, _ in schedules}
+    if not counts:
+        return counts
+    zones = dict(schedules)
+    for slot in slots:
+        found = counts.get(slot.schedule_id)
+        if found is None or not is_visit(slot, now):
+            continue
+        zone = zones[slot.schedule_id]
+        found.daily[day_of(slot.interval.start, zone)] += 1
+        found.weekly[week_of(slot.interval.start, zone)] += 1
+    return counts
+
+
+def full_periods(limited: Iterable[tuple[ResolvedParameters, VisitCounts]]) -> list[Interval]:
+    """The local days and weeks (as instants, merged) in which no visit may start because a
+    Schedule's limit is reached: one more visit there would break :func:`broken_rule`'s limit."""
+    spans: list[Interval] = []
+    for params, counts in limited:
+        for unit, limit, already in (
+            (DAY, params.daily_limit, counts.daily),
+            (WEEK, params.weekly_limit, counts.weekly),
+        ):
+            if limit is not None:
+                spans.extend(
+                    period_span(key, unit, params.timezone) for key, n in already.items() if n >= limit
+                )
+    return merge(spans)
+
+
 def has_rules(params: ResolvedParameters) -> bool:
     return bool(params.minimum_notice) or params.booking_window is not None or params.has_limits
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from operations.read_hints import ReadHints
+
 Resource = dict[str, Any]
 
 
@@ -115,6 +117,9 @@ class Stores:
     together: Together = field(default=one_after_another)
     """How independent reads run: the plugin runs them at the same time, so their upstream
     latencies overlap instead of adding up."""
+    hints: ReadHints | None = None
+    """What earlier requests of this process learned about the Schedules: sizes reads, never
+    decides (``operations/read_hints.py``)."""
 
     @classmethod
     def single(cls, store: FhirStore) -> Stores:

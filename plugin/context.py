@@ -4,12 +4,13 @@ stores. Kept apart from ``app.py`` so routes can use it without importing the fa
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import cast
 
 from flask import current_app, g, request
 
+from operations.read_hints import ReadHints
 from operations.store import Resource, Stores
 from plugin.config import Settings
 from plugin.identity import CallerVerifier
@@ -34,6 +35,9 @@ class Sidecar:
     """Checks callers' JWTs against ``CALLER_JWKS_URL`` for the Provenance."""
     parallel: Parallel
     """Runs a request's independent upstream reads at the same time."""
+    read_hints: ReadHints = field(default_factory=ReadHints)
+    """What this process's ``$find`` requests learned about Schedules, to size the next one's
+    Slot search (``operations/read_hints.py``): never decides anything."""
 
 
 def sidecar() -> Sidecar:
@@ -57,7 +61,7 @@ def request_stores(operation: str, *, writes: bool = True) -> Stores:
     attribution = Attribution(operation, request_id, state.settings.service_name, caller)
     service_store = state.upstream.as_service(attribution, deadline=deadline)
     g.stores = [*g.get("stores", []), caller_store, service_store]
-    return Stores(caller=caller_store, service=service_store, together=state.parallel)
+    return Stores(caller=caller_store, service=service_store, together=state.parallel, hints=state.read_hints)
 
 
 def round_trips() -> int:

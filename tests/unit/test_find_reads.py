@@ -11,8 +11,9 @@ import pytest
 
 from operations.errors import Unprocessable
 from operations.find import SLOT_MARGIN, FindRequest, find_appointments
+from operations.read_hints import ReadHints
 from operations.store import Stores
-from tests.unit.builders import LONG_AGO, hours, practitioner, schedule, service
+from tests.unit.builders import LONG_AGO, hours, practitioner, schedule, service, slot
 from tests.unit.fake_store import FakeFhirStore
 
 
@@ -36,7 +37,10 @@ def clinic(**block: Any) -> FakeFhirStore:
 
 
 def find(
-    store: FakeFhirStore, together: Callable[..., list[Any]], service_id: str = "checkup"
+    store: FakeFhirStore,
+    together: Callable[..., list[Any]],
+    service_id: str = "checkup",
+    hints: ReadHints | None = None,
 ) -> dict[str, Any]:
     request = FindRequest.from_parameters(
         [
@@ -48,7 +52,7 @@ def find(
         now=LONG_AGO,
         max_range_days=31,
     )
-    return find_appointments(Stores(caller=store, service=store, together=together), request)
+    return find_appointments(Stores(caller=store, service=store, together=together, hints=hints), request)
 
 
 def test_the_three_reads_go_out_together() -> None:
@@ -87,3 +91,29 @@ def test_without_the_service_named_the_slot_search_goes_with_the_schedules() -> 
     assert len(found["entry"]) == 3  # 09:00, 10:00, 11:00 (30-minute visits on an hourly grid)
     assert together.groups == [2]  # Schedules and Slots together; then the service they name
     assert store.calls == ["read_schedules", "read_service", "search_slots"]
+
+
+def test_a_weekly_limit_reads_its_whole_week_in_a_second_round_only_until_hinted() -> None:
+    """The week a limit counts lies beyond the range's margin: the first ``$find`` learns that
+    from the configuration and searches it in a second round; the next one searches it at once."""
+    store, hints = clinic(bookingLimit=[(1, "wk")]), ReadHints()
+    store.add(slot("alice", "busy", "2026-12-09T15:00:00Z", "2026-12-09T15:30:00Z"))  # Wednesday
+    first, second = Recording(), Recording()
+    assert "entry" not in find(store, first, hints=hints)  # the week already has its one visit
+    assert first.groups == [3, 1]
+    assert "entry" not in find(store, second, hints=hints)
+    assert second.groups == [3]
+    assert store.calls[-3:] == ["read_schedules", "read_service", "search_slots"]
+
+
+def test_a_stale_hint_costs_a_round_trip_never_a_wrong_answer() -> None:
+    """Hinted without a limit, then the clinic sets one: the configuration just read decides,
+    and the week the new limit counts is searched before anything is offered."""
+    store, hints = clinic(), ReadHints()
+    store.add(slot("alice", "busy", "2026-12-09T15:00:00Z", "2026-12-09T15:30:00Z"))
+    assert len(find(store, Recording(), hints=hints)["entry"]) == 3
+    limited = clinic(bookingLimit=[(1, "wk")]).resources["HealthcareService/checkup"]
+    store.add(limited)
+    later = Recording()
+    assert "entry" not in find(store, later, hints=hints)
+    assert later.groups == [3, 1]
