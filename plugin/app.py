@@ -18,12 +18,12 @@ from werkzeug.exceptions import HTTPException
 
 from operations.errors import ConcurrentChange, OutcomeUnknown, SchedulingError
 from plugin.admin import admin
+from plugin.caller_identity import verifier_from_settings
 from plugin.config import Settings
 from plugin.context import EXTENSION_KEY, Sidecar, round_trips
 from plugin.definitions import operation_definitions
 from plugin.fhir_http import fhir_response, operation_outcome
 from plugin.holds import start_sweeper
-from plugin.identity import verifier_from_settings
 from plugin.logs import configure_logging
 from plugin.metrics import install as install_metrics
 from plugin.notifications import notifications

@@ -18,10 +18,10 @@ from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
 from plugin import doctor
 from plugin.app import create_app
 from plugin.config import ConfigError, Settings
-from plugin.identity import credentials_from_settings
 from plugin.logs import configure_logging
 from plugin.metrics import mark_process_dead, multiprocess_directory
 from plugin.registration import keep_registering, register
+from plugin.service_credentials import credentials_from_settings
 
 DEFAULT_HOST = "0.0.0.0"  # a sidecar listens for its neighbours, not only for localhost
 DEFAULT_PORT = 8090

@@ -12,8 +12,8 @@ from flask import current_app, g, request
 
 from operations.read_hints import ReadHints
 from operations.store import Resource, Stores
+from plugin.caller_identity import CallerVerifier
 from plugin.config import Settings
-from plugin.identity import CallerVerifier
 from plugin.parallel import Parallel
 from plugin.provenance import Attribution
 from plugin.upstream import FhirUpstream, UpstreamClient

@@ -18,7 +18,7 @@ from operations.model import Interval
 from operations.parameters import service_references
 from operations.store import Resource
 from operations.writes import HOLD_TAG, booking_marker, slot_ids
-from plugin.identity import ServiceCredentials
+from plugin.service_credentials import ServiceCredentials
 from plugin.transport import Params
 from plugin.upstream import FhirUpstream, UpstreamClient
 

@@ -30,7 +30,7 @@ JWT_SUBJECT_SYSTEM = "urn:ietf:params:oauth:jwt-subject"
 
 
 class CallerLike(Protocol):
-    """What the Provenance needs to know of the caller (``plugin.identity.Caller``)."""
+    """What the Provenance needs to know of the caller (``plugin.caller_identity.Caller``)."""
 
     @property
     def verified(self) -> bool: ...

@@ -24,8 +24,8 @@ import requests.auth
 from operations.store import Resource
 from plugin import version
 from plugin.config import Settings
-from plugin.identity import CredentialsUnavailable, ServiceCredentials
 from plugin.metrics import record_upstream_call
+from plugin.service_credentials import CredentialsUnavailable, ServiceCredentials
 from plugin.upstream_errors import (
     BudgetExhausted,
     UpstreamBadResponse,

@@ -38,8 +38,8 @@ from operations.errors import (
 from operations.fhir_values import is_fhir_id
 from operations.store import Resource
 from plugin.config import Settings
-from plugin.identity import ServiceCredentials, credentials_from_settings
 from plugin.provenance import Attribution, with_provenance
+from plugin.service_credentials import ServiceCredentials, credentials_from_settings
 from plugin.slot_index import SlotEndIndex
 from plugin.transport import PAGE_SIZE, Params, Transport, new_session
 from plugin.upstream_errors import (

@@ -1,4 +1,4 @@
-"""plugin.identity against real little servers on 127.0.0.1 (SPEC §5.1).
+"""plugin.service_credentials and plugin.caller_identity against real little servers on 127.0.0.1 (SPEC §5.1).
 
 The sidecar's own credentials are fetched from a real token endpoint that checks every client
 assertion as a SMART Backend Services server would (tests/support/token_server.py); caller
@@ -23,18 +23,15 @@ from typing import Any
 import pytest
 import requests
 
+from plugin.caller_identity import Caller, CallerVerifier, verifier_from_settings
 from plugin.config import ConfigError, Settings
-from plugin.identity import (
-    Caller,
-    CallerVerifier,
+from plugin.service_credentials import (
     CredentialsUnavailable,
     SmartBackendCredentials,
     StaticCredentials,
     credentials_from_settings,
-    load_private_key_text,
-    load_signing_key,
-    verifier_from_settings,
 )
+from plugin.signing_keys import load_private_key_text, load_signing_key
 from tests.support.token_server import (
     JWT_BEARER,
     JwksServer,
@@ -408,7 +405,7 @@ def test_each_fetch_is_logged_with_scope_and_expiry_but_never_the_token(
 ) -> None:
     token_server.access_token = "secret-access-token"
     credentials = smart(token_server.token_url, rsa_pair, clock)
-    with caplog.at_level(logging.INFO, logger="plugin.identity"):
+    with caplog.at_level(logging.INFO, logger="plugin.service_credentials"):
         credentials.authorization()
         credentials.authorization()
 

@@ -3,7 +3,7 @@
 They run in a thread on a free 127.0.0.1 port, so the code under test does real HTTP (form
 posts, JSON, status codes, refused connections) instead of talking to mocks that would agree
 with whatever the client sends. The token endpoint checks client assertions the way a SMART
-Backend Services authorisation server must, independently of ``plugin.identity``: the rules are
+Backend Services authorisation server must, independently of ``plugin.service_credentials``: the rules are
 written out here from the SMART and RFC 7523 texts, not imported from the code under test.
 
 Also: key pairs (RSA, EC P-256/P-384) in every form the sidecar accepts, and signing of caller
