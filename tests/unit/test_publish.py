@@ -20,6 +20,8 @@ from operations.model import SLOT_CAPACITY_URL
 from operations.publish import PUBLISH_TAG, Publication, PublishRequest, publish
 from operations.publish_resources import files, manifest, ndjson
 from operations.store import Stores
+from scripts.sample_clinic import published as with_publishing
+from scripts.sample_clinic import sample_resources
 from tests.support.smart_links import check_publication
 from tests.unit.builders import hours, location, practitioner, schedule, service, slot
 from tests.unit.fake_store import FakeFhirStore
@@ -342,6 +344,14 @@ def test_a_location_actor_is_published_itself_and_keeps_its_identifiers() -> Non
     assert found["Location"][1]["identifier"] == [
         {"system": "https://clinic.example.org/sites", "value": "7"}
     ]
+
+
+def test_the_sample_clinic_publishes_dr_alice_at_main_street() -> None:
+    _, found = checked(published(FakeFhirStore(*with_publishing(sample_resources())), days=14))
+    [alice] = found["Schedule"]
+    assert (alice["id"], alice["actor"]) == ("dr-alice", [{"reference": "Location/main-street"}])
+    assert [c["text"] for c in alice["serviceType"]] == ["Office visit", "Long consultation"]
+    assert {s["serviceType"][0]["text"] for s in found["Slot"]} == {"Office visit", "Long consultation"}
 
 
 # ---- reads -------------------------------------------------------------------------------------
