@@ -60,7 +60,8 @@ def check_publication(manifest: Resource, fetch: Fetch) -> dict[str, list[Resour
 
 
 def _check_manifest(manifest: Resource) -> None:
-    assert set(manifest) >= {"transactionTime", "request", "output", "error"}, sorted(manifest)
+    missing = {"transactionTime", "request", "output", "error"} - set(manifest)
+    assert not missing, f"the manifest lacks {sorted(missing)}"
     assert isinstance(manifest["transactionTime"], str), manifest["transactionTime"]
     assert TIMESTAMP.fullmatch(manifest["transactionTime"]), manifest["transactionTime"]
     _check_url(manifest["request"])
