@@ -150,6 +150,31 @@ def busy_time(slots: Iterable[SlotOverlay], capacity: int, now: datetime) -> lis
     return merge([*hard, *_over_capacity(footprints, capacity)])
 
 
+def spare_capacity(slots: Iterable[SlotOverlay], capacity: int, now: datetime, footprint: Interval) -> int:
+    """How many more bookings of ``capacity`` fit in ``footprint`` (SPEC §3, ``slotCapacity``):
+    the least, over every instant of it, of the admitting limit (``capacity``, or a smaller
+    capacity stamped on a footprint there) minus the footprints there. Hard blocks are not
+    looked at: a footprint that meets one is not offered in the first place."""
+    footprints: list[tuple[datetime, datetime, int]] = []
+    for slot in slots:
+        if slot.status in (SlotStatus.FREE, SlotStatus.ENTERED_IN_ERROR):
+            continue
+        if slot.hold_expires is not None and slot.hold_expires <= now:
+            continue
+        if slot.status == SlotStatus.BUSY_UNAVAILABLE and not slot.is_buffer:
+            continue
+        if slot.interval.start < footprint.end and slot.interval.end > footprint.start:
+            footprints.append((slot.interval.start, slot.interval.end, slot.capacity or 1))
+    spare = capacity
+    bounds = sorted({footprint.start, footprint.end, *(t for s, e, _ in footprints for t in (s, e))})
+    for left, right in itertools.pairwise(bounds):
+        if left < footprint.start or right > footprint.end:
+            continue
+        present = [cap for s, e, cap in footprints if s <= left and e >= right]
+        spare = min(spare, min([capacity, *present]) - len(present))
+    return max(spare, 0)
+
+
 def _over_capacity(footprints: list[tuple[datetime, datetime, int]], capacity: int) -> list[Interval]:
     """Sweep over footprint boundaries, counting what covers each elementary segment."""
     bounds = sorted({t for s, e, _ in footprints for t in (s, e)})

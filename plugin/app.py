@@ -28,6 +28,7 @@ from plugin.logs import configure_logging
 from plugin.metrics import install as install_metrics
 from plugin.notifications import notifications
 from plugin.parallel import Parallel
+from plugin.publish_routes import publishing
 from plugin.routes import fhir, health
 from plugin.upstream import UpstreamClient
 from plugin.upstream_errors import UpstreamError
@@ -76,6 +77,7 @@ def create_app(
         parallel=Parallel(),
     )
     app.register_blueprint(fhir, url_prefix=settings.base_path or None)
+    app.register_blueprint(publishing, url_prefix=settings.base_path or None)
     app.register_blueprint(health)
     app.register_blueprint(notifications)
     app.register_blueprint(admin)

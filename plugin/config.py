@@ -14,9 +14,13 @@ from dataclasses import dataclass, field
 from typing import Literal, TypeVar, cast
 from urllib.parse import urlsplit
 
+from operations.booking_link import BookingLinkTemplate, LinkTemplateError
+
 SlotEndSearch = Literal["auto", "on", "off"]
 _SLOT_END_SEARCH_VALUES: tuple[SlotEndSearch, ...] = ("auto", "on", "off")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+MAX_PUBLISH_DAYS = 92
+"""Three months of free starts is already a large file; more would be computed on every refresh."""
 
 _T = TypeVar("_T")
 
@@ -79,6 +83,18 @@ class Settings:
     named in the Provenance as verified; otherwise as unverified."""
     caller_jwt_issuer: str | None = None
     caller_jwt_audience: str | None = None
+    publish_booking_url_template: str | None = None
+    """SMART Scheduling Links (``$bulk-publish``): the booking deep link of every published Slot,
+    with ``{schedule}``, ``{service}``, ``{start}``, ``{end}``, ``{slot}``; unset: nothing is published."""
+    publish_days: int = 14
+    """Published Slots start within the next this many days."""
+    publish_max_age_seconds: int = 300
+    """``Cache-Control: max-age`` of the publication, and how long each process reuses it."""
+    publish_booking_phone: str | None = None
+    """The booking phone every published Slot carries (``booking-phone``), if any."""
+    publish_base_url: str | None = None
+    """The sidecar's FHIR base as consumers reach it (manifest and file URLs); unset: the
+    URL each request came in on."""
 
     def __post_init__(self) -> None:
         # Normalise here as well as in from_env, so directly-built settings (tests, embedding)
@@ -94,6 +110,19 @@ class Settings:
         _at_least(self.hold_sweep_seconds, 0, "HOLD_SWEEP_SECONDS")
         _at_least(self.max_schedules, 1, "MAX_SCHEDULES")
         _at_least(self.max_series, 2, "MAX_SERIES")
+        _at_least(self.publish_days, 1, "PUBLISH_DAYS")
+        if self.publish_days > MAX_PUBLISH_DAYS:
+            raise ConfigError(f"PUBLISH_DAYS must be at most {MAX_PUBLISH_DAYS}, not {self.publish_days!r}")
+        _at_least(self.publish_max_age_seconds, 0, "PUBLISH_MAX_AGE_SECONDS")
+        if self.publish_booking_url_template is not None:
+            try:
+                BookingLinkTemplate.parse(self.publish_booking_url_template)
+            except LinkTemplateError as exc:
+                raise ConfigError(
+                    f"PUBLISH_BOOKING_URL_TEMPLATE {self.publish_booking_url_template!r} cannot make booking links: {exc}"
+                ) from None
+        if self.publish_base_url is not None:
+            object.__setattr__(self, "publish_base_url", _base_url(self.publish_base_url, "PUBLISH_BASE_URL"))
         for name, url in (
             ("NOTIFICATION_URL", self.notification_url),
             ("SMART_TOKEN_URL", self.smart_token_url),
@@ -132,6 +161,12 @@ class Settings:
         if level not in _LOG_LEVELS:
             raise ConfigError(f"LOG_LEVEL must be one of {', '.join(_LOG_LEVELS)}, not {self.log_level!r}")
         object.__setattr__(self, "log_level", level)
+
+    @property
+    def booking_link(self) -> BookingLinkTemplate | None:
+        """The checked booking link template; ``None``: publishing is off."""
+        template = self.publish_booking_url_template
+        return BookingLinkTemplate.parse(template) if template is not None else None
 
     @property
     def upstream_timeout(self) -> tuple[float, float]:
@@ -207,6 +242,11 @@ class Settings:
             caller_jwks_url=get("CALLER_JWKS_URL"),
             caller_jwt_issuer=get("CALLER_JWT_ISSUER"),
             caller_jwt_audience=get("CALLER_JWT_AUDIENCE"),
+            publish_booking_url_template=get("PUBLISH_BOOKING_URL_TEMPLATE"),
+            publish_days=typed("PUBLISH_DAYS", int, 14, "a whole number of days"),
+            publish_max_age_seconds=typed("PUBLISH_MAX_AGE_SECONDS", int, 300, "a whole number of seconds"),
+            publish_booking_phone=get("PUBLISH_BOOKING_PHONE"),
+            publish_base_url=get("PUBLISH_BASE_URL"),
         )
 
 

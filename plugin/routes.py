@@ -202,11 +202,13 @@ def capability_statement(server_url: str) -> dict[str, Any]:
     reads and searches belong to the upstream)."""
     state = sidecar()
     operations_by_type: dict[str, list[dict[str, str]]] = {}
+    system_operations: list[dict[str, str]] = []
     for definition in state.operation_definitions.values():
+        listed = {"name": definition["code"], "definition": definition["url"]}
+        if definition.get("system"):
+            system_operations.append(listed)  # [base]/$bulk-publish
         for resource_type in definition.get("resource", []):
-            operations_by_type.setdefault(resource_type, []).append(
-                {"name": definition["code"], "definition": definition["url"]}
-            )
+            operations_by_type.setdefault(resource_type, []).append(listed)
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -231,6 +233,7 @@ def capability_statement(server_url: str) -> dict[str, Any]:
                     {"type": resource_type, "operation": operations}
                     for resource_type, operations in sorted(operations_by_type.items())
                 ],
+                **({"operation": system_operations} if system_operations else {}),
             }
         ],
     }

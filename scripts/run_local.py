@@ -81,6 +81,10 @@ def main() -> int:
         "GUARD_KEY": guard_key,
         "NOTIFICATION_URL": f"http://localhost:{SIDECAR_PORT}/fanoni/notifications",
         "NOTIFICATION_SECRET": os.environ.get("NOTIFICATION_SECRET") or secrets.token_urlsafe(24),
+        # $bulk-publish (SMART Scheduling Links): the sample has no booking portal, so the deep
+        # links point at an example one.
+        "PUBLISH_BOOKING_URL_TEMPLATE": os.environ.get("PUBLISH_BOOKING_URL_TEMPLATE")
+        or "https://portal.example.org/book?schedule={schedule}&service={service}&start={start}",
     }
     print(f"Starting HAPI FHIR on {FHIR_BASE} (first start builds it with Maven) ...", flush=True)
     hapi("start", f"--hapi.fanoni_guard_key={guard_key}", f"--hapi.fanoni_sidecar_url={SIDECAR_BASE}")
@@ -122,6 +126,7 @@ def main() -> int:
         forwarded = requests.get(at_hapi, timeout=60).json()
         print(f"      the same at HAPI's base: curl -s '{at_hapi}'")
         print(f"      ({forwarded.get('total', 0)} proposals; {FHIR_BASE}/metadata lists the operations)")
+        print(f"Published (SMART Scheduling Links, Dr. Alice): curl -s '{SIDECAR_BASE}/$bulk-publish'")
         print(f"Metrics: curl -s http://localhost:{SIDECAR_PORT}/metrics")
         print(
             f"Calendar: http://localhost:{SIDECAR_PORT}/admin?schedule=dr-alice&schedule=room-1&schedule=dr-ravi"

@@ -127,6 +127,42 @@ def sample_resources() -> list[dict[str, Any]]:
     ]
 
 
+# SMART Scheduling Links (SPEC 7.5): Dr. Alice's Schedule is tagged for `$bulk-publish`, which
+# publishes it at the Location her PractitionerRole names, with the address and phone it requires.
+PUBLISH_TAG = {"system": "https://fanoni.dev/fhir/CodeSystem/fanoni", "code": "publish"}
+PUBLISHED_SCHEDULES = ("dr-alice",)
+
+
+def published(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``resources`` with the published Schedules tagged, plus the clinic and Dr. Alice's role there."""
+    clinic = {
+        "resourceType": "Location",
+        "id": "main-street",
+        "status": "active",
+        "name": "Fanoni Sample Clinic, Main Street",
+        "extension": [{"url": TZ, "valueCode": "America/New_York"}],
+        "telecom": [
+            {"system": "phone", "value": "+1-413-555-0100"},
+            {"system": "url", "value": "https://clinic.example.org"},
+        ],
+        "address": {"line": ["173 Elm St"], "city": "Pittsfield", "state": "MA", "postalCode": "01201"},
+    }
+    role = {
+        "resourceType": "PractitionerRole",
+        "id": "dr-alice-main-street",
+        "active": True,
+        "practitioner": {"reference": "Practitioner/dr-alice"},
+        "location": [{"reference": "Location/main-street"}],
+    }
+    tagged = [
+        {**r, "meta": {"tag": [PUBLISH_TAG]}}
+        if r["resourceType"] == "Schedule" and r["id"] in PUBLISHED_SCHEDULES
+        else r
+        for r in resources
+    ]
+    return [*tagged, clinic, role]
+
+
 def sample_bundle() -> dict[str, Any]:
     """A transaction Bundle that PUTs the sample clinic (safe to load again)."""
     return {
@@ -134,7 +170,7 @@ def sample_bundle() -> dict[str, Any]:
         "type": "transaction",
         "entry": [
             {"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
-            for r in sample_resources()
+            for r in published(sample_resources())
         ],
     }
 

@@ -74,6 +74,11 @@ def test_root_base_path() -> None:
         ({"SLOT_END_SEARCH": "maybe"}, "SLOT_END_SEARCH"),
         ({"SLOT_LOOKBACK_DAYS": "-1"}, "SLOT_LOOKBACK_DAYS"),
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+        ({"PUBLISH_DAYS": "0"}, "PUBLISH_DAYS"),
+        ({"PUBLISH_DAYS": "93"}, "PUBLISH_DAYS"),
+        ({"PUBLISH_DAYS": "two weeks"}, "PUBLISH_DAYS"),
+        ({"PUBLISH_MAX_AGE_SECONDS": "-1"}, "PUBLISH_MAX_AGE_SECONDS"),
+        ({"PUBLISH_BASE_URL": "fhir.example.org"}, "PUBLISH_BASE_URL"),
     ],
 )
 def test_bad_values_name_the_variable(environ: dict[str, str], variable: str) -> None:
@@ -101,3 +106,46 @@ def test_create_app_without_configuration_fails_naming_the_variable(
     monkeypatch.delenv("FHIR_BASE_URL", raising=False)
     with pytest.raises(ConfigError, match="FHIR_BASE_URL"):
         create_app()
+
+
+def test_publishing_settings() -> None:
+    settings = Settings.from_env({"FHIR_BASE_URL": "http://h/fhir"})
+    assert (settings.publish_days, settings.publish_max_age_seconds) == (14, 300)
+    assert settings.booking_link is None  # publishing is off
+    settings = Settings.from_env(
+        {
+            "FHIR_BASE_URL": "http://h/fhir",
+            "PUBLISH_BOOKING_URL_TEMPLATE": "https://portal.example.org/book/{schedule}?at={start}",
+            "PUBLISH_DAYS": "28",
+            "PUBLISH_MAX_AGE_SECONDS": "0",
+            "PUBLISH_BOOKING_PHONE": "+1 413 555 0100",
+            "PUBLISH_BASE_URL": "https://fhir.example.org/fhir/",
+        }
+    )
+    assert settings.booking_link is not None
+    assert settings.booking_link.render(
+        schedule="a b", service="s", start="09:00+01:00", end="e", slot="x"
+    ) == ("https://portal.example.org/book/a%20b?at=09%3A00%2B01%3A00")
+    assert (settings.publish_days, settings.publish_max_age_seconds) == (28, 0)
+    assert settings.publish_booking_phone == "+1 413 555 0100"
+    assert settings.publish_base_url == "https://fhir.example.org/fhir"
+
+
+@pytest.mark.parametrize(
+    ("template", "why"),
+    [
+        ("https://portal.example.org/book?start={start", "does not parse"),
+        ("https://portal.example.org/book?start={start}}", "does not parse"),
+        ("https://portal.example.org/book?start={start}&who={patient}", "unknown placeholder {patient}"),
+        ("https://portal.example.org/book?start={start:%Y}", "takes no format"),
+        ("https://portal.example.org/book?start={start!r}", "takes no format"),
+        ("https://portal.example.org/book?start={}", "unknown placeholder {}"),
+        ("https://portal.example.org/book?schedule={schedule}", "must contain {start}"),
+        ("/book?start={start}", "absolute http(s) URL"),
+        ("mailto:desk@example.org?subject={start}", "absolute http(s) URL"),
+    ],
+)
+def test_a_booking_link_template_that_cannot_work_stops_the_sidecar(template: str, why: str) -> None:
+    with pytest.raises(ConfigError, match="PUBLISH_BOOKING_URL_TEMPLATE") as raised:
+        Settings.from_env({"FHIR_BASE_URL": "http://h/fhir", "PUBLISH_BOOKING_URL_TEMPLATE": template})
+    assert why in str(raised.value)

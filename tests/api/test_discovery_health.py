@@ -31,6 +31,9 @@ def test_metadata_lists_the_operations(client: FlaskClient) -> None:
             }
         ],
     }
+    assert statement["rest"][0]["operation"] == [
+        {"name": "bulk-publish", "definition": "https://fanoni.dev/fhir/OperationDefinition/bulk-publish"}
+    ]
 
 
 def test_operation_definitions_are_served(client: FlaskClient) -> None:
@@ -65,11 +68,11 @@ def test_operation_definitions_are_served(client: FlaskClient) -> None:
 
 def test_every_definition_in_metadata_resolves(client: FlaskClient) -> None:
     statement = client.get("/fhir/metadata").get_json()
-    for resource in statement["rest"][0]["resource"]:
-        for operation in resource["operation"]:
-            definition_id = operation["definition"].rsplit("/", 1)[1]
-            served = client.get(f"/fhir/OperationDefinition/{definition_id}").get_json()
-            assert served["url"] == operation["definition"]
+    rest = statement["rest"][0]
+    for operation in [*rest["operation"], *(o for r in rest["resource"] for o in r["operation"])]:
+        definition_id = operation["definition"].rsplit("/", 1)[1]
+        served = client.get(f"/fhir/OperationDefinition/{definition_id}").get_json()
+        assert served["url"] == operation["definition"]
 
 
 def test_unknown_operation_definition_is_404(client: FlaskClient) -> None:

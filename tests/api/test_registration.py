@@ -16,6 +16,7 @@ from tests.api.conftest import BASE, outcome
 INSTALLED = [
     "SearchParameter/fanoni-slot-end",
     "OperationDefinition/book",
+    "OperationDefinition/bulk-publish",
     "OperationDefinition/cancel",
     "OperationDefinition/confirm",
     "OperationDefinition/find",

@@ -166,17 +166,25 @@ class FakeFhirStore(FakeStore):
         self, resource_type: str, params: Sequence[tuple[str, str]]
     ) -> tuple[list[Resource], list[Resource]]:
         includes = [value for name, value in params if name == "_include"]
-        matches = self.search(resource_type, [(n, v) for n, v in params if n != "_include"])
+        iterated = [value for name, value in params if name == "_include:iterate"]
+        matches = self.search(resource_type, [(n, v) for n, v in params if not n.startswith("_include")])
         included: list[Resource] = []
         for include in includes:
             source, _, element = include.partition(":")
             assert source == resource_type, include
-            for match in matches:
-                for reference in match.get(element) or []:
-                    found = self.resources.get(str((reference or {}).get("reference")))
-                    if found is not None and found not in included:
-                        included.append(copy.deepcopy(found))
+            self._include(matches, element, included)
+        for include in iterated:  # applied to what was included (one level deep is all we need)
+            source, _, element = include.partition(":")
+            self._include([r for r in included if r["resourceType"] == source], element, included)
         return matches, included
+
+    def _include(self, sources: list[Resource], element: str, included: list[Resource]) -> None:
+        for source in sources:
+            value = source.get(element) or []
+            for reference in value if isinstance(value, list) else [value]:
+                found = self.resources.get(str((reference or {}).get("reference")))
+                if found is not None and found not in included:
+                    included.append(copy.deepcopy(found))
 
     @staticmethod
     def _matches(resource: Resource, name: str, value: str) -> bool:
@@ -184,6 +192,10 @@ class FakeFhirStore(FakeStore):
             return resource.get("id") in value.split(",")
         if name == "status":
             return resource.get("status") in value.split(",")
+        if name == "active:not":  # a resource without ``active`` matches, as on HAPI
+            return str(resource.get("active", "")).lower() not in value.split(",")
+        if name == "practitioner":
+            return (resource.get("practitioner") or {}).get("reference") in value.split(",")
         if name == "identifier":
             system, _, code = value.rpartition("|")
             return any(
