@@ -29,6 +29,7 @@ from plugin.doctor_config import check_configuration
 from plugin.doctor_findings import Finding
 from plugin.doctor_read import ClinicData, DoctorStore, default_window, read_clinic
 from plugin.doctor_report import Run, as_json, as_text
+from plugin.doctor_service_types import check_service_types
 from plugin.logs import configure_logging
 from plugin.upstream import UpstreamClient
 from plugin.upstream_errors import UpstreamError
@@ -83,9 +84,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def diagnose(clinic: ClinicData) -> list[Finding]:
-    """Every finding about the clinic: its configuration, then what is booked on it."""
+    """Every finding about the clinic: its configuration, what is booked on it, and the
+    service-type codes that match nothing."""
     findings, configuration = check_configuration(clinic)
-    return findings + check_bookings(clinic, configuration)
+    return findings + check_bookings(clinic, configuration) + check_service_types(clinic, configuration)
 
 
 def run(

@@ -80,6 +80,16 @@ CODES: dict[str, Code] = {
         "delete the Slot: its Appointment has ended, the time should be free "
         "(check NOTIFICATION_URL and the hold sweep)",
     ),
+    "slot-service-type-unmatched": Code(
+        "error",
+        "give the Slot the type code of a service its Schedule offers (HealthcareService.type), "
+        "or remove its serviceType to make it apply to every service",
+    ),
+    "service-type-without-reference": Code(
+        "warning",
+        "to offer the service, add the service-type-reference extension (HealthcareService/<id>) "
+        "to the concept; a code that only describes the Schedule may stay",
+    ),
     "hold-stuck": Code(
         "warning",
         "check that a sidecar with HOLD_SWEEP_SECONDS > 0 is running; cancel the hold with $cancel",

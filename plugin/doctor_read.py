@@ -10,11 +10,12 @@ clinic. Reads only: nothing here writes.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from operations.fhir_values import as_list, format_instant, reference_id
-from operations.model import Interval
+from operations.config_values import codings
+from operations.fhir_values import as_list, dig, format_instant, reference_id
+from operations.model import SERVICE_TYPE_REFERENCE_URL, Coding, Interval
 from operations.parameters import service_references
 from operations.store import Resource
 from operations.writes import HOLD_TAG, booking_marker, slot_ids
@@ -25,6 +26,14 @@ from plugin.upstream import FhirUpstream, UpstreamClient
 CHUNK = 50
 """Ids per search (``_id=a,b,…``, ``schedule=…``, ``slot=…``): 50 references stay well under the
 8 KiB request line servers accept."""
+
+TOKEN_BUDGET = 3000
+"""Characters of ``system|code`` tokens per ``service-type`` search (besides at most
+:data:`CHUNK` of them): a code system is a URI of any length, so the count alone would not
+bound the request line; 3000 characters stay under 8 KiB even once percent-encoded."""
+
+_STRICT = {"Prefer": "handling=strict"}
+"""A server that ignored ``service-type`` would answer with every HealthcareService."""
 
 PageReport = Callable[[str, int, int | None], None]
 """``(resource type, entries on this page, total of the search if the server counted it)``."""
@@ -51,6 +60,15 @@ class ClinicData:
     now: datetime
     hold_grace: timedelta
     """How long past its expiry a hold may stay before it counts as stuck (the sweep period)."""
+    services_by_type: dict[str, Resource] = field(default_factory=dict)
+    """HealthcareServices whose ``type`` has a code of a Schedule ``serviceType`` concept that
+    names no service by reference (what that concept may have meant), by id; some may be in
+    :attr:`services` too."""
+
+    @property
+    def services_read(self) -> int:
+        """How many distinct HealthcareServices were read."""
+        return len(self.services.keys() | self.services_by_type.keys())
 
 
 class DoctorStore(FhirUpstream):
@@ -128,6 +146,7 @@ def read_clinic(
     phase("HealthcareServices")
     wanted = sorted({sid for s in schedules for sid in _offered_ids(s)})
     services = {str(r.get("id")): r for r in _by_ids(store, "HealthcareService", wanted)}
+    by_type = services_of_types(store, schedules)
 
     phase("Slots")
     slots = _unique(
@@ -171,7 +190,63 @@ def read_clinic(
         window=window,
         now=now,
         hold_grace=hold_grace,
+        services_by_type=by_type,
     )
+
+
+def unreferenced_concepts(schedule: Resource) -> list[tuple[int, Resource]]:
+    """``(index, concept)`` of the Schedule's ``serviceType`` concepts that carry codings but no
+    service-type-reference extension: they name no service (SPEC §2.3 matches by reference)."""
+    found = []
+    for index, concept in enumerate(as_list(schedule.get("serviceType"))):
+        if not isinstance(concept, dict) or not codings([concept]):
+            continue
+        if any(dig(e, "url") == SERVICE_TYPE_REFERENCE_URL for e in as_list(concept.get("extension"))):
+            continue
+        found.append((index, concept))
+    return found
+
+
+def services_of_types(store: FhirUpstream, schedules: Iterable[Resource]) -> dict[str, Resource]:
+    """The HealthcareServices whose ``type`` may share a coding with a Schedule's unreferenced
+    ``serviceType`` concept (:func:`unreferenced_concepts`): one ``service-type`` search with
+    every code, comma-separated (more only past :data:`CHUNK` codes or :data:`TOKEN_BUDGET`
+    characters); no search at all when no Schedule has such a concept. The server matches a
+    code without system in any system: the checks keep the exact matches."""
+    wanted = sorted(
+        {c for s in schedules for _, concept in unreferenced_concepts(s) for c in codings([concept])},
+        key=lambda c: (c.system or "", c.code or ""),
+    )
+    tokens = [_token(c) for c in wanted if c.code]
+    return {
+        str(r.get("id")): r
+        for chunk in _token_chunks(tokens)
+        for r in store.search("HealthcareService", [("service-type", ",".join(chunk))], headers=_STRICT)
+    }
+
+
+def _token(coding: Coding) -> str:
+    """A token search value: ``system|code``, or ``code`` (any system) without a system; the
+    characters search syntax gives a meaning to are escaped (FHIR search, "Escaping")."""
+
+    def escaped(text: str) -> str:
+        return "".join("\\" + ch if ch in "\\,|$" else ch for ch in text)
+
+    code = escaped(coding.code or "")
+    return f"{escaped(coding.system)}|{code}" if coding.system else code
+
+
+def _token_chunks(tokens: Sequence[str]) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    size = 0
+    for token in tokens:
+        if chunk and (len(chunk) == CHUNK or size + len(token) > TOKEN_BUDGET):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(token)
+        size += len(token) + 1
+    if chunk:
+        yield chunk
 
 
 def is_booking_slot(slot: Resource) -> bool:

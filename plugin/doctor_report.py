@@ -53,7 +53,7 @@ def as_json(run: Run) -> str:
         "window": {"start": format_instant(clinic.window.start), "end": format_instant(clinic.window.end)},
         "read": {
             "schedules": len(clinic.schedules),
-            "healthcareServices": len(clinic.services),
+            "healthcareServices": clinic.services_read,
             "actors": len(clinic.actors),
             "slots": len(clinic.slots),
             "appointments": len(clinic.appointments),
@@ -73,7 +73,7 @@ def as_text(run: Run) -> str:
     lines = [
         f"fanoni-scheduling doctor: {run.fhir_base_url} (with {who})",
         f"Read {_count(len(clinic.schedules), 'Schedule')}, "
-        f"{_count(len(clinic.services), 'HealthcareService')}, {_count(len(clinic.actors), 'actor')}, "
+        f"{_count(clinic.services_read, 'HealthcareService')}, {_count(len(clinic.actors), 'actor')}, "
         f"{_count(len(clinic.slots), 'Slot')} and {_count(len(clinic.appointments), 'Appointment')} "
         f"from {_minute(clinic.window.start)} to {_minute(clinic.window.end)} "
         f"({run.round_trips} round trips, {run.seconds:.1f} s).",

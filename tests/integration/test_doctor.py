@@ -35,6 +35,7 @@ from tests.unit import builders
 
 Resource = dict[str, Any]
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
+VISIT_TYPES = "http://example.org/visit-type"  # the system of builders.service's type codes
 
 
 class TTY(io.StringIO):
@@ -163,6 +164,7 @@ def broken_clinic(fhir_base: str) -> tuple[str, list[str]]:
     now = datetime.now(UTC)
     lapsed = (now - timedelta(hours=1)).isoformat()
     service = f"{p}-visit"
+    coded = builders.schedule(f"{p}-coded", f"Practitioner/{p}-ann", [service])
     resources: list[Resource] = [
         builders.practitioner(f"{p}-ann", "America/New_York"),
         builders.practitioner(f"{p}-bob", "America/New_York"),
@@ -181,6 +183,8 @@ def broken_clinic(fhir_base: str) -> tuple[str, list[str]]:
         builders.service(
             f"{p}-long", hours=[builders.hours("mon tue wed thu fri", "09:00", "17:00")], duration=600
         ),
+        # Offered by no Schedule: only its type code names it (found by the service-type search).
+        builders.service(f"{p}-derm", duration=20, code=(VISIT_TYPES, f"{p}-derm")),
         # Configuration defects.
         {
             **builders.schedule(f"{p}-two", f"Practitioner/{p}-ann", [service]),
@@ -207,6 +211,15 @@ def broken_clinic(fhir_base: str) -> tuple[str, list[str]]:
         builders.schedule(f"{p}-room", f"Location/{p}-room", [service]),
         # Cat's schedule carries the booking defects.
         builders.schedule(f"{p}-cat", f"Practitioner/{p}-cat", [service]),
+        # Codes without a reference: one of a service it does not offer, one of no service at all.
+        {
+            **coded,
+            "serviceType": [
+                *coded["serviceType"],
+                {"coding": [{"system": VISIT_TYPES, "code": f"{p}-derm"}]},
+                {"coding": [{"system": VISIT_TYPES, "code": f"{p}-nothing"}]},
+            ],
+        },
     ]
 
     def slot(sid: str, schedule: str, status: str, start: str, end: str, **extra: Any) -> Resource:
@@ -262,9 +275,20 @@ def broken_clinic(fhir_base: str) -> tuple[str, list[str]]:
         appointment(
             "stuck", "pending", [f"Practitioner/{p}-cat"], ["held"], meta={"tag": [HOLD_TAG]}, **hold_expired
         ),
+        # An administrator's block for a visit type the Schedule does not offer: it blocks nothing.
+        slot(
+            "derm-block",
+            "coded",
+            "busy-unavailable",
+            "15:00",
+            "16:00",
+            serviceType=[{"coding": [{"system": VISIT_TYPES, "code": f"{p}-derm"}]}],
+        ),
     ]
     load(fhir_base, *resources)
-    schedules = ["two", "none", "zoneless", "nodur", "unoffered", "long", "ghost", "bob", "room", "cat"]
+    # Cat's last: the credentials test checks it alone.
+    schedules = ["two", "none", "zoneless", "nodur", "unoffered", "long", "ghost", "bob", "room", "coded"]
+    schedules.append("cat")
     return p, [f"{p}-{s}" for s in schedules]
 
 
@@ -298,6 +322,9 @@ EXPECTED = [
     ("slot-without-appointment", "Slot/{p}-orphan", "Slot"),
     ("slot-of-ended-appointment", "Slot/{p}-left-over", "Slot"),
     ("hold-stuck", "Appointment/{p}-stuck", "Appointment.extension[0]"),
+    ("slot-service-type-unmatched", "Slot/{p}-derm-block", "Slot.serviceType[0]"),
+    ("service-type-without-reference", "Schedule/{p}-coded", "Schedule.serviceType[1]"),
+    ("service-type-without-reference", "Schedule/{p}-coded", "Schedule.serviceType[2]"),
 ]
 
 
@@ -318,7 +345,7 @@ def test_nothing_else_is_reported_and_the_schema_holds(
     report = json.loads(result.stdout)
     assert findings_of(result.stdout) == {(c, r.format(p=p), e) for c, r, e in EXPECTED}
     assert report["schemaVersion"] == 1
-    assert report["summary"] == {"errors": 12, "warnings": 1}
+    assert report["summary"] == {"errors": 13, "warnings": 3}
     assert report["exitStatus"] == 1
     assert report["read"]["schedules"] == len(schedules)
     for finding in report["findings"]:
@@ -327,6 +354,14 @@ def test_nothing_else_is_reported_and_the_schema_holds(
     over = next(f for f in report["findings"] if f["code"] == "slots-over-capacity")
     assert f"Slot/{p}-around, Slot/{p}-by-sidecar" in over["message"]
     assert "10:15:00-05:00 to" in over["message"]  # the overlap, in the Schedule's time zone
+    # The service the code means was found by its type on HAPI (no Schedule references it).
+    meant = {
+        f["expression"]: f["message"] for f in report["findings"] if f["resource"] == f"Schedule/{p}-coded"
+    }
+    assert f"it probably means HealthcareService/{p}-derm (whose type" in meant["Schedule.serviceType[1]"]
+    assert "no HealthcareService has that type" in meant["Schedule.serviceType[2]"]
+    # visit, nodur and long by id (ghost does not exist), derm by its type.
+    assert report["read"]["healthcareServices"] == 4
 
 
 def test_human_report_and_paging_in_small_pages_find_the_same(
@@ -340,11 +375,11 @@ def test_human_report_and_paging_in_small_pages_find_the_same(
     )
     assert status == 1
     assert out.startswith(f"fanoni-scheduling doctor: {hapi.base_url} (with the sidecar's own credentials)")
-    assert "\n12 ERRORS\n" in out and "\n1 WARNING\n" in out
+    assert "\n13 ERRORS\n" in out and "\n3 WARNINGS\n" in out
     assert f"  Schedule/{p}-two\n    schedule-actor-count at Schedule.actor[1]\n" in out
     assert "      fix: give the Schedule exactly one actor" in out
     assert out.rstrip().endswith(
-        "12 errors, 1 warning: scheduling is wrong (codes explained in docs/doctor.md)."
+        "13 errors, 3 warnings: scheduling is wrong (codes explained in docs/doctor.md)."
     )
     for code, resource, expression in EXPECTED:
         assert f"    {code} at {expression}\n" in out and f"  {resource.format(p=p)}\n" in out
