@@ -127,13 +127,11 @@ def slot_applies(slot: SlotOverlay, service: Service) -> bool:
     return bool(slot.service_codings & service.type_codings) or service.id in slot.service_ids
 
 
-def busy_time(slots: Iterable[SlotOverlay], capacity: int, now: datetime) -> list[Interval]:
-    """The time a new booking of ``capacity`` cannot use (SPEC §3, ``slotCapacity``).
-
-    Hard blocks (``busy-unavailable`` that are not booking buffers) always count. Footprints
-    of bookings (visit and buffer Slots) block where their number reaches the new booking's
-    capacity or the capacity stamped on any of them (unstamped = 1). Lapsed holds count not.
-    """
+def _blocks_and_footprints(
+    slots: Iterable[SlotOverlay], now: datetime
+) -> tuple[list[Interval], list[tuple[datetime, datetime, int]]]:
+    """The hard blocks, and the bookings' footprints as (start, end, stamped capacity), among
+    ``slots`` that take time now: free Slots, entered-in-error and lapsed holds take none."""
     hard: list[Interval] = []
     footprints: list[tuple[datetime, datetime, int]] = []
     for slot in slots:
@@ -145,6 +143,17 @@ def busy_time(slots: Iterable[SlotOverlay], capacity: int, now: datetime) -> lis
             hard.append(slot.interval)
         else:
             footprints.append((slot.interval.start, slot.interval.end, slot.capacity or 1))
+    return hard, footprints
+
+
+def busy_time(slots: Iterable[SlotOverlay], capacity: int, now: datetime) -> list[Interval]:
+    """The time a new booking of ``capacity`` cannot use (SPEC §3, ``slotCapacity``).
+
+    Hard blocks (``busy-unavailable`` that are not booking buffers) always count. Footprints
+    of bookings (visit and buffer Slots) block where their number reaches the new booking's
+    capacity or the capacity stamped on any of them (unstamped = 1). Lapsed holds count not.
+    """
+    hard, footprints = _blocks_and_footprints(slots, now)
     if capacity <= 1 or all(cap <= 1 for _, _, cap in footprints):
         return merge([*hard, *(Interval(s, e) for s, e, _ in footprints)])
     return merge([*hard, *_over_capacity(footprints, capacity)])
@@ -155,16 +164,11 @@ def spare_capacity(slots: Iterable[SlotOverlay], capacity: int, now: datetime, f
     the least, over every instant of it, of the admitting limit (``capacity``, or a smaller
     capacity stamped on a footprint there) minus the footprints there. Hard blocks are not
     looked at: a footprint that meets one is not offered in the first place."""
-    footprints: list[tuple[datetime, datetime, int]] = []
-    for slot in slots:
-        if slot.status in (SlotStatus.FREE, SlotStatus.ENTERED_IN_ERROR):
-            continue
-        if slot.hold_expires is not None and slot.hold_expires <= now:
-            continue
-        if slot.status == SlotStatus.BUSY_UNAVAILABLE and not slot.is_buffer:
-            continue
-        if slot.interval.start < footprint.end and slot.interval.end > footprint.start:
-            footprints.append((slot.interval.start, slot.interval.end, slot.capacity or 1))
+    footprints = [
+        (start, end, cap)
+        for start, end, cap in _blocks_and_footprints(slots, now)[1]
+        if start < footprint.end and end > footprint.start
+    ]
     spare = capacity
     bounds = sorted({footprint.start, footprint.end, *(t for s, e, _ in footprints for t in (s, e))})
     for left, right in itertools.pairwise(bounds):

@@ -287,3 +287,24 @@ class FakeFhirStore(FakeStore):
         self.resources = staged
         self.transactions.append(bundle)
         return {"resourceType": "Bundle", "type": "transaction-response", "entry": out}
+
+
+class Waves:
+    """A ``Together`` that counts sequential round trips: each group of reads run together is
+    one, and so is each store call made on its own."""
+
+    def __init__(self, store: FakeFhirStore) -> None:
+        self.store = store
+        self.groups: list[list[str]] = []
+        self._grouped = 0
+
+    def __call__(self, *calls: Callable[[], Any]) -> list[Any]:
+        before = len(self.store.calls)
+        results = [call() for call in calls]
+        self.groups.append(self.store.calls[before:])
+        self._grouped += len(self.store.calls) - before
+        return results
+
+    @property
+    def count(self) -> int:
+        return len(self.groups) + len(self.store.calls) - self._grouped

@@ -6,35 +6,13 @@ read, (3) the transaction."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from typing import Any
 
 from operations.booking import book
 from operations.proposal import BookingRequest
 from operations.store import Stores
-from tests.unit.fake_store import FakeFhirStore
+from tests.unit.fake_store import FakeFhirStore, Waves
 from tests.unit.test_booking import TTL, FakeClock, at, clinic
-
-
-class Waves:
-    """A ``Together`` that counts sequential round trips: each group of reads run together is
-    one, and so is each store call made on its own."""
-
-    def __init__(self, store: FakeFhirStore) -> None:
-        self.store = store
-        self.groups: list[list[str]] = []
-        self._grouped = 0
-
-    def __call__(self, *calls: Callable[[], Any]) -> list[Any]:
-        before = len(self.store.calls)
-        results = [call() for call in calls]
-        self.groups.append(self.store.calls[before:])
-        self._grouped += len(self.store.calls) - before
-        return results
-
-    @property
-    def count(self) -> int:
-        return len(self.groups) + len(self.store.calls) - self._grouped
 
 
 def booked(store: FakeFhirStore, proposal: dict[str, Any], *, hold: bool = False) -> Waves:

@@ -24,7 +24,7 @@ from scripts.sample_clinic import published as with_publishing
 from scripts.sample_clinic import sample_resources
 from tests.support.smart_links import check_publication
 from tests.unit.builders import hours, location, practitioner, schedule, service, slot
-from tests.unit.fake_store import FakeFhirStore
+from tests.unit.fake_store import FakeFhirStore, Waves
 
 Resource = dict[str, Any]
 NEW_YORK = ZoneInfo("America/New_York")
@@ -357,26 +357,6 @@ def test_the_sample_clinic_publishes_dr_alice_at_main_street() -> None:
 # ---- reads -------------------------------------------------------------------------------------
 
 
-class Waves:
-    """A ``Together`` that counts sequential rounds of reads (as tests/unit/test_booking_round_trips.py)."""
-
-    def __init__(self, store: FakeFhirStore) -> None:
-        self.store = store
-        self.groups: list[list[str]] = []
-        self._grouped = 0
-
-    def __call__(self, *calls: Callable[[], Any]) -> list[Any]:
-        before = len(self.store.calls)
-        results = [call() for call in calls]
-        self.groups.append(self.store.calls[before:])
-        self._grouped += len(self.store.calls) - before
-        return results
-
-    @property
-    def rounds(self) -> int:
-        return len(self.groups) + len(self.store.calls) - self._grouped
-
-
 def many(count: int, **block: Any) -> FakeFhirStore:
     store = clinic(**block)
     for n in range(count):
@@ -392,7 +372,7 @@ def test_two_rounds_of_reads_whatever_the_number_of_schedules() -> None:
         waves = Waves(store)
         publication = published(store, together=waves)
         assert len(publication.schedules) == count + 1
-        assert waves.rounds == 2
+        assert waves.count == 2
         # 121 schedules need 3 Slot searches and 3 role searches of at most 50 ids, all in round 2.
         assert waves.groups[0][0] == "search HealthcareService"
 
@@ -401,7 +381,7 @@ def test_a_booking_limit_reads_the_rest_of_its_week_in_a_third_round() -> None:
     store = many(60, bookingLimit=[(20, "wk")])
     waves = Waves(store)
     published(store, together=waves)
-    assert waves.rounds == 3
+    assert waves.count == 3
     # Its week began on Monday 30 November and ends on Sunday 13 December: the Slots before and
     # after the range, for 61 schedules in searches of at most 50.
     assert waves.groups[-1] == ["search_slots"] * 4
