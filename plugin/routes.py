@@ -14,7 +14,7 @@ from typing import Any
 
 from flask import Blueprint, Response, g, request
 
-from operations import booking, cancel, confirm, find, reschedule
+from operations import booking, cancel, confirm, find, ihe_find, reschedule
 from operations.errors import InvalidRequest, NotFound
 from operations.fhir_values import as_list, is_fhir_id
 from plugin import version
@@ -41,7 +41,7 @@ fhir.before_request(check_format)
 @fhir.route("/Appointment/$find", methods=["GET", "POST"])
 def appointment_find() -> Response:
     g.operation = "Appointment/$find"
-    return fhir_response(find.find_appointments(request_stores("find", writes=False), _find_request()))
+    return fhir_response(ihe_find.find_appointments(request_stores("find", writes=False), _find_request()))
 
 
 @fhir.route("/Schedule/<schedule_id>/$find", methods=["GET", "POST"])
