@@ -125,6 +125,7 @@ def resolve(stores: Stores, request: FindRequest) -> Resolution:
         if not named:
             continue
         pool: list[str] = []
+        offered = False
         for who in named:
             own = [
                 str(s.get("id")) for s in owners.get(f"{_kind(name)}/{who.id}", []) if _offers(s, service_id)
@@ -137,14 +138,16 @@ def resolve(stores: Stores, request: FindRequest) -> Resolution:
                         code="not-found",
                     )
                 )
+            offered = offered or bool(own)
             for schedule_id in own:
-                if schedule_id not in taken:
+                if schedule_id not in taken:  # one Schedule, one group: named first wins
                     taken.add(schedule_id)
                     pool.append(schedule_id)
                     expressions[schedule_id] = who.expression
-        if not pool:
+        if not offered:
             return Resolution(request, stores, notices, nothing=True)
-        groups.append(tuple(pool))
+        if pool:
+            groups.append(tuple(pool))
     if len(taken) > criteria.max_schedules:
         raise Unprocessable(
             f"The practitioners and locations named have {len(taken)} Schedules offering "

@@ -180,6 +180,19 @@ def test_schedule_groups_stay_beside_the_resolved_ones() -> None:
     ) == ((("north",), ("bob", "alice")), "checkup")
 
 
+def test_a_schedule_named_outright_is_not_named_again_by_its_practitioner() -> None:
+    assert groups(
+        ("schedule", "Schedule/alice"), ("practitioner", "Practitioner/bob,Practitioner/alice")
+    ) == (
+        (("alice",), ("bob",)),
+        "checkup",
+    )
+    assert groups(("schedule", "Schedule/alice"), ("practitioner", "Practitioner/alice")) == (
+        (("alice",),),
+        "checkup",
+    )
+
+
 def test_a_practitioner_alone_finds_their_hours() -> None:
     found = find(clinic(), ("practitioner", "Practitioner/alice"))
     assert starts(found) == ["09:00", "10:00", "11:00"]
