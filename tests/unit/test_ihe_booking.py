@@ -4,7 +4,6 @@ and ``comment``. Dr. Alice's Monday 2026-12-07 as in test_booking.py; now is 202
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -18,6 +17,7 @@ from operations.stored_booking import book_stored
 from tests.unit.builders import patient
 from tests.unit.fake_store import FakeFhirStore
 from tests.unit.test_booking import TTL, FakeClock, at, clinic, do_book, of_type
+from tests.unit.test_find_reads import Recording
 
 APPOINTMENT_REFERENCE = "Parameters.appointment-reference"
 
@@ -258,18 +258,13 @@ def test_a_patient_the_caller_cannot_read_stops_the_confirmation() -> None:
 def test_the_patient_is_read_with_the_callers_read_of_the_appointment() -> None:
     store = with_patient()
     hold_id = held(store)
-    groups: list[int] = []
-
-    def together(*calls: Callable[[], Any]) -> list[Any]:
-        groups.append(len(calls))
-        return [call() for call in calls]
-
+    together = Recording()
     inputs = BookingInputs.from_body(parameters(reference(hold_id), patient_ref("pat")))
     store.calls.clear()
     book_stored(
         Stores(caller=store, service=store, together=together), inputs, hold=False, clock=FakeClock().clock()
     )
-    assert groups[0] == 2
+    assert together.groups[0] == 2
     assert store.calls[:2] == ["read Appointment", "search Patient"]
 
 

@@ -11,7 +11,6 @@ pools branch): they fail until it merges.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -33,22 +32,12 @@ from tests.unit.builders import (
     window,
 )
 from tests.unit.fake_store import FakeFhirStore
+from tests.unit.test_find_reads import Recording
 
 NY = "America/New_York"
 VISIT = "http://example.org/visit-type"
 SPECIALTY = "http://snomed.info/sct"
 CARDIOLOGY = f"{SPECIALTY}|394579002"
-
-
-class Recording:
-    """A ``Together`` that runs the calls in order and remembers how many went out at once."""
-
-    def __init__(self) -> None:
-        self.groups: list[int] = []
-
-    def __call__(self, *calls: Callable[[], Any]) -> list[Any]:
-        self.groups.append(len(calls))
-        return [call() for call in calls]
 
 
 def own_hours(start: str, end: str) -> dict[str, Any]:
