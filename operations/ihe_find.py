@@ -31,6 +31,7 @@ from operations.errors import InvalidRequest, SchedulingError, Unprocessable
 from operations.fhir_values import as_list, dig
 from operations.find_request import FindRequest
 from operations.ihe_parameters import IheCriteria, Named, any_carried
+from operations.primed_reader import PrimedReader
 from operations.rendering import outcome_entry, searchset
 from operations.store import FhirReader, Resource, Stores
 
@@ -86,7 +87,7 @@ def resolve(stores: Stores, request: FindRequest) -> Resolution:
     criteria = request.ihe
     reader = stores.caller
     reads = _reads(reader, request)
-    found = dict(zip(reads, stores.together(*reads.values()), strict=True))
+    found = dict(zip(reads, stores.together(*reads.values()), strict=True)) if reads else {}
     for kind, named in (
         ("Practitioner", criteria.practitioners),
         ("Location", criteria.locations),
@@ -118,36 +119,11 @@ def resolve(stores: Stores, request: FindRequest) -> Resolution:
         return Resolution(request, stores, [*notices, *why_not], nothing=True)
     service_id = str(service.get("id"))
 
-    groups = list(request.groups)
-    expressions: dict[str, str] = {}
-    taken = set(request.schedule_ids)
-    for name, named in kinds:
-        if not named:
-            continue
-        pool: list[str] = []
-        offered = False
-        for who in named:
-            own = [
-                str(s.get("id")) for s in owners.get(f"{_kind(name)}/{who.id}", []) if _offers(s, service_id)
-            ]
-            if not own:
-                notices.append(
-                    outcome_entry(
-                        f"{_kind(name)}/{who.id} has no active Schedule offering HealthcareService/{service_id}",
-                        who.expression,
-                        code="not-found",
-                    )
-                )
-            offered = offered or bool(own)
-            for schedule_id in own:
-                if schedule_id not in taken:  # one Schedule, one group: named first wins
-                    taken.add(schedule_id)
-                    pool.append(schedule_id)
-                    expressions[schedule_id] = who.expression
-        if not offered:
-            return Resolution(request, stores, notices, nothing=True)
-        if pool:
-            groups.append(tuple(pool))
+    pools, expressions = _pools(kinds, owners, service_id, set(request.schedule_ids), notices)
+    if pools is None:
+        return Resolution(request, stores, notices, nothing=True)
+    groups = [*request.groups, *pools]
+    taken = {*request.schedule_ids, *expressions}
     if len(taken) > criteria.max_schedules:
         raise Unprocessable(
             f"The practitioners and locations named have {len(taken)} Schedules offering "
@@ -165,6 +141,47 @@ def resolve(stores: Stores, request: FindRequest) -> Resolution:
         notices,
         expressions,
     )
+
+
+def _pools(
+    kinds: Sequence[tuple[str, Sequence[Named]]],
+    owners: dict[str, list[Resource]],
+    service_id: str,
+    taken: set[str],
+    notices: list[Resource],
+) -> tuple[list[tuple[str, ...]] | None, dict[str, str]]:
+    """One group per kind named (practitioners, locations): the active Schedules offering the
+    service of each one named, in order, leaving out Schedules already in a group (``taken``).
+    ``None`` when a kind has none at all; a warning in ``notices`` for each one named without."""
+    pools: list[tuple[str, ...]] = []
+    expressions: dict[str, str] = {}
+    for name, named in kinds:
+        if not named:
+            continue
+        pool: list[str] = []
+        offered = False
+        for who in named:
+            reference = f"{_kind(name)}/{who.id}"
+            own = [str(s.get("id")) for s in owners.get(reference, []) if _offers(s, service_id)]
+            if not own:
+                notices.append(
+                    outcome_entry(
+                        f"{reference} has no active Schedule offering HealthcareService/{service_id}",
+                        who.expression,
+                        code="not-found",
+                    )
+                )
+            offered = offered or bool(own)
+            for schedule_id in own:
+                if schedule_id not in taken:  # one Schedule, one group: named first wins
+                    taken.add(schedule_id)
+                    pool.append(schedule_id)
+                    expressions[schedule_id] = who.expression
+        if not offered:
+            return None, expressions
+        if pool:
+            pools.append(tuple(pool))
+    return pools, expressions
 
 
 def _reads(reader: FhirReader, request: FindRequest) -> dict[str, Callable[[], Any]]:
@@ -359,55 +376,3 @@ class _Issue:
 
     expression: list[str]
     diagnostics: str
-
-
-class PrimedReader:
-    """The caller's reader with the Schedules, actors and services already read for this
-    request: the search reads them again from memory, not from the upstream (the caller's
-    credentials read them a moment ago). Anything else goes to the upstream."""
-
-    def __init__(
-        self,
-        inner: FhirReader,
-        schedules: Sequence[Resource],
-        actors: dict[str, Resource],
-        services: dict[str, Resource | None],
-        absent: Sequence[str] = (),
-    ) -> None:
-        self._inner = inner
-        self._schedules = {str(s.get("id")): s for s in schedules}
-        self._known = set(self._schedules) | set(absent)
-        """Ids read, whether found or not: a Schedule named but missing is missing here too."""
-        self._actors = actors
-        self._services = services
-
-    def read_schedules(self, ids: Sequence[str]) -> tuple[list[Resource], dict[str, Resource]]:
-        if not set(ids) <= self._known:
-            return self._inner.read_schedules(ids)
-        return [self._schedules[i] for i in ids if i in self._schedules], dict(self._actors)
-
-    def read_service(self, service_id: str) -> Resource | None:
-        if service_id in self._services:
-            return self._services[service_id]
-        return self._inner.read_service(service_id)
-
-    def search_schedules_by_actor(
-        self, references: Sequence[str], *, via_role: bool = False
-    ) -> tuple[list[Resource], dict[str, Resource]]:
-        return self._inner.search_schedules_by_actor(references, via_role=via_role)
-
-    def search_services(self, service_types: Sequence[str]) -> list[Resource]:
-        return self._inner.search_services(service_types)
-
-    def read(self, resource_type: str, resource_id: str) -> Resource | None:
-        return self._inner.read(resource_type, resource_id)
-
-    def search(
-        self, resource_type: str, params: Sequence[tuple[str, str]], *, limit: int | None = None
-    ) -> list[Resource]:
-        return self._inner.search(resource_type, params, limit=limit)
-
-    def search_including(
-        self, resource_type: str, params: Sequence[tuple[str, str]]
-    ) -> tuple[list[Resource], list[Resource]]:
-        return self._inner.search_including(resource_type, params)
