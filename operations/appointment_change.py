@@ -10,7 +10,7 @@ re-reads and decides again.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from operations.errors import ConcurrentChange, NotFound, OutcomeUnknown, StoreFailure
@@ -68,13 +68,17 @@ def change_appointment(
     clock: Clock,
     policy: RetryPolicy | None,
     operation: str,
+    permission_reads: Sequence[Callable[[], object]] = (),
 ) -> T:
     """The frame of an operation on one stored Appointment: read it with the caller's
     credentials (permission: a caller may change what it may read), then run ``step`` on the
     sidecar's own fresh read of it -- with the sidecar's store and the operation's
-    :class:`LostWrite` -- until it stops losing version checks (``operations/retries.py``)."""
+    :class:`LostWrite` -- until it stops losing version checks (``operations/retries.py``).
+
+    ``permission_reads`` (reads and checks of what else the change names, with the caller's
+    credentials) run together with the caller's read of the Appointment: no round trip more."""
     stores = as_stores(stores)
-    read_appointment(stores.caller, appointment_id)
+    stores.together(lambda: read_appointment(stores.caller, appointment_id), *permission_reads)
     store = stores.service
     lost = LostWrite()
 

@@ -13,8 +13,10 @@ from operations.errors import OutcomeUnknown, Unprocessable
 from operations.fhir_values import format_instant, transaction_bundle
 from operations.locks import NO_LOCKS, fence, lock_entries, read_locks
 from operations.model import HOLD_EXPIRES_URL, SlotStatus
+from operations.participants import patient_checks
+from operations.proposal import Additions
 from operations.retries import Clock, RetryPolicy
-from operations.store import FhirStore, Resource, Stores
+from operations.store import FhirStore, Resource, Stores, as_stores
 from operations.writes import BookingResult as OperationResult
 from operations.writes import (
     hold_expiry,
@@ -42,10 +44,21 @@ def _without_expiry(resource: Resource) -> Resource:
 
 
 def confirm(
-    stores: Stores | FhirStore, appointment_id: str, *, clock: Clock, policy: RetryPolicy | None = None
+    stores: Stores | FhirStore,
+    appointment_id: str,
+    *,
+    clock: Clock,
+    policy: RetryPolicy | None = None,
+    additions: Additions | None = None,
 ) -> OperationResult:
     """A ``pending`` (unexpired) or ``proposed`` Appointment becomes ``booked``; its held Slots
-    become ``busy`` and lose their expiry, buffers included. 200 with the transaction-response."""
+    become ``busy`` and lose their expiry, buffers included. 200 with the transaction-response.
+
+    ``additions`` (``$book`` of a stored Appointment, IHE ITI-117) are written with it: the
+    comment, and the patients as participants -- each readable with the caller's credentials,
+    checked together with the caller's read of the Appointment."""
+    stores = as_stores(stores)
+    changes = additions or Additions()
 
     def step(store: FhirStore, appointment: Resource, lost: LostWrite) -> OperationResult:
         status = appointment.get("status")
@@ -72,9 +85,8 @@ def confirm(
                 expression="Appointment.extension",
             )
         entries = [*lock_entries(locks)]
-        entries.append(
-            versioned_put(_without_expiry(appointment) | {"status": "booked"}, version_of(appointment))
-        )
+        booked = changes.apply(_without_expiry(appointment)) | {"status": "booked"}
+        entries.append(versioned_put(booked, version_of(appointment)))
         for slot in slots:
             updated = _without_expiry(slot)
             if updated.get("status") == SlotStatus.BUSY_TENTATIVE:
@@ -93,4 +105,12 @@ def confirm(
             raise retry from exc
         return OperationResult(200, response_bundle(response))
 
-    return change_appointment(stores, appointment_id, step, clock=clock, policy=policy, operation="$confirm")
+    return change_appointment(
+        stores,
+        appointment_id,
+        step,
+        clock=clock,
+        policy=policy,
+        operation="$confirm",
+        permission_reads=patient_checks(stores.caller, changes),
+    )

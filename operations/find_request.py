@@ -1,14 +1,15 @@
-"""A ``$find`` request as the caller sent it, validated (SPEC §4, §7.3, §7.4): 400 naming the
-parameter at fault, or a :class:`FindRequest`."""
+"""A ``$find`` request as the caller sent it, validated (SPEC §4, §7.2, §7.3, §7.4): 400 naming
+the parameter at fault, or a :class:`FindRequest`."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from operations.errors import InvalidRequest
 from operations.fhir_values import parse_instant, reference_id
+from operations.ihe_parameters import IheCriteria
 from operations.series import DEFAULT_MAX_SERIES, Recurrence, parse_recurrence
 
 DEFAULT_COUNT = 20
@@ -38,6 +39,9 @@ class FindRequest:
     """The schedules as the caller grouped them (SPEC §7.2): each group is one ``schedule``
     parameter, a pool whose comma-separated members are "any one of"; the groups are "all of".
     Empty means one group per id of ``schedule_ids``."""
+    ihe: IheCriteria = field(default_factory=IheCriteria)
+    """The IHE ITI-115 parameters (SPEC §7.2): practitioners and locations stand for Schedules,
+    a visit type for the service (``operations/ihe_find.py`` resolves them)."""
 
     @property
     def groups(self) -> tuple[tuple[str, ...], ...]:
@@ -64,6 +68,9 @@ class FindRequest:
         by_name: dict[str, list[str]] = {}
         for name, value in params:
             by_name.setdefault(name, []).append(value)
+        ihe = IheCriteria.from_parameters(
+            by_name, max_schedules=max_schedules, in_url=schedule_id is not None
+        )
 
         start = _single_instant(by_name, "start")
         end = _single_instant(by_name, "end")
@@ -92,9 +99,9 @@ class FindRequest:
             service_id = _reference(
                 service_values[0], "HealthcareService", "Parameters.service-type-reference"
             )
-        elif schedule_id is None:
+        elif schedule_id is None and not ihe.visit_types:
             raise InvalidRequest(
-                "service-type-reference is required (HealthcareService/<id>)",
+                "service-type-reference (HealthcareService/<id>) or visit-type is required",
                 code="required",
                 expression="Parameters.service-type-reference",
             )
@@ -112,9 +119,9 @@ class FindRequest:
                 found.extend(members)
                 named.append(tuple(dict.fromkeys(members)))
             groups = tuple(named)
-            if not found:
+            if not found and not ihe.names_schedules:
                 raise InvalidRequest(
-                    "At least one schedule (Schedule/<id>) is required",
+                    "At least one schedule (Schedule/<id>), practitioner or location-reference is required",
                     code="required",
                     expression="Parameters.schedule",
                 )
@@ -166,6 +173,7 @@ class FindRequest:
             recurrence=recurrence,
             ignore_appointment=ignore,
             schedule_groups=groups,
+            ihe=ihe,
         )
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from operations.errors import InvalidRequest, Unprocessable
 from operations.fhir_values import is_fhir_id
-from operations.proposal import BookingRequest
+from operations.proposal import Additions, BookingRequest
 from operations.store import FhirReader
 
 
@@ -72,7 +72,8 @@ def participant_reads(request: BookingRequest) -> ParticipantReads:
         if not resource_type.isalpha() or not resource_type[:1].isupper() or not is_fhir_id(resource_id):
             reads.malformed.setdefault(reference, f"{path}.reference")
             continue
-        reads.wanted.setdefault(resource_type, {}).setdefault(resource_id, f"{path}.reference")
+        where = request.named_elsewhere.get(reference, f"{path}.reference")
+        reads.wanted.setdefault(resource_type, {}).setdefault(resource_id, where)
     return reads
 
 
@@ -97,3 +98,19 @@ def check_participants(
                 code="not-found",
                 expression=path,
             )
+
+
+def patient_checks(reader: FhirReader, additions: Additions) -> list[Callable[[], None]]:
+    """The patients of ``additions`` read with the caller's credentials (one search), as a
+    check to run with other reads: 422 ``not-found`` at the parameter that named the first
+    patient the search does not return."""
+    if not additions.patients:
+        return []
+    reads = ParticipantReads({"Patient": {who.id: who.expression for who in additions.patients}})
+    [search] = reads.searches(reader)
+
+    def check() -> None:
+        resource_type, found = search()
+        check_participants(reads, {resource_type: found}, ())
+
+    return [check]

@@ -4,19 +4,66 @@ shape and turned into a :class:`BookingRequest` -- or a 400 naming the culprit's
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
 from operations.errors import InvalidRequest
-from operations.fhir_values import dig, parse_instant, reference_id
+from operations.fhir_values import as_list, dig, parse_instant, reference_id
 from operations.find_request import DEFAULT_MAX_SCHEDULES
+from operations.ihe_parameters import Named
 from operations.model import Interval, SlotStatus
 from operations.parameters import service_references
 from operations.series import DEFAULT_MAX_SERIES, Recurrence, parse_recurrence
 from operations.store import Resource
 
 MAX_PARTICIPANTS = 50
+
+StructureCheck = Callable[[Resource, str], None]
+"""Checks an incoming Appointment's structure against FHIR R4 (``plugin/`` supplies one built on
+a FHIR model library); raises ``InvalidRequest`` naming the element at ``root``."""
+
+
+@dataclass(frozen=True)
+class Additions:
+    """What the caller adds to the Appointment beside it (IHE ITI-116/117, SPEC §7.2): patients
+    (``patient-reference``) as participants, and a ``comment``."""
+
+    patients: tuple[Named, ...] = ()
+    comment: str | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.patients) or self.comment is not None
+
+    def apply(self, appointment: Resource) -> Resource:
+        """A copy of ``appointment`` with the comment set and each patient a participant
+        (``required``, ``needs-action``, as ``$find`` names the schedule actors) unless it is one."""
+        changed = copy.deepcopy(appointment)
+        if self.comment is not None:
+            changed["comment"] = self.comment
+        participants = changed.get("participant")
+        if self.patients and isinstance(participants, list | None):
+            participants = list(participants or [])
+            present = {dig(p, "actor", "reference") for p in participants}
+            for who in self.patients:
+                if f"Patient/{who.id}" not in present:
+                    participants.append(
+                        {
+                            "actor": {"reference": f"Patient/{who.id}"},
+                            "required": "required",
+                            "status": "needs-action",
+                        }
+                    )
+            changed["participant"] = participants
+        return changed
+
+    @property
+    def paths(self) -> dict[str, str]:
+        """Per patient reference, the parameter that named it (for errors about it)."""
+        return {f"Patient/{who.id}": who.expression for who in self.patients}
 
 
 @dataclass(frozen=True)
@@ -35,6 +82,9 @@ class BookingRequest:
     root: str
     recurrence: Recurrence | None = None
     """``$book``/``$hold`` of a recurring series: every occurrence, or none (SPEC §7.4)."""
+    named_elsewhere: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Participants the caller named beside the Appointment (``patient-reference``), by
+    reference: the parameter errors about them point at."""
 
     @classmethod
     def from_body(
@@ -43,12 +93,21 @@ class BookingRequest:
         *,
         max_schedules: int = DEFAULT_MAX_SCHEDULES,
         max_series: int = DEFAULT_MAX_SERIES,
+        check_structure: StructureCheck | None = None,
+        additions: Additions | None = None,
     ) -> BookingRequest:
         """The ``appointment`` (alias ``appointment-resource``) of a Parameters body, or a bare
-        Appointment, and a ``recurrence`` (valueTiming) beside it. Raises ``InvalidRequest``
-        (400) naming the culprit's FHIRPath."""
+        Appointment, and a ``recurrence`` (valueTiming) beside it; ``additions`` applied after
+        ``check_structure`` has passed the Appointment as the caller sent it. Raises
+        ``InvalidRequest`` (400) naming the culprit's FHIRPath."""
         appointment, root = _appointment_from_body(body)
+        if check_structure is not None:
+            check_structure(appointment, root)
+        if additions:
+            appointment = additions.apply(appointment)
         request = cls.from_appointment(appointment, root, max_schedules=max_schedules)
+        if additions is not None and additions.patients:
+            request = replace(request, named_elsewhere=additions.paths)
         recurrence = _recurrence_from_body(body, max_series)
         return replace(request, recurrence=recurrence) if recurrence is not None else request
 
@@ -214,7 +273,7 @@ def _appointment_from_body(body: Any) -> tuple[Resource, str]:
         )
     found = [
         p
-        for p in body.get("parameter") or []
+        for p in as_list(body.get("parameter"))
         if isinstance(p, dict) and p.get("name") in ("appointment", "appointment-resource")
     ]
     if not found:
@@ -225,18 +284,21 @@ def _appointment_from_body(body: Any) -> tuple[Resource, str]:
         )
     if len(found) > 1:
         raise InvalidRequest(
-            "'appointment' may be given only once",
+            "'appointment' (or its alias 'appointment-resource') may be given only once",
             code="value",
-            expression="Parameters.appointment[1]",
+            expression=f"Parameters.{found[1]['name']}"
+            + ("[1]" if found[1]["name"] == found[0]["name"] else ""),
         )
+    # Errors point at the parameter as the caller named it.
+    root = f"Parameters.{found[0]['name']}"
     resource = found[0].get("resource")
     if not isinstance(resource, dict) or resource.get("resourceType") != "Appointment":
         raise InvalidRequest(
-            "The 'appointment' parameter must carry an Appointment resource",
+            f"The '{found[0]['name']}' parameter must carry an Appointment resource",
             code="structure",
-            expression="Parameters.appointment",
+            expression=root,
         )
-    return resource, "Parameters.appointment"
+    return resource, root
 
 
 def _recurrence_from_body(body: Resource, max_series: int) -> Recurrence | None:

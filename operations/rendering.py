@@ -138,15 +138,18 @@ class Renderer:
         }
 
 
-def outcome_entry(diagnostics: str, expression: str, severity: str = "warning") -> Resource:
-    """A searchset entry with ``search.mode = outcome`` explaining why nothing is offered."""
+def outcome_entry(
+    diagnostics: str, expression: str, severity: str = "warning", code: str = "business-rule"
+) -> Resource:
+    """A searchset entry with ``search.mode = outcome`` explaining why nothing is offered (or
+    what of the request was left out)."""
     return {
         "resource": {
             "resourceType": "OperationOutcome",
             "issue": [
                 {
                     "severity": severity,
-                    "code": "business-rule",
+                    "code": code,
                     "diagnostics": diagnostics,
                     "expression": [expression],
                 }

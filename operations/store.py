@@ -57,8 +57,28 @@ class SchedulingStore(ConfigurationReader, SlotReader, Protocol):
     """Everything ``$find`` reads, from one identity (tools, benchmarks, the engine's tests)."""
 
 
-class FhirReader(ConfigurationReader, Protocol):
-    """The reads a caller's credentials make: configuration, plus generic reads and searches."""
+class DirectoryReader(Protocol):
+    """The searches that turn IHE ITI-115 criteria into Schedules and a service (SPEC §7.2):
+    one search each, whatever the number of actors or codes named, so ``$find`` stays bounded."""
+
+    def search_schedules_by_actor(
+        self, references: Sequence[str], *, via_role: bool = False
+    ) -> tuple[list[Resource], dict[str, Resource]]:
+        """Every Schedule whose actor is one of ``references`` (``"Practitioner/a"``,
+        ``"Location/b"``) -- or, with ``via_role``, a PractitionerRole whose ``practitioner``
+        is one of them -- and the actors they reference, keyed by relative reference.
+        One search (``_include=Schedule:actor``), every page."""
+        ...
+
+    def search_services(self, service_types: Sequence[str]) -> list[Resource]:
+        """Every HealthcareService whose ``type`` carries one of these tokens
+        (``system|code``, ``|code`` or ``code``). One search, every page."""
+        ...
+
+
+class FhirReader(ConfigurationReader, DirectoryReader, Protocol):
+    """The reads a caller's credentials make: configuration, the directory searches of
+    ``$find``'s IHE parameters, plus generic reads and searches."""
 
     def read(self, resource_type: str, resource_id: str) -> Resource | None:
         """The current version of one resource, or ``None`` when it does not exist (or is gone)."""

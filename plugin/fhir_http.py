@@ -21,6 +21,9 @@ FHIR_JSON_UTF8 = "application/fhir+json; charset=utf-8"
 # FHIR's general parameters (R4 §3.1.0.1.10) apply to any interaction, not to the operation.
 _GENERAL_PARAMETERS = frozenset({"_format", "_pretty"})
 _JSON_FORMATS = frozenset({"json", "application/json", "application/fhir+json"})
+_RESOURCE_PARAMETERS = frozenset({"patient-resource"})
+"""IHE ITI-115 parameters that carry a resource: passed on as JSON text, so the use case can
+answer them by name (docs/ihe.md) rather than for their shape."""
 
 
 def fhir_response(
@@ -125,6 +128,8 @@ def parameters_from_body(raw: bytes) -> list[tuple[str, str]]:
 
 
 def _parameter_value(item: Resource, name: str, expression: str) -> str:
+    if name in _RESOURCE_PARAMETERS and isinstance(item.get("resource"), dict):
+        return json.dumps(item["resource"])
     if "resource" in item or "part" in item:
         raise InvalidRequest(
             f"parameter {name!r} takes a value, not a resource or parts",
@@ -150,8 +155,8 @@ def _parameter_value(item: Resource, name: str, expression: str) -> str:
                 expression=expression,
             )
         return reference
-    if key == "valueTiming" and isinstance(value, dict):
-        return json.dumps(value)  # a Timing (``recurrence``): parsed by the use case
+    if key in ("valueTiming", "valueIdentifier") and isinstance(value, dict):
+        return json.dumps(value)  # a Timing (``recurrence``), an Identifier: parsed by the use case
     if isinstance(value, bool):  # before int: bool is an int in Python
         return "true" if value else "false"
     if isinstance(value, int | float):

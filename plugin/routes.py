@@ -14,12 +14,13 @@ from typing import Any
 
 from flask import Blueprint, Response, g, request
 
-from operations import booking, cancel, confirm, find, reschedule
+from operations import booking, booking_inputs, cancel, confirm, find, ihe_find, reschedule, stored_booking
 from operations.errors import InvalidRequest, NotFound
 from operations.fhir_values import as_list, is_fhir_id
 from plugin import version
 from plugin.context import request_stores, sidecar
 from plugin.fhir_http import check_format, fhir_response, json_body, operation_outcome, operation_parameters
+from plugin.fhir_structure import check_appointment
 from plugin.upstream_errors import UpstreamError
 
 READY_READ_TIMEOUT = 5.0
@@ -41,7 +42,7 @@ fhir.before_request(check_format)
 @fhir.route("/Appointment/$find", methods=["GET", "POST"])
 def appointment_find() -> Response:
     g.operation = "Appointment/$find"
-    return fhir_response(find.find_appointments(request_stores("find", writes=False), _find_request()))
+    return fhir_response(ihe_find.find_appointments(request_stores("find", writes=False), _find_request()))
 
 
 @fhir.route("/Schedule/<schedule_id>/$find", methods=["GET", "POST"])
@@ -79,15 +80,24 @@ def appointment_hold() -> Response:
 
 def _book(*, hold: bool) -> Response:
     state = sidecar()
-    booking_request = _booking_request()
-    result = booking.book(
-        request_stores("hold" if hold else "book"),
-        booking_request,
-        hold=hold,
-        hold_ttl=timedelta(seconds=state.settings.hold_ttl_seconds),
-        clock=_clock(),
-        policy=_policy(),
+    inputs = booking_inputs.BookingInputs.from_body(
+        json_body(request.get_data(cache=True)),
+        max_schedules=state.settings.max_schedules,
+        max_series=state.settings.max_series,
+        check_structure=check_appointment,
     )
+    stores = request_stores("hold" if hold else "book")
+    if inputs.proposal is None:  # appointment-reference: a stored Appointment (IHE ITI-116/117)
+        result = stored_booking.book_stored(stores, inputs, hold=hold, clock=_clock(), policy=_policy())
+    else:
+        result = booking.book(
+            stores,
+            inputs.proposal,
+            hold=hold,
+            hold_ttl=timedelta(seconds=state.settings.hold_ttl_seconds),
+            clock=_clock(),
+            policy=_policy(),
+        )
     g.attempts = result.attempts
     headers: dict[str, str] = {"X-Fanoni-Attempts": str(result.attempts)}
     if result.expires is not None:
@@ -106,6 +116,7 @@ def _booking_request() -> booking.BookingRequest:
         json_body(request.get_data(cache=True)),
         max_schedules=state.settings.max_schedules,
         max_series=state.settings.max_series,
+        check_structure=check_appointment,
     )
 
 

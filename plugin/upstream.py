@@ -175,21 +175,52 @@ class FhirUpstream(Transport):
         wanted = _valid_ids(ids)
         if not wanted:
             return [], {}
-        found = self._search_all("Schedule", [("_id", ",".join(wanted)), ("_include", "Schedule:actor")])
-        by_id: dict[str, Resource] = {}
-        actors: dict[str, Resource] = {}
-        for resource, _mode in found:
-            resource_type, resource_id = resource.get("resourceType"), resource.get("id")
-            if not isinstance(resource_type, str) or not isinstance(resource_id, str):
-                continue
-            if resource_type == "Schedule":
-                if resource_id in wanted:
-                    by_id.setdefault(resource_id, resource)
-            else:
-                actors[f"{resource_type}/{resource_id}"] = resource
+        by_id, actors = self._schedules_with_actors([("_id", ",".join(wanted))])
         schedules = [by_id[i] for i in wanted if i in by_id]
         self._read_missing_actors(schedules, actors)
         return schedules, actors
+
+    def search_schedules_by_actor(
+        self, references: Sequence[str], *, via_role: bool = False
+    ) -> tuple[list[Resource], dict[str, Resource]]:
+        """``Schedule?actor=Practitioner/a,Location/b&_include=Schedule:actor``, or with
+        ``via_role`` the chained ``actor:PractitionerRole.practitioner=...``: one search for all
+        the references, Schedules in id order (the server's order is not specified)."""
+        wanted = list(dict.fromkeys(r for r in references if _is_relative_reference(r)))
+        if not wanted:
+            return [], {}
+        name = "actor:PractitionerRole.practitioner" if via_role else "actor"
+        by_id, actors = self._schedules_with_actors([(name, ",".join(wanted))], headers=_STRICT)
+        schedules = [by_id[i] for i in sorted(by_id)]
+        self._read_missing_actors(schedules, actors)
+        return schedules, actors
+
+    def _schedules_with_actors(
+        self, params: Params, *, headers: Mapping[str, str] | None = None
+    ) -> tuple[dict[str, Resource], dict[str, Resource]]:
+        """The Schedules a search matches, by id, and the actors it included, by reference.
+        (Strict handling for the actor searches: a server that ignored the chain would answer
+        every Schedule it has.)"""
+        found = self._search_all("Schedule", [*params, ("_include", "Schedule:actor")], headers=headers)
+        by_id: dict[str, Resource] = {}
+        actors: dict[str, Resource] = {}
+        for resource, mode in found:
+            resource_type, resource_id = resource.get("resourceType"), resource.get("id")
+            if not isinstance(resource_type, str) or not isinstance(resource_id, str):
+                continue
+            if resource_type == "Schedule" and mode == "match":
+                by_id.setdefault(resource_id, resource)
+            elif resource_type != "Schedule":
+                actors[f"{resource_type}/{resource_id}"] = resource
+        return by_id, actors
+
+    def search_services(self, service_types: Sequence[str]) -> list[Resource]:
+        """``HealthcareService?service-type=system|code,...``: R4 names the search parameter
+        of ``HealthcareService.type`` ``service-type``."""
+        tokens = [t for t in dict.fromkeys(service_types) if t]
+        if not tokens:
+            return []
+        return self.search("HealthcareService", [("service-type", ",".join(tokens))], headers=_STRICT)
 
     def _read_missing_actors(self, schedules: list[Resource], actors: dict[str, Resource]) -> None:
         """Servers that do not support ``_include=Schedule:actor`` (or ignore it) leave actors out;
@@ -409,6 +440,12 @@ def _valid_ids(ids: Sequence[str]) -> list[str]:
         if is_fhir_id(resource_id):
             seen.setdefault(resource_id, None)
     return list(seen)
+
+
+def _is_relative_reference(reference: str) -> bool:
+    """``Type/id`` with a FHIR id: anything else would make the search mean something else."""
+    resource_type, _, resource_id = reference.partition("/")
+    return resource_type.isalpha() and is_fhir_id(resource_id)
 
 
 def _search_instant(value: datetime, *, round_up: bool) -> str:

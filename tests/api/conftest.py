@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -15,11 +16,15 @@ import responses
 from flask import Flask
 from flask.testing import FlaskClient
 
+from operations.ihe_parameters import IheCriteria
 from plugin.app import create_app
 from plugin.config import Settings
 
 BASE = "http://hapi.test/fhir"
 NOW = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
+PLAIN_REQUEST = SimpleNamespace(ihe=IheCriteria())
+"""What a test's stand-in ``FindRequest.from_parameters`` returns: no ITI-115 parameters, so the
+route hands it to the (substituted) plain ``find`` use case."""
 
 
 @pytest.fixture

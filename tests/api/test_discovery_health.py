@@ -49,12 +49,33 @@ def test_operation_definitions_are_served(client: FlaskClient) -> None:
     assert inputs == {
         "start": (1, "1"),
         "end": (1, "1"),
-        "service-type-reference": (1, "1"),
-        "schedule": (1, "*"),
+        "service-type-reference": (0, "1"),
+        "schedule": (0, "*"),
         "_count": (0, "1"),
         "recurrence": (0, "1"),
         "ignore-appointment": (0, "1"),
+        # IHE ITI-115 (docs/ihe.md)
+        "practitioner": (0, "*"),
+        "location-reference": (0, "*"),
+        "visit-type": (0, "*"),
+        "specialty": (0, "*"),
+        "organization": (0, "*"),
+        "patient-reference": (0, "*"),
+        "reason": (0, "*"),
+        "referral-identifier": (0, "1"),
+        "timing": (0, "1"),
+        "insurance-reference": (0, "*"),
     }
+    for name in ("book", "hold"):
+        booking = client.get(f"/fhir/OperationDefinition/{name}").get_json()
+        assert [p["name"] for p in booking["parameter"] if p["use"] == "in"] == [
+            "appointment",
+            "appointment-resource",
+            "appointment-reference",
+            "patient-reference",
+            "comment",
+            "recurrence",
+        ]
 
     schedule = client.get("/fhir/OperationDefinition/schedule-find").get_json()
     assert (schedule["code"], schedule["resource"], schedule["instance"]) == (

@@ -19,7 +19,7 @@ from operations import find
 from operations.errors import ConcurrentChange, Unprocessable
 from operations.model import SCHEDULING_PARAMETERS_URL, SERVICE_TYPE_REFERENCE_URL, TIMEZONE_URL
 from operations.store import Stores
-from tests.api.conftest import BASE, NOW, bundle, outcome
+from tests.api.conftest import BASE, NOW, PLAIN_REQUEST, bundle, outcome
 
 FIND = "/fhir/Appointment/$find"
 QUERY = (
@@ -39,10 +39,10 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> Captured:
     """Replace the use case: record what the route passed, answer an empty Bundle."""
     seen = Captured()
 
-    def from_parameters(params: Sequence[tuple[str, str]], **kwargs: Any) -> str:
+    def from_parameters(params: Sequence[tuple[str, str]], **kwargs: Any) -> Any:
         seen.params = list(params)
         seen.kwargs = kwargs
-        return "request"
+        return PLAIN_REQUEST
 
     monkeypatch.setattr(find.FindRequest, "from_parameters", from_parameters)
     monkeypatch.setattr(find, "find_appointments", lambda store, request: EMPTY_BUNDLE)

@@ -35,7 +35,26 @@ json_values = st.recursive(
     ),
     max_leaves=20,
 )
-names = st.sampled_from(["start", "end", "schedule", "service-type-reference", "_count", "x", "appointment"])
+names = st.sampled_from(
+    [
+        "start",
+        "end",
+        "schedule",
+        "service-type-reference",
+        "_count",
+        "x",
+        "appointment",
+        # IHE ITI-115 (SPEC §7.2)
+        "practitioner",
+        "location-reference",
+        "visit-type",
+        "specialty",
+        "organization",
+        "patient-reference",
+        "location-string",
+        "reason",
+    ]
+)
 texts = st.one_of(
     st.text(max_size=40),
     st.sampled_from(
@@ -48,6 +67,14 @@ texts = st.one_of(
             "Schedule/alice,Schedule/x",
             "HealthcareService/checkup",
             "HealthcareService/",
+            "Practitioner/alice",
+            "Practitioner/alice,Practitioner/bob",
+            "Location/room",
+            "Patient/pat",
+            "Organization/north",
+            "http://example.org/visit-type|checkup",
+            "|checkup",
+            "a|b|c",
             "0",
             "1001",
             "-1",
@@ -62,6 +89,10 @@ def serve_clinic(mock: responses.RequestsMock) -> None:
     schedule_bundle["entry"].append({"resource": CLINIC[0], "search": {"mode": "include"}})
     mock.get(re.compile(rf"{re.escape(BASE)}/Schedule\b.*"), json=schedule_bundle)
     mock.get(f"{BASE}/HealthcareService/checkup", json=CLINIC[1])
+    mock.get(re.compile(rf"{re.escape(BASE)}/HealthcareService\?.*"), json=bundle([CLINIC[1]]))
+    mock.get(re.compile(rf"{re.escape(BASE)}/Practitioner\?.*"), json=bundle([CLINIC[0]]))
+    mock.get(re.compile(rf"{re.escape(BASE)}/Patient\?.*"), json=bundle([builders.patient("pat")]))
+    mock.get(re.compile(rf"{re.escape(BASE)}/Location\?.*"), json=bundle([]))
     mock.get(
         re.compile(rf"{re.escape(BASE)}/HealthcareService/.*"),
         status=404,
@@ -203,6 +234,37 @@ def test_book_never_500_on_damaged_proposals(edits: list[tuple[tuple[Any, ...], 
             },
         )
         assert_fhir_below_500(response)
+
+
+ihe_inputs = st.lists(
+    st.tuples(
+        st.sampled_from(
+            ["appointment-reference", "patient-reference", "comment", "patient-resource", "recurrence"]
+        ),
+        st.sampled_from(["valueReference", "valueString", "resource", "valueInteger"]),
+        st.one_of(texts, json_values),
+    ),
+    max_size=4,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(inputs=ihe_inputs, with_proposal=st.booleans(), operation=st.sampled_from(["$book", "$hold"]))
+def test_book_and_hold_never_500_on_ihe_inputs(
+    inputs: list[tuple[str, str, object]], with_proposal: bool, operation: str
+) -> None:
+    items: list[dict[str, Any]] = (
+        [{"name": "appointment-resource", "resource": proposal()}] if with_proposal else []
+    )
+    for name, key, value in inputs:
+        wrapped = {"reference": value} if key == "valueReference" and isinstance(value, str) else value
+        items.append({"name": name, key: wrapped})
+    held = {"resourceType": "Appointment", "id": "alice", "status": "pending", "meta": {"versionId": "1"}}
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.get(f"{BASE}/Appointment/alice", json=held)  # before the clinic's catch-all searches
+        serve_clinic(mock)
+        body = {"resourceType": "Parameters", "parameter": items}
+        assert_fhir_below_500(client().post(f"/fhir/Appointment/{operation}", json=body))
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -29,7 +29,7 @@ from plugin.app import create_app
 from plugin.config import Settings
 from plugin.upstream import UpstreamClient
 from plugin.upstream_errors import UpstreamUnavailable
-from tests.api.conftest import BASE, NOW
+from tests.api.conftest import BASE, NOW, PLAIN_REQUEST
 
 SECRET = "notification-secret-0123456789"
 Labels = tuple[tuple[str, str], ...]
@@ -143,7 +143,7 @@ def test_latency_lands_in_the_right_buckets(web: FlaskClient, monkeypatch: pytes
         time.sleep(0.3)
         return {"resourceType": "Bundle", "type": "searchset", "total": 0}
 
-    monkeypatch.setattr(find.FindRequest, "from_parameters", lambda params, **kwargs: "request")
+    monkeypatch.setattr(find.FindRequest, "from_parameters", lambda params, **kwargs: PLAIN_REQUEST)
     monkeypatch.setattr(find, "find_appointments", find_appointments)
     before = Scrape(web)
     assert web.get("/fhir/Appointment/$find").status_code == 200
@@ -167,7 +167,7 @@ def test_requests_in_flight_counts_the_request_being_answered(
         seen.append(Scrape(other).value("fanoni_requests_in_flight"))
         return {"resourceType": "Bundle", "type": "searchset", "total": 0}
 
-    monkeypatch.setattr(find.FindRequest, "from_parameters", lambda params, **kwargs: "request")
+    monkeypatch.setattr(find.FindRequest, "from_parameters", lambda params, **kwargs: PLAIN_REQUEST)
     monkeypatch.setattr(find, "find_appointments", find_appointments)
     idle = Scrape(web).value("fanoni_requests_in_flight")  # counts the scrape itself
     assert web.get("/fhir/Appointment/$find").status_code == 200
@@ -186,7 +186,7 @@ def test_upstream_calls_by_identity_method_and_status(
         stores.service.read("Schedule", "b")  # as the sidecar
         return {"resourceType": "Bundle", "type": "searchset", "total": 0}
 
-    monkeypatch.setattr(find.FindRequest, "from_parameters", lambda params, **kwargs: "request")
+    monkeypatch.setattr(find.FindRequest, "from_parameters", lambda params, **kwargs: PLAIN_REQUEST)
     monkeypatch.setattr(find, "find_appointments", find_appointments)
     mock.get(f"{BASE}/Schedule/a", json={"resourceType": "Schedule", "id": "a"})
     mock.get(f"{BASE}/Schedule/b", status=404, json={"resourceType": "OperationOutcome"})

@@ -13,6 +13,8 @@ GUARD_KEY = "integration-guard-key-0123456789"
 NOTIFICATION_SECRET = "integration-notification-secret"
 SIDECAR_TOKEN = "Bearer test-sidecar"
 FRONT_DESK_TOKEN = "Bearer test-front-desk"
+DIRECTORY_TOKEN = "Bearer test-directory"
+"""The test HAPI's token for an app that may read who works where, but no Schedule."""
 
 
 def patient_token(patient_id: str) -> str:

@@ -58,6 +58,14 @@ class FakeStore:
         ]
 
 
+def token_matches(token: str, coding: Resource) -> bool:
+    """FHIR token search semantics: ``system|code``, ``|code`` (no system), ``code`` (any)."""
+    if "|" not in token:
+        return coding.get("code") == token
+    system, _, code = token.partition("|")
+    return coding.get("code") == code and (coding.get("system") or "") == system
+
+
 class LostAnswer(StoreFailure):
     """What the fake raises (inside ``OutcomeUnknown``) when a transaction's answer is lost."""
 
@@ -186,8 +194,7 @@ class FakeFhirStore(FakeStore):
                 if found is not None and found not in included:
                     included.append(copy.deepcopy(found))
 
-    @staticmethod
-    def _matches(resource: Resource, name: str, value: str) -> bool:
+    def _matches(self, resource: Resource, name: str, value: str) -> bool:
         if name == "_id":
             return resource.get("id") in value.split(",")
         if name == "status":
@@ -203,6 +210,26 @@ class FakeFhirStore(FakeStore):
                 and (not system or i.get("system") == system)
                 for i in resource.get("identifier", [])
             )
+        if name == "actor":
+            return any(a.get("reference") in value.split(",") for a in resource.get("actor", []))
+        if name == "actor:PractitionerRole.practitioner":  # the chain, as HAPI resolves it
+            practitioners = value.split(",")
+            for actor in resource.get("actor", []):
+                role = self.resources.get(str(actor.get("reference")))
+                if (
+                    role is not None
+                    and role["resourceType"] == "PractitionerRole"
+                    and (role.get("practitioner") or {}).get("reference") in practitioners
+                ):
+                    return True
+            return False
+        if name == "service-type":
+            return any(
+                token_matches(token, coding)
+                for token in value.split(",")
+                for concept in resource.get("type", [])
+                for coding in concept.get("coding", [])
+            )
         if name in ("_sort", "_lastUpdated"):
             return True  # the fake keeps no timestamps: every resource is recent, in insertion order
         if name == "_tag":
@@ -212,6 +239,19 @@ class FakeFhirStore(FakeStore):
                 for t in (resource.get("meta") or {}).get("tag", [])
             )
         raise AssertionError(f"the fake does not search by {name}")
+
+    def search_schedules_by_actor(
+        self, references: Sequence[str], *, via_role: bool = False
+    ) -> tuple[list[Resource], dict[str, Resource]]:
+        name = "actor:PractitionerRole.practitioner" if via_role else "actor"
+        schedules, actors = self.search_including(
+            "Schedule", [(name, ",".join(references)), ("_include", "Schedule:actor")]
+        )
+        self.calls[-1] = f"search Schedule by {name}"
+        return sorted(schedules, key=lambda s: s["id"]), {f"{a['resourceType']}/{a['id']}": a for a in actors}
+
+    def search_services(self, service_types: Sequence[str]) -> list[Resource]:
+        return self.search("HealthcareService", [("service-type", ",".join(service_types))])
 
     def transaction(self, bundle: Resource) -> Resource:
         self.calls.append("transaction")

@@ -243,7 +243,7 @@ def test_body_must_be_parameters_or_appointment() -> None:
         "resourceType": "Parameters",
         "parameter": [{"name": "appointment-resource", "resource": proposal}],
     }
-    assert BookingRequest.from_body(alias).root == "Parameters.appointment"
+    assert BookingRequest.from_body(alias).root == "Parameters.appointment-resource"
     assert BookingRequest.from_body(proposal).root == "Appointment"
 
 

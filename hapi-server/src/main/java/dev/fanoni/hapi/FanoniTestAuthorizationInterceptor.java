@@ -28,6 +28,8 @@ import org.hl7.fhir.r4.model.IdType;
  *       OperationDefinition, SearchParameter and the CapabilityStatement, and its own compartment's
  *       {@code Patient/<id>} and Appointments; nothing else (no writes, no Slot, no Basic, no other
  *       patient): 403;
+ *   <li>{@code Bearer test-directory}: a directory app (who works where): may read the public types
+ *       above except Schedule, so it may not learn anyone's availability; nothing else: 403;
  *   <li>any other {@code Authorization} value: 401.
  * </ul>
  */
@@ -36,6 +38,7 @@ public class FanoniTestAuthorizationInterceptor extends AuthorizationInterceptor
 	public static final String SIDECAR_TOKEN = "test-sidecar";
 	public static final String FRONT_DESK_TOKEN = "test-front-desk";
 	public static final String PATIENT_TOKEN_PREFIX = "test-patient.";
+	public static final String DIRECTORY_TOKEN = "test-directory";
 
 	/** What a patient app may read without restriction: what $find needs to show and book. */
 	static final List<String> PUBLIC_TYPES = List.of(
@@ -65,6 +68,9 @@ public class FanoniTestAuthorizationInterceptor extends AuthorizationInterceptor
 		if (SIDECAR_TOKEN.equals(token) || FRONT_DESK_TOKEN.equals(token)) {
 			return new RuleBuilder().allowAll(token).build();
 		}
+		if (DIRECTORY_TOKEN.equals(token)) {
+			return directoryRules();
+		}
 		if (token != null && token.startsWith(PATIENT_TOKEN_PREFIX)) {
 			String patientId = token.substring(PATIENT_TOKEN_PREFIX.length());
 			if (FHIR_ID.matcher(patientId).matches()) {
@@ -83,6 +89,18 @@ public class FanoniTestAuthorizationInterceptor extends AuthorizationInterceptor
 		rules.allow("own Patient").read().resourcesOfType("Patient").inCompartment("Patient", thePatient);
 		rules.allow("own Appointments").read().resourcesOfType("Appointment").inCompartment("Patient", thePatient);
 		rules.denyAll("patient app: nothing else");
+		return rules.build();
+	}
+
+	private static List<IAuthRule> directoryRules() {
+		IAuthRuleBuilder rules = new RuleBuilder();
+		rules.allow("metadata").metadata();
+		for (String type : PUBLIC_TYPES) {
+			if (!type.equals("Schedule")) {
+				rules.allow("read " + type).read().resourcesOfType(type).withAnyId();
+			}
+		}
+		rules.denyAll("directory app: nothing else");
 		return rules.build();
 	}
 
