@@ -9,7 +9,6 @@ own time count as free (the search for a new time of that Appointment).
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -19,7 +18,14 @@ from zoneinfo import ZoneInfo
 from operations.alignment import aligned_starts
 from operations.availability import joint_windows, merge, schedule_windows, subtract
 from operations.errors import Unprocessable
-from operations.find_request import DEFAULT_COUNT, DEFAULT_MAX_SCHEDULES, MAX_COUNT, FindRequest
+from operations.find_request import (
+    BALANCED,
+    DEFAULT_COUNT,
+    DEFAULT_MAX_SCHEDULES,
+    LISTED,
+    MAX_COUNT,
+    FindRequest,
+)
 from operations.legs import (
     agreed_grid,
     check_legs,
@@ -29,8 +35,9 @@ from operations.legs import (
     widened,
 )
 from operations.model import Interval, Leg, Service, SlotOverlay
+from operations.pools import Chooser, own_rules, pools_of
 from operations.rendering import Renderer, outcome_entry, searchset
-from operations.rules import DAY, broken_rule, count_visits, day_of, has_rules, period_span, week_of
+from operations.rules import DAY, day_of, period_span, week_of
 from operations.series import Recurrence
 from operations.store import (
     ConfigurationReader,
@@ -48,6 +55,12 @@ SLOT_MARGIN = timedelta(hours=4)
 the configuration reads (before the buffers are known): buffers up to this long need no
 second search."""
 
+WHOLE_DAYS_MARGIN = timedelta(hours=26)
+"""The margin under ``pool-order=balanced``: the local day of an instant, in any time zone,
+begins less than 25 hours before it and ends less than 25 hours after (a day is at most 25
+hours long), so every member's whole days are read in the first round trip, before the
+Schedules and their zones are known."""
+
 DST_SLACK = timedelta(hours=3)
 """How far a later occurrence of a series may lie from "first start + k periods" in real time:
 it keeps the local wall-clock time, which DST changes move by an hour (at most two, anywhere)."""
@@ -62,6 +75,8 @@ class Availability:
     duration: timedelta
     zone: ZoneInfo
     starts: list[datetime]
+    chosen: list[tuple[Leg, ...]] = field(default_factory=list)
+    """Per start, the Schedules its proposal names: one chosen member of every pool."""
     notices: list[tuple[str, str]] = field(default_factory=list)
     """(diagnostics, expression) for schedules that can offer nothing, for a known reason."""
 
@@ -79,15 +94,18 @@ def occurrence_ranges(window: Interval, recurrence: Recurrence | None) -> list[I
     return merge(shifted)
 
 
-def needed_spans(window: Interval, legs: Sequence[Leg], recurrence: Recurrence | None) -> list[Interval]:
+def needed_spans(
+    window: Interval, legs: Sequence[Leg], recurrence: Recurrence | None, *, balanced: bool = False
+) -> list[Interval]:
     """Every span whose Slots the decision reads: the occurrence ranges widened by the buffers,
-    and, on a Schedule with a booking limit, the whole local days or weeks they touch."""
+    and, on a Schedule with a booking limit, the whole local days or weeks they touch (whole
+    days on every Schedule when pools choose ``balanced``: it counts each member's day)."""
     ranges = occurrence_ranges(window, recurrence)
     spans = [slot_search_span(r, legs) for r in ranges]
     for leg in legs:
         params, zone = leg.params, leg.params.timezone
         for r in ranges:
-            if params.daily_limit is not None:
+            if params.daily_limit is not None or balanced:
                 spans.append(Interval(period_span(day_of(r.start, zone), DAY, zone).start, r.end))
                 spans.append(period_span(day_of(r.end, zone), DAY, zone))
             if params.weekly_limit is not None:
@@ -96,41 +114,25 @@ def needed_spans(window: Interval, legs: Sequence[Leg], recurrence: Recurrence |
     return merge(spans)
 
 
-def _fits(windows: Sequence[Interval], starts: Sequence[datetime], visit: Interval) -> bool:
-    """Whether ``visit`` lies inside one of the sorted, disjoint ``windows`` (``starts``: theirs)."""
-    index = bisect.bisect_right(starts, visit.start) - 1
-    return index >= 0 and windows[index].end >= visit.end
-
-
-def _acceptance(
-    legs: Sequence[Leg],
-    windows: Sequence[Interval],
-    duration: timedelta,
-    slots: Sequence[SlotOverlay],
-    now: datetime,
-    recurrence: Recurrence | None,
-) -> Callable[[datetime], bool] | None:
-    """What a first start must pass beyond fitting in the windows: the booking limits of every
-    Schedule, and for a series every later occurrence free and within every rule. ``None``
-    when there is nothing to check (notice and window are applied by clipping the range)."""
-    limited = [leg for leg in legs if leg.params.has_limits]
-    if not limited and recurrence is None:
-        return None
-    counts = {
-        leg.schedule.id: count_visits(slots, leg.schedule.id, leg.params.timezone, now) for leg in limited
-    }
-    ruled = [leg for leg in legs if has_rules(leg.params)]
-    window_starts = [w.start for w in windows]
-    zone = legs[0].params.timezone
-
-    def accept(start: datetime) -> bool:
-        starts = recurrence.starts(start, zone) if recurrence is not None else [start]
-        for later in starts[1:]:
-            if not _fits(windows, window_starts, Interval(later, later + duration)):
-                return False
-        return all(broken_rule(leg.params, starts, now, counts.get(leg.schedule.id)) is None for leg in ruled)
-
-    return accept
+def _notices(leg: Leg, request: Interval, now: datetime, duration: timedelta) -> list[tuple[str, str]]:
+    """Why this Schedule can offer nothing in ``request``, when the caller should know."""
+    schedule, params = leg.schedule, leg.params
+    notices = []
+    if not schedule.active:
+        notices.append(f"Schedule/{schedule.id} is not active: it offers no time")
+    elif schedule.planning_horizon is not None and (
+        schedule.planning_horizon.end <= request.start or schedule.planning_horizon.start >= request.end
+    ):
+        notices.append(f"The requested range lies outside the planning horizon of Schedule/{schedule.id}")
+    earliest = now + params.minimum_notice
+    if params.minimum_notice and earliest > request.end - duration:
+        notices.append(f"minimumNotice: Schedule/{schedule.id} offers nothing before {earliest.isoformat()}")
+    if params.booking_window is not None and now + params.booking_window < request.start:
+        notices.append(
+            f"bookingWindow: Schedule/{schedule.id} offers nothing after "
+            f"{(now + params.booking_window).isoformat()}"
+        )
+    return [(text, leg.expression) for text in notices]
 
 
 def compute(
@@ -143,61 +145,35 @@ def compute(
     *,
     recurrence: Recurrence | None = None,
     ignore: Collection[str] = (),
+    groups: Sequence[Sequence[str]] | None = None,
+    pool_order: str = LISTED,
 ) -> Availability:
-    """The pure heart of ``$find``: free time of every leg, intersected, on the grid, within the
-    booking rules (and for a series, only first starts whose every occurrence is free).
+    """The pure heart of ``$find``: the free time of every leg under its own rules; for each
+    grid start, a free member of every pool (``groups`` of Schedule ids, each "any one of";
+    default: each leg alone, all of them at once), chosen as ``pool_order`` says (and for a
+    series, only first starts whose every occurrence is free on the chosen members).
     Slots with ids in ``ignore`` count as not there."""
     duration, grid = agreed_grid(legs)
     if ignore:
         slots = [s for s in slots if s.id not in ignore]
     notices: list[tuple[str, str]] = []
-    per_schedule = []
-    not_before = now
-    latest: datetime | None = None
+    windows_of: dict[str, list[Interval]] = {}
     for leg in legs:
-        schedule, params = leg.schedule, leg.params
-        if not schedule.active:
-            notices.append((f"Schedule/{schedule.id} is not active: it offers no time", leg.expression))
-        elif schedule.planning_horizon is not None and (
-            schedule.planning_horizon.end <= request.start or schedule.planning_horizon.start >= request.end
-        ):
-            notices.append(
-                (
-                    f"The requested range lies outside the planning horizon of Schedule/{schedule.id}",
-                    leg.expression,
-                )
-            )
-        earliest = now + params.minimum_notice
-        if params.minimum_notice and earliest > request.end - duration:
-            notices.append(
-                (
-                    f"minimumNotice: Schedule/{schedule.id} offers nothing before {earliest.isoformat()}",
-                    leg.expression,
-                )
-            )
-        if params.booking_window is not None and now + params.booking_window < request.start:
-            notices.append(
-                (
-                    f"bookingWindow: Schedule/{schedule.id} offers nothing after "
-                    f"{(now + params.booking_window).isoformat()}",
-                    leg.expression,
-                )
-            )
-        not_before = max(not_before, earliest)
-        if params.booking_window is not None:
-            limit = now + params.booking_window
-            latest = limit if latest is None else min(latest, limit)
-        spans = [widened(r, params) for r in occurrence_ranges(request, recurrence)]
+        notices.extend(_notices(leg, request, now, duration))
         windows: list[Interval] = []
-        for span in spans:
-            windows.extend(schedule_windows(schedule, service, params, slots, span, now))
-        per_schedule.append(merge(windows))
-    windows = joint_windows(per_schedule, duration)
-    first = request if latest is None else Interval(request.start, min(request.end, latest + duration))
-    accept = _acceptance(legs, windows, duration, slots, now, recurrence)
-    starts = aligned_starts(windows, duration, grid, first, not_before, count, accept)
+        for span in occurrence_ranges(request, recurrence):
+            windows.extend(
+                schedule_windows(leg.schedule, service, leg.params, slots, widened(span, leg.params), now)
+            )
+        windows_of[leg.schedule.id] = own_rules(merge(windows), leg.params, now)
+    groups = groups if groups is not None else [(leg.schedule.id,) for leg in legs]
+    pools = pools_of(legs, groups, windows_of, slots, now, pool_order)
+    chooser = Chooser(pools, duration, now, recurrence, pool_order)
+    joint = joint_windows([pool.windows for pool in pools], duration)
+    starts = aligned_starts(joint, duration, grid, request, now, count, chooser.accept())
+    chosen = [chooser.fixed()] * len(starts) if chooser.trivial else [chooser.chosen[s] for s in starts]
     # Times are written in the first Schedule's zone: what its staff read on the wall clock.
-    return Availability(service, list(legs), duration, legs[0].params.timezone, starts, notices)
+    return Availability(service, list(legs), duration, legs[0].params.timezone, starts, chosen, notices)
 
 
 def find_availability(stores: Stores | SchedulingStore, request: FindRequest) -> Availability:
@@ -217,10 +193,12 @@ def find_availability(stores: Stores | SchedulingStore, request: FindRequest) ->
     configuration, slot_reader = _readers(stores)
     together = stores.together if isinstance(stores, Stores) else one_after_another
     ids = list(request.schedule_ids)
+    expressions = request.schedule_expressions
     window = Interval(request.start, request.end)
+    balanced = request.pool_order == BALANCED
+    margin = WHOLE_DAYS_MARGIN if balanced else SLOT_MARGIN
     searched = merge(
-        Interval(r.start - SLOT_MARGIN, r.end + SLOT_MARGIN)
-        for r in occurrence_ranges(window, request.recurrence)
+        Interval(r.start - margin, r.end + margin) for r in occurrence_ranges(window, request.recurrence)
     )
     slot_reads = [_slot_search(slot_reader, ids, span) for span in searched]
     extra: list[Callable[[], Any]] = []
@@ -237,11 +215,19 @@ def find_availability(stores: Stores | SchedulingStore, request: FindRequest) ->
             *slot_reads,
         )
         service, legs = check_legs(
-            found[0], found[1], service_id, service_resource, ids, schedule_in_url=request.schedule_in_url
+            found[0],
+            found[1],
+            service_id,
+            service_resource,
+            ids,
+            schedule_in_url=request.schedule_in_url,
+            expressions=expressions,
         )
     else:
         legs_found, *rest = together(
-            lambda: load_legs(configuration, ids, None, schedule_in_url=request.schedule_in_url),
+            lambda: load_legs(
+                configuration, ids, None, schedule_in_url=request.schedule_in_url, expressions=expressions
+            ),
             *extra,
             *slot_reads,
         )
@@ -254,7 +240,7 @@ def find_availability(stores: Stores | SchedulingStore, request: FindRequest) ->
             code="not-found",
             expression="Parameters.ignore-appointment",
         )
-    missing = subtract(needed_spans(window, legs, request.recurrence), searched)
+    missing = subtract(needed_spans(window, legs, request.recurrence, balanced=balanced), searched)
     if missing:
         schedule_ids = [leg.schedule.id for leg in legs]
         for more in together(*(_slot_search(slot_reader, schedule_ids, span) for span in missing)):
@@ -268,6 +254,8 @@ def find_availability(stores: Stores | SchedulingStore, request: FindRequest) ->
         request.count,
         recurrence=request.recurrence,
         ignore=frozenset(slot_ids(ignored)) if ignored is not None else frozenset(),
+        groups=request.groups,
+        pool_order=request.pool_order,
     )
 
 
@@ -298,7 +286,10 @@ def find_appointments(stores: Stores | SchedulingStore, request: FindRequest) ->
     """``Appointment/$find``: a searchset Bundle of proposed Appointments."""
     found = find_availability(stores, request)
     render = Renderer(found.service, found.zone)
-    resources = [render.appointment(found.legs, Interval(s, s + found.duration)) for s in found.starts]
+    resources = [
+        render.appointment(legs, Interval(s, s + found.duration))
+        for s, legs in zip(found.starts, found.chosen, strict=True)
+    ]
     return searchset(resources, [outcome_entry(text, expr) for text, expr in found.notices])
 
 

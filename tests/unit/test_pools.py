@@ -1,0 +1,368 @@
+"""Pools in ``$find`` (SPEC §7.2), read like a front desk's calendar: a comma in ``schedule`` is
+"any one of", repeating it is "all of"; each member keeps its own rules; ``listed`` takes the
+first free member, ``balanced`` the one with the fewest visits that day.
+
+2026-12-07 is a Monday; New York is at -05:00. Dr. Alice, Dr. Bob and Dr. Carol see 30-minute
+check-ups Mondays 09:00-12:00 on an hourly grid; rooms 1 and 2 are open the same hours.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from operations.booking import BookingRequest, book
+from operations.errors import InvalidRequest, Unprocessable
+from operations.find import FindRequest, find_appointments
+from operations.store import Stores
+from tests.unit.builders import (
+    LONG_AGO,
+    hours,
+    location,
+    params_block,
+    practitioner,
+    schedule,
+    service,
+    slot,
+    window,
+)
+from tests.unit.fake_store import FakeFhirStore
+from tests.unit.test_booking import TTL, FakeClock
+from tests.unit.test_find_reads import Recording
+
+NY = "America/New_York"
+MONDAY = "2026-12-07"
+DAY = (f"{MONDAY}T00:00:00-05:00", "2026-12-08T00:00:00-05:00")
+DOCTORS = ("alice", "bob", "carol")
+ROOMS = ("room-1", "room-2")
+# Tuesday 2026-12-01, 08:00 in New York: before the Monday of the calendar.
+NOW = datetime(2026, 12, 1, 13, 0, tzinfo=UTC)
+
+
+def clinic(**own: list[dict[str, Any]]) -> FakeFhirStore:
+    """The three doctors and two rooms; ``own`` gives a Schedule its own parameter blocks
+    (``bob=[params_block(service="checkup", bufferBefore=30)]``)."""
+    store = FakeFhirStore(service(hours=[hours("mon", "09:00", "12:00")], duration=30))
+    for doctor in DOCTORS:
+        store.add(practitioner(doctor, NY))
+        store.add(schedule(doctor, f"Practitioner/{doctor}", ["checkup"], blocks=own.get(doctor)))
+    for room in ROOMS:
+        store.add(location(room, NY))
+        store.add(schedule(room, f"Location/{room}", ["checkup"], blocks=own.get(room)))
+    return store
+
+
+def at(hhmm: str) -> str:
+    return f"{MONDAY}T{hhmm}:00-05:00"
+
+
+def busy(schedule_id: str, start: str, end: str, status: str = "busy") -> dict[str, Any]:
+    return slot(schedule_id, status, at(start), at(end))
+
+
+def request(*pools: str, order: str | None = None, span: tuple[str, str] = DAY, **extra: str) -> FindRequest:
+    params = [
+        ("start", span[0]),
+        ("end", span[1]),
+        ("service-type-reference", "HealthcareService/checkup"),
+        *(("schedule", ",".join(f"Schedule/{s}" for s in pool.split(","))) for pool in pools),
+        ("_count", "100"),
+        *extra.items(),
+    ]
+    if order is not None:
+        params.append(("pool-order", order))
+    return FindRequest.from_parameters(params, now=NOW, max_range_days=31)
+
+
+def proposals(
+    store: FakeFhirStore, *pools: str, order: str | None = None, **extra: str
+) -> list[dict[str, Any]]:
+    bundle = find_appointments(store, request(*pools, order=order, **extra))
+    return [e["resource"] for e in bundle.get("entry", []) if e["search"]["mode"] == "match"]
+
+
+def who(proposals: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    """Per proposal: its local start and the Schedules of its contained visit Slots."""
+    return [
+        (
+            p["start"][11:16],
+            *(s["schedule"]["reference"][9:] for s in p["contained"] if s["status"] == "busy"),
+        )
+        for p in proposals
+    ]
+
+
+class TestListedOrder:
+    def test_the_first_listed_member_takes_every_time_it_is_free(self) -> None:
+        assert who(proposals(clinic(), "alice,bob")) == [
+            ("09:00", "alice"),
+            ("10:00", "alice"),
+            ("11:00", "alice"),
+        ]
+        assert who(proposals(clinic(), "bob,alice"))[0] == ("09:00", "bob")
+
+    def test_a_busy_first_member_falls_to_the_second(self) -> None:
+        store = clinic()
+        store.add(busy("alice", "10:00", "10:30"))
+        store.add(busy("alice", "11:15", "11:45", status="busy-unavailable"))  # a blocked quarter
+        assert who(proposals(store, "alice,bob")) == [
+            ("09:00", "alice"),
+            ("10:00", "bob"),
+            ("11:00", "bob"),
+        ]
+
+    def test_a_time_no_member_has_is_not_offered(self) -> None:
+        store = clinic()
+        store.add(busy("alice", "10:00", "10:30"))
+        store.add(busy("bob", "10:00", "10:30"))
+        assert [t for t, *_ in who(proposals(store, "alice,bob"))] == ["09:00", "11:00"]
+
+    def test_a_visit_never_straddles_two_members(self) -> None:
+        # Alice is free 09:00-09:20, Bob 09:20-10:00: together they cover 09:00-09:30, neither alone.
+        store = clinic()
+        store.add(busy("alice", "09:20", "12:00"))
+        store.add(busy("bob", "09:00", "09:20"))
+        store.add(busy("bob", "10:00", "12:00"))
+        assert proposals(store, "alice,bob") == []
+
+
+class TestOwnRules:
+    def test_a_members_own_hours_exclude_a_time(self) -> None:
+        store = clinic(bob=[params_block(service="checkup", availability=[window("mon", "09:00", "10:00")])])
+        store.add(busy("alice", "09:00", "11:00"))
+        assert who(proposals(store, "alice,bob")) == [("09:00", "bob"), ("11:00", "alice")]
+
+    def test_a_members_own_buffer_must_fit_on_that_member(self) -> None:
+        # Bob needs 30 minutes before a visit, inside his hours: 09:00 is not his.
+        store = clinic(bob=[params_block(service="checkup", bufferBefore=30)])
+        store.add(busy("alice", "09:00", "09:30"))
+        store.add(busy("alice", "10:00", "10:30"))
+        assert who(proposals(store, "alice,bob")) == [("10:00", "bob"), ("11:00", "alice")]
+        booked = proposals(store, "alice,bob")[0]
+        assert [(s["schedule"]["reference"], s["status"]) for s in booked["contained"]] == [
+            ("Schedule/bob", "busy-unavailable"),
+            ("Schedule/bob", "busy"),
+        ]
+
+    def test_a_member_at_its_daily_limit_steps_aside(self) -> None:
+        store = clinic(bob=[params_block(service="checkup", bookingLimit=[(1, "d")])])
+        store.add(busy("bob", "11:00", "11:30"))  # Bob's one visit of the day
+        store.add(busy("alice", "09:00", "10:30"))
+        assert who(proposals(store, "alice,bob")) == [("11:00", "alice")]
+
+    def test_a_members_minimum_notice_is_its_own(self) -> None:
+        # Now is Tuesday 08:00; Alice needs 146 hours' notice (Monday 10:00 onward), Bob none.
+        store = clinic(alice=[params_block(service="checkup", minimumNotice={"value": 146, "unit": "h"})])
+        assert who(proposals(store, "alice,bob")) == [
+            ("09:00", "bob"),
+            ("10:00", "alice"),
+            ("11:00", "alice"),
+        ]
+
+    def test_an_inactive_member_is_reported_and_the_pool_offers_the_others(self) -> None:
+        store = clinic()
+        store.add(schedule("alice", "Practitioner/alice", ["checkup"], active=False))
+        bundle = find_appointments(store, request("alice,bob"))
+        offered = [e["resource"] for e in bundle["entry"] if e["search"]["mode"] == "match"]
+        assert [w for _, w in who(offered)] == ["bob", "bob", "bob"]
+        [outcome] = [e["resource"] for e in bundle["entry"] if e["search"]["mode"] == "outcome"]
+        assert "Schedule/alice is not active" in outcome["issue"][0]["diagnostics"]
+        assert outcome["issue"][0]["expression"] == ["Parameters.schedule[0]"]
+
+    def test_a_series_stays_on_one_member(self) -> None:
+        # Alice is busy at 09:00 two Mondays later: the weekly series at 09:00 goes to Bob, whole.
+        store = clinic()
+        store.add(slot("alice", "busy", "2026-12-21T09:00:00-05:00", "2026-12-21T09:30:00-05:00"))
+        weekly = {"repeat": {"frequency": 1, "period": 1, "periodUnit": "wk", "count": 3}}
+        found = proposals(store, "alice,bob", recurrence=json.dumps(weekly))
+        assert who(found) == [("09:00", "bob"), ("10:00", "alice"), ("11:00", "alice")]
+
+
+class TestBalanced:
+    def test_the_member_with_the_fewest_visits_that_day(self) -> None:
+        store = clinic()
+        store.add(busy("alice", "09:00", "09:30"))
+        store.add(busy("alice", "11:30", "12:00"))
+        store.add(busy("bob", "10:30", "11:00"))
+        # Visits today: Alice 2, Bob 1, Carol 0. Carol is free all morning.
+        assert {w for _, w in who(proposals(store, "alice,bob,carol", order="balanced"))} == {"carol"}
+        assert who(proposals(store, "alice,bob", order="balanced")) == [
+            ("09:00", "bob"),
+            ("10:00", "bob"),  # Alice is free too, but Bob has fewer visits
+            ("11:00", "bob"),
+        ]
+        assert who(proposals(store, "alice,bob")) == [
+            ("09:00", "bob"),
+            ("10:00", "alice"),
+            ("11:00", "alice"),
+        ]
+
+    def test_ties_go_in_listed_order_and_holds_count_blocks_do_not(self) -> None:
+        store = clinic()
+        store.add(busy("alice", "11:30", "12:00", status="busy-tentative"))  # a live hold: a visit
+        store.add(busy("bob", "11:30", "12:00", status="busy-unavailable"))  # a block: no visit
+        store.add(busy("carol", "11:30", "12:00"))
+        assert {w for _, w in who(proposals(store, "carol,bob,alice", order="balanced"))} == {"bob"}
+        assert {w for _, w in who(proposals(clinic(), "carol,bob,alice", order="balanced"))} == {"carol"}
+
+    def test_visits_count_on_the_members_local_day(self) -> None:
+        # Bob works from London (14:00-17:00 there is 09:00-12:00 in New York): a visit at 23:00
+        # Sunday New York time is Monday 04:00 for him, and still Sunday for Alice.
+        london = [
+            params_block(
+                service="checkup", timezone="Europe/London", availability=[window("mon", "14:00", "17:00")]
+            )
+        ]
+        store = clinic(bob=london)
+        store.add(slot("bob", "busy", "2026-12-06T23:00:00-05:00", "2026-12-06T23:30:00-05:00"))
+        store.add(slot("alice", "busy", "2026-12-06T23:00:00-05:00", "2026-12-06T23:30:00-05:00"))
+        assert len(proposals(store, "bob,alice", order="balanced")) == 3
+        assert {w for _, w in who(proposals(store, "bob,alice", order="balanced"))} == {"alice"}
+
+    def test_booking_the_first_proposal_again_and_again_spreads_the_day(self) -> None:
+        store = clinic()
+        for _ in range(3):
+            first = proposals(store, "alice,bob,carol", order="balanced")[0]
+            assert (
+                book(
+                    store,
+                    BookingRequest.from_body(first),
+                    hold=False,
+                    hold_ttl=TTL,
+                    clock=FakeClock(NOW).clock(),
+                ).status
+                == 201
+            )
+        visits = Counter(
+            r["schedule"]["reference"]
+            for k, r in store.resources.items()
+            if k.startswith("Slot/") and r["status"] == "busy"
+        )
+        assert visits == {"Schedule/alice": 1, "Schedule/bob": 1, "Schedule/carol": 1}
+
+
+class TestJointPools:
+    def test_a_doctor_and_a_room_each_from_their_pool(self) -> None:
+        store = clinic()
+        store.add(busy("room-1", "10:00", "10:30"))
+        store.add(busy("alice", "11:00", "11:30"))
+        found = proposals(store, "alice,bob", "room-1,room-2")
+        assert who(found) == [
+            ("09:00", "alice", "room-1"),
+            ("10:00", "alice", "room-2"),
+            ("11:00", "bob", "room-1"),
+        ]
+        assert [p["actor"]["reference"] for p in found[1]["participant"]] == [
+            "Practitioner/alice",
+            "Location/room-2",
+        ]
+
+    def test_a_pool_with_nobody_free_empties_the_time(self) -> None:
+        store = clinic()
+        store.add(busy("room-1", "10:00", "10:30"))
+        store.add(busy("room-2", "10:00", "10:30"))
+        assert [t for t, *_ in who(proposals(store, "alice,bob", "room-1,room-2"))] == ["09:00", "11:00"]
+
+    def test_a_schedule_in_two_pools_serves_both_once(self) -> None:
+        found = proposals(clinic(), "alice,bob", "alice")
+        assert who(found)[0] == ("09:00", "alice")
+        assert len(found[0]["participant"]) == 1
+
+    def test_a_pooled_proposal_books_the_chosen_members_only(self) -> None:
+        store = clinic()
+        store.add(busy("alice", "09:00", "09:30"))
+        first = proposals(store, "alice,bob", "room-1,room-2")[0]
+        before = set(store.resources)
+        result = book(
+            store, BookingRequest.from_body(first), hold=False, hold_ttl=TTL, clock=FakeClock(NOW).clock()
+        )
+        assert result.status == 201
+        written = sorted(
+            r["schedule"]["reference"]
+            for k, r in store.resources.items()
+            if k.startswith("Slot/") and k not in before
+        )
+        assert written == ["Schedule/bob", "Schedule/room-1"]
+        # 09:00 again: Bob and room 1 are taken now, Alice was already: nobody is left for it.
+        assert who(proposals(store, "alice,bob", "room-1,room-2"))[0] == ("10:00", "alice", "room-1")
+        assert who(proposals(store, "alice,carol", "room-1,room-2"))[0] == ("09:00", "carol", "room-2")
+
+
+class TestErrors:
+    def test_pool_order_must_be_listed_or_balanced_and_given_once(self) -> None:
+        with pytest.raises(InvalidRequest) as bad:
+            request("alice,bob", order="random")
+        assert (bad.value.status, bad.value.code, bad.value.expression) == (
+            400,
+            "value",
+            ["Parameters.pool-order"],
+        )
+        with pytest.raises(InvalidRequest) as twice:
+            request("alice,bob", order="listed", **{"pool-order": "balanced"})
+        assert twice.value.expression == ["Parameters.pool-order[1]"]
+
+    def test_a_member_that_does_not_offer_the_service_is_422_at_its_pool(self) -> None:
+        store = clinic()
+        store.add(service("dental", duration=30))
+        store.add(schedule("bob", "Practitioner/bob", ["dental"]))
+        with pytest.raises(Unprocessable) as caught:
+            proposals(store, "room-1", "alice,bob")
+        assert caught.value.expression == ["Parameters.schedule[1]"]
+        assert "Schedule/bob does not offer HealthcareService/checkup" in caught.value.diagnostics
+
+    def test_an_unknown_member_is_422_at_its_pool(self) -> None:
+        with pytest.raises(Unprocessable) as caught:
+            proposals(clinic(), "alice,bob", "room-1,nowhere")
+        assert (caught.value.code, caught.value.expression) == ("not-found", ["Parameters.schedule[1]"])
+
+    def test_members_of_a_pool_must_agree_on_the_grid(self) -> None:
+        store = clinic(bob=[params_block(service="checkup", duration=45)])
+        with pytest.raises(Unprocessable) as caught:
+            proposals(store, "alice,bob")
+        assert "duration" in caught.value.diagnostics
+        assert caught.value.expression == ["Parameters.schedule[0]"]
+
+
+class TestReads:
+    def test_a_pooled_find_is_one_round_trip_whatever_the_pool_sizes(self) -> None:
+        for order in ("listed", "balanced"):
+            store, together = clinic(), Recording()
+            stores = Stores(caller=store, service=store, together=together)
+            find_appointments(stores, request("alice,bob,carol", "room-1,room-2", order=order))
+            assert together.groups == [3], order
+            assert store.calls == ["read_schedules", "read_service", "search_slots"]
+
+    def test_balanced_counts_the_whole_day_from_the_first_search(self) -> None:
+        # A range from 09:30: Alice's 07:00 visit lies far outside it, and still counts.
+        store = clinic()
+        store.add(slot("alice", "busy", at("07:00"), at("07:30")))
+        together = Recording()
+        found = find_appointments(
+            Stores(caller=store, service=store, together=together),
+            request("alice,bob", order="balanced", span=(at("09:30"), at("12:00"))),
+        )
+        assert together.groups == [3]
+        assert {e["resource"]["contained"][0]["schedule"]["reference"] for e in found["entry"]} == {
+            "Schedule/bob"
+        }
+
+
+def test_a_query_string_comma_is_any_one_of() -> None:
+    found = FindRequest.from_parameters(
+        [
+            ("start", DAY[0]),
+            ("end", DAY[1]),
+            ("service-type-reference", "HealthcareService/checkup"),
+            ("schedule", "Schedule/alice,Schedule/bob"),
+            ("schedule", "Schedule/room-1"),
+        ],
+        now=LONG_AGO,
+        max_range_days=31,
+    )
+    assert found.groups == (("alice", "bob"), ("room-1",))
+    assert found.schedule_expressions == ("Parameters.schedule[0]",) * 2 + ("Parameters.schedule[1]",)
+    assert found.pool_order == "listed"
