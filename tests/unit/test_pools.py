@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -64,14 +65,19 @@ def busy(schedule_id: str, start: str, end: str, status: str = "busy") -> dict[s
     return slot(schedule_id, status, at(start), at(end))
 
 
-def request(*pools: str, order: str | None = None, span: tuple[str, str] = DAY, **extra: str) -> FindRequest:
+def request(
+    *pools: str,
+    order: str | None = None,
+    span: tuple[str, str] = DAY,
+    extra: Sequence[tuple[str, str]] = (),
+) -> FindRequest:
     params = [
         ("start", span[0]),
         ("end", span[1]),
         ("service-type-reference", "HealthcareService/checkup"),
         *(("schedule", ",".join(f"Schedule/{s}" for s in pool.split(","))) for pool in pools),
         ("_count", "100"),
-        *extra.items(),
+        *extra,
     ]
     if order is not None:
         params.append(("pool-order", order))
@@ -79,9 +85,9 @@ def request(*pools: str, order: str | None = None, span: tuple[str, str] = DAY, 
 
 
 def proposals(
-    store: FakeFhirStore, *pools: str, order: str | None = None, **extra: str
+    store: FakeFhirStore, *pools: str, order: str | None = None, extra: Sequence[tuple[str, str]] = ()
 ) -> list[dict[str, Any]]:
-    bundle = find_appointments(store, request(*pools, order=order, **extra))
+    bundle = find_appointments(store, request(*pools, order=order, extra=extra))
     return [e["resource"] for e in bundle.get("entry", []) if e["search"]["mode"] == "match"]
 
 
@@ -178,7 +184,7 @@ class TestOwnRules:
         store = clinic()
         store.add(slot("alice", "busy", "2026-12-21T09:00:00-05:00", "2026-12-21T09:30:00-05:00"))
         weekly = {"repeat": {"frequency": 1, "period": 1, "periodUnit": "wk", "count": 3}}
-        found = proposals(store, "alice,bob", recurrence=json.dumps(weekly))
+        found = proposals(store, "alice,bob", extra=[("recurrence", json.dumps(weekly))])
         assert who(found) == [("09:00", "bob"), ("10:00", "alice"), ("11:00", "alice")]
 
 
@@ -302,7 +308,7 @@ class TestErrors:
             ["Parameters.pool-order"],
         )
         with pytest.raises(InvalidRequest) as twice:
-            request("alice,bob", order="listed", **{"pool-order": "balanced"})
+            request("alice,bob", order="listed", extra=[("pool-order", "balanced")])
         assert twice.value.expression == ["Parameters.pool-order[1]"]
 
     def test_a_member_that_does_not_offer_the_service_is_422_at_its_pool(self) -> None:
