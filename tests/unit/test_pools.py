@@ -16,9 +16,12 @@ from typing import Any
 
 import pytest
 
+from operations.availability import subtract
 from operations.booking import BookingRequest, book
 from operations.errors import InvalidRequest, Unprocessable
-from operations.find import FindRequest, find_appointments
+from operations.fhir_values import parse_instant as instant
+from operations.find import FindRequest, find_appointments, load_legs, needed_spans
+from operations.model import Interval
 from operations.store import Stores
 from tests.unit.builders import (
     LONG_AGO,
@@ -70,6 +73,7 @@ def request(
     order: str | None = None,
     span: tuple[str, str] = DAY,
     extra: Sequence[tuple[str, str]] = (),
+    now: datetime = NOW,
 ) -> FindRequest:
     params = [
         ("start", span[0]),
@@ -81,13 +85,18 @@ def request(
     ]
     if order is not None:
         params.append(("pool-order", order))
-    return FindRequest.from_parameters(params, now=NOW, max_range_days=31)
+    return FindRequest.from_parameters(params, now=now, max_range_days=31)
 
 
 def proposals(
-    store: FakeFhirStore, *pools: str, order: str | None = None, extra: Sequence[tuple[str, str]] = ()
+    store: FakeFhirStore,
+    *pools: str,
+    order: str | None = None,
+    span: tuple[str, str] = DAY,
+    extra: Sequence[tuple[str, str]] = (),
+    now: datetime = NOW,
 ) -> list[dict[str, Any]]:
-    bundle = find_appointments(store, request(*pools, order=order, extra=extra))
+    bundle = find_appointments(store, request(*pools, order=order, span=span, extra=extra, now=now))
     return [e["resource"] for e in bundle.get("entry", []) if e["search"]["mode"] == "match"]
 
 
@@ -169,6 +178,11 @@ class TestOwnRules:
             ("11:00", "alice"),
         ]
 
+    def test_a_members_booking_window_is_its_own(self) -> None:
+        # Alice books at most six days ahead (until Monday 08:00): the Monday is Bob's.
+        store = clinic(alice=[params_block(service="checkup", bookingWindow={"value": 6, "unit": "d"})])
+        assert [w for _, w in who(proposals(store, "alice,bob"))] == ["bob", "bob", "bob"]
+
     def test_an_inactive_member_is_reported_and_the_pool_offers_the_others(self) -> None:
         store = clinic()
         store.add(schedule("alice", "Practitioner/alice", ["checkup"], active=False))
@@ -186,6 +200,25 @@ class TestOwnRules:
         weekly = {"repeat": {"frequency": 1, "period": 1, "periodUnit": "wk", "count": 3}}
         found = proposals(store, "alice,bob", extra=[("recurrence", json.dumps(weekly))])
         assert who(found) == [("09:00", "bob"), ("10:00", "alice"), ("11:00", "alice")]
+
+    def test_a_series_keeps_the_wall_clock_time_of_the_first_pools_member(self) -> None:
+        # New York springs forward on 2026-03-08, London only on 03-29: Alice's weekly 09:00 is
+        # 14:00Z, then 13:00Z. The London room must be free at 13:00Z the second week, not 14:00Z.
+        store = clinic()
+        store.add(location("room-london", "Europe/London"))
+        all_monday = [params_block(service="checkup", availability=[window("mon", all_day=True)])]
+        store.add(schedule("room-london", "Location/room-london", ["checkup"], blocks=all_monday))
+        store.add(slot("room-london", "busy", "2026-03-09T13:00:00Z", "2026-03-09T13:30:00Z"))
+        weekly = {"repeat": {"frequency": 1, "period": 1, "periodUnit": "wk", "count": 2}}
+        found = proposals(
+            store,
+            "alice,bob",
+            "room-london",
+            span=("2026-03-02T00:00:00-05:00", "2026-03-03T00:00:00-05:00"),
+            extra=[("recurrence", json.dumps(weekly))],
+            now=datetime(2026, 2, 1, tzinfo=UTC),
+        )
+        assert who(found) == [("10:00", "alice", "room-london"), ("11:00", "alice", "room-london")]
 
 
 class TestBalanced:
@@ -355,6 +388,17 @@ class TestReads:
         assert {e["resource"]["contained"][0]["schedule"]["reference"] for e in found["entry"]} == {
             "Schedule/bob"
         }
+
+
+def test_balanced_needs_every_members_whole_local_days() -> None:
+    store = clinic(bob=[params_block(service="checkup", timezone="Asia/Kolkata")])
+    _, legs = load_legs(store, ["alice", "bob"], "checkup")
+    morning = Interval(instant(at("09:30")), instant(at("12:00")))
+    new_york_day = Interval(instant(at("00:00")), instant("2026-12-08T00:00:00-05:00"))
+    kolkata_day = Interval(instant("2026-12-07T00:00:00+05:30"), instant("2026-12-08T00:00:00+05:30"))
+    balanced = needed_spans(morning, legs, None, balanced=True)
+    assert not subtract([new_york_day, kolkata_day], balanced)
+    assert subtract([new_york_day], needed_spans(morning, legs, None))
 
 
 def test_a_query_string_comma_is_any_one_of() -> None:
