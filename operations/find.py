@@ -167,11 +167,11 @@ def compute(
             )
         windows_of[leg.schedule.id] = own_rules(merge(windows), leg.params, now)
     groups = groups if groups is not None else [(leg.schedule.id,) for leg in legs]
-    pools = pools_of(legs, groups, windows_of, slots, now, pool_order)
-    chooser = Chooser(pools, duration, now, recurrence, pool_order)
+    pools = pools_of(legs, groups, windows_of, slots, now, duration, pool_order)
+    chooser = Chooser(pools, duration, now, recurrence)
     joint = joint_windows([pool.windows for pool in pools], duration)
     starts = aligned_starts(joint, duration, grid, request, now, count, chooser.accept())
-    chosen = [chooser.fixed()] * len(starts) if chooser.trivial else [chooser.chosen[s] for s in starts]
+    chosen = [chooser.fixed()] * len(starts) if chooser.trivial else chooser.chosen
     # Times are written in the first Schedule's zone: what its staff read on the wall clock.
     return Availability(service, list(legs), duration, legs[0].params.timezone, starts, chosen, notices)
 

@@ -18,14 +18,19 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from operations.availability import merge
 from operations.find_request import BALANCED, LISTED
 from operations.model import Interval, Leg, ResolvedParameters, SlotOverlay
-from operations.rules import VisitCounts, broken_rule, count_visits, day_of
+from operations.rules import DAY, VisitCounts, broken_rule, count_visits, day_of, period_span
 from operations.series import Recurrence
+
+NEVER = datetime.max.replace(tzinfo=UTC)
+INSTANT = timedelta(microseconds=1)
+"""The resolution of ``datetime``: "before t" is "at or before t - INSTANT"."""
 
 __all__ = ["BALANCED", "LISTED", "Chooser", "Member", "Pool", "own_rules", "pools_of"]
 
@@ -45,37 +50,69 @@ def own_rules(windows: Sequence[Interval], params: ResolvedParameters, now: date
     return cut
 
 
-@dataclass
+class LocalDays:
+    """The local days of one time zone, the last one found kept: starts come in time order,
+    so the day of the last one usually holds the next. Shared by the members of a zone."""
+
+    def __init__(self, zone: ZoneInfo) -> None:
+        self.zone = zone
+        self._day: date | None = None
+        self._span = Interval(datetime.min.replace(tzinfo=UTC), datetime.min.replace(tzinfo=UTC))
+
+    def of(self, start: datetime) -> tuple[date, Interval]:
+        """The local day of ``start`` and its instants."""
+        if self._day is None or not self._span.start <= start < self._span.end:
+            self._day = day_of(start, self.zone)
+            self._span = period_span(self._day, DAY, self.zone)
+        return self._day, self._span
+
+
 class Member:
-    """One Schedule of a pool with where its visits may lie, its own rules applied."""
+    """One Schedule of a pool with where its visits may start, its own rules applied."""
 
-    leg: Leg
-    index: int
-    """Its place in the pool's listed order."""
-    windows: list[Interval]
-    counts: VisitCounts | None = None
-    """Its visits already there, per local day and week (with a limit, or for ``balanced``)."""
-    _starts: list[datetime] = field(init=False, repr=False)
+    def __init__(
+        self,
+        leg: Leg,
+        index: int,
+        windows: Sequence[Interval],
+        duration: timedelta,
+        counts: VisitCounts | None,
+        days: LocalDays,
+    ) -> None:
+        self.leg = leg
+        self.index = index
+        """Its place in the pool's listed order."""
+        self.counts = counts
+        """Its visits already there, per local day and week (with a limit, or for ``balanced``)."""
+        self.windows = list(windows)
+        self.days = days
+        # Per window: its start and the latest start of a visit in it (a bisect per check).
+        self._firsts = [w.start for w in windows]
+        self._lasts = [w.end - duration for w in windows]
+        self._limited = leg.params.has_limits
 
-    def __post_init__(self) -> None:
-        self._starts = [w.start for w in self.windows]
-
-    def fits(self, start: datetime, duration: timedelta) -> bool:
-        """Whether a visit at ``start`` lies inside one of its windows."""
-        index = bisect.bisect_right(self._starts, start) - 1
-        return index >= 0 and self.windows[index].end >= start + duration
-
-    def free(self, starts: Sequence[datetime], duration: timedelta, now: datetime) -> bool:
+    def free(self, starts: Sequence[datetime], now: datetime) -> bool:
         """Whether visits at every one of ``starts`` (one, or a series' occurrences) fit its
         windows and break none of its booking limits."""
-        if not all(self.fits(start, duration) for start in starts):
-            return False
-        params = self.leg.params
-        return not params.has_limits or broken_rule(params, starts, now, self.counts) is None
+        for start in starts:
+            index = bisect.bisect_right(self._firsts, start) - 1
+            if index < 0 or start > self._lasts[index]:
+                return False
+        return not self._limited or broken_rule(self.leg.params, starts, now, self.counts) is None
 
-    def visits_on(self, start: datetime) -> int:
-        """Its visits already on the local day (its own time zone) of ``start``."""
-        return self.counts.daily[day_of(start, self.leg.params.timezone)] if self.counts else 0
+    def last_start(self, start: datetime) -> datetime:
+        """Where it is free at ``start``: the latest start up to which it stays free (windows)."""
+        return self._lasts[bisect.bisect_right(self._firsts, start) - 1]
+
+    def next_start(self, start: datetime) -> datetime:
+        """Where it is not free at ``start``: the earliest later start at which it may be."""
+        index = bisect.bisect_right(self._firsts, start)
+        return self._firsts[index] if index < len(self._firsts) else NEVER
+
+    def day(self, start: datetime) -> tuple[Interval, int]:
+        """The local day (its own time zone) of ``start`` and its visits already there."""
+        day, span = self.days.of(start)
+        return span, self.counts.daily[day] if self.counts is not None else 0
 
 
 @dataclass
@@ -83,17 +120,49 @@ class Pool:
     """The members of one ``schedule`` parameter, in the order listed."""
 
     members: tuple[Member, ...]
+    balanced: bool = False
+    _limited: bool = False
+    _order: tuple[Member, ...] = ()
+    _region: Interval | None = None
 
     @property
     def windows(self) -> list[Interval]:
         """Where some member may be free: a superset, never a promise (see the module)."""
         return merge(w for member in self.members for w in member.windows)
 
-    def candidates(self, start: datetime, order: str) -> Sequence[Member]:
-        """The members in the order they are tried at ``start``."""
-        if order == BALANCED and len(self.members) > 1:
-            return sorted(self.members, key=lambda m: (m.visits_on(start), m.index))
-        return self.members
+    def candidates(self, start: datetime) -> Sequence[Member]:
+        """The members in the order they are tried at ``start``: as listed, or (balanced)
+        by their visits on that local day, then as listed."""
+        if not self.balanced:
+            return self.members
+        self.region(start)
+        return self._order
+
+    def region(self, start: datetime) -> Interval:
+        """The instants around ``start`` in which no member's local day changes (and, for
+        ``balanced``, the order of the members holds)."""
+        if self._region is None or not self._region.start <= start < self._region.end:
+            days = [(member.day(start), member) for member in self.members]
+            if self.balanced:
+                ranked = sorted(days, key=lambda found: (found[0][1], found[1].index))
+                self._order = tuple(member for _, member in ranked)
+            self._region = Interval(max(d.start for (d, _), _ in days), min(d.end for (d, _), _ in days))
+        return self._region
+
+    def choose(self, start: datetime, now: datetime) -> tuple[Member | None, datetime]:
+        """The member a single visit at ``start`` gets (``None``: none is free), and the latest
+        start up to which that answer stays the same: the chosen member's window holds it,
+        every member ranked before it stays busy, and (balanced, or with a booking limit) no
+        member's local day changes."""
+        until, ranked = NEVER, self.members
+        if self.balanced or self._limited:
+            until = self.region(start).end - INSTANT
+            ranked = self._order if self.balanced else self.members
+        for member in ranked:
+            if member.free((start,), now):
+                return member, min(until, member.last_start(start))
+            until = min(until, member.next_start(start) - INSTANT)
+        return None, until
 
 
 def pools_of(
@@ -102,13 +171,18 @@ def pools_of(
     windows: Mapping[str, list[Interval]],
     slots: Sequence[SlotOverlay],
     now: datetime,
+    duration: timedelta,
     order: str,
 ) -> list[Pool]:
     """One :class:`Pool` per group of Schedule ids; ``windows`` by Schedule id. Visits are
     counted once per Schedule that has a booking limit, or every Schedule of a pool of
     several under ``balanced``."""
     by_id = {leg.schedule.id: leg for leg in legs}
+    slots_of: dict[str, list[SlotOverlay]] = {}
+    for overlay in slots:
+        slots_of.setdefault(overlay.schedule_id, []).append(overlay)
     counts: dict[str, VisitCounts] = {}
+    zones: dict[str, LocalDays] = {}
     pools = []
     for group in groups:
         members = []
@@ -116,9 +190,18 @@ def pools_of(
             leg = by_id[schedule_id]
             needs_counts = leg.params.has_limits or (order == BALANCED and len(group) > 1)
             if needs_counts and schedule_id not in counts:
-                counts[schedule_id] = count_visits(slots, schedule_id, leg.params.timezone, now)
-            members.append(Member(leg, index, windows[schedule_id], counts.get(schedule_id)))
-        pools.append(Pool(tuple(members)))
+                counts[schedule_id] = count_visits(
+                    slots_of.get(schedule_id, []),
+                    schedule_id,
+                    leg.params.timezone,
+                    now,
+                    weeks=leg.params.weekly_limit is not None,
+                )
+            zone = leg.params.timezone
+            days = zones.setdefault(zone.key, LocalDays(zone))
+            members.append(Member(leg, index, windows[schedule_id], duration, counts.get(schedule_id), days))
+        limited = any(member.leg.params.has_limits for member in members)
+        pools.append(Pool(tuple(members), balanced=order == BALANCED and len(members) > 1, _limited=limited))
     return pools
 
 
@@ -131,14 +214,17 @@ class Chooser:
         duration: timedelta,
         now: datetime,
         recurrence: Recurrence | None,
-        order: str,
     ) -> None:
         self.pools = pools
         self.duration = duration
         self.now = now
         self.recurrence = recurrence
-        self.order = order
-        self.chosen: dict[datetime, tuple[Leg, ...]] = {}
+        ids = [member.leg.schedule.id for pool in pools for member in pool.members]
+        self._disjoint = len(ids) == len(set(ids))
+        self.chosen: list[tuple[Leg, ...]] = []
+        """The members of each start accepted, in the order accepted."""
+        self._run: tuple[datetime, datetime, tuple[Leg, ...] | None] = (NEVER, NEVER, None)
+        """From, to (inclusive) and the answer of the last run of starts with one answer."""
 
     @property
     def trivial(self) -> bool:
@@ -159,27 +245,52 @@ class Chooser:
         occurrences: list[datetime] | None = None if self.recurrence is not None else [start]
         legs = []
         for pool in self.pools:
-            for member in pool.candidates(start, self.order):
+            for member in pool.candidates(start):
                 starts = occurrences or self._series(start, member)
-                if member.free(starts, self.duration, self.now):
+                if member.free(starts, self.now):
                     occurrences = starts
                     legs.append(member.leg)
                     break
             else:
                 return None
-        return _distinct(legs)
+        return tuple(legs) if self._disjoint else _distinct(legs)
+
+    def choose_single(self, start: datetime) -> tuple[Leg, ...] | None:
+        """:meth:`choose` for a single visit (no series), by runs: the answer holds for every
+        start up to the earliest of the pools' ``until``, so a run of grid starts with the
+        same members costs one choice."""
+        first, last, legs = self._run
+        if first <= start <= last:
+            return legs
+        until = NEVER
+        chosen = []
+        for pool in self.pools:
+            member, pool_until = pool.choose(start, self.now)
+            if member is None:
+                self._run = (start, pool_until, None)
+                return None
+            until = min(until, pool_until)
+            chosen.append(member.leg)
+        legs = tuple(chosen) if self._disjoint else _distinct(chosen)
+        self._run = (start, until, legs)
+        return legs
 
     def accept(self) -> Callable[[datetime], bool] | None:
         """For ``aligned_starts``: whether a start can be offered (recording its members);
         ``None`` when :attr:`trivial`."""
         if self.trivial:
             return None
+        choose = self.choose if self.recurrence is not None else self.choose_single
+        chosen = self.chosen
 
         def accept(start: datetime) -> bool:
-            legs = self.choose(start)
+            # aligned_starts offers exactly the starts accepted, in order: ``chosen`` follows it.
+            first, last, legs = self._run
+            if not first <= start <= last:
+                legs = choose(start)
             if legs is None:
                 return False
-            self.chosen[start] = legs
+            chosen.append(legs)
             return True
 
         return accept

@@ -36,7 +36,11 @@ def day_of(start: datetime, zone: ZoneInfo) -> date:
 
 def week_of(start: datetime, zone: ZoneInfo) -> date:
     """The ISO week a visit counts on, named by its local Monday."""
-    day = day_of(start, zone)
+    return monday_of(day_of(start, zone))
+
+
+def monday_of(day: date) -> date:
+    """The Monday of ``day``'s ISO week."""
     return day - timedelta(days=day.weekday())
 
 
@@ -68,15 +72,20 @@ def count_visits(
     zone: ZoneInfo,
     now: datetime,
     ignore: Collection[str] = (),
+    *,
+    weeks: bool = True,
 ) -> VisitCounts:
     """The visits on ``schedule_id`` among ``slots`` (those with ids in ``ignore`` left out: the
-    Appointment being rescheduled), per local day and week of ``zone``."""
+    Appointment being rescheduled), per local day and (unless ``weeks`` is false) week of
+    ``zone``."""
     counts = VisitCounts()
     for slot in slots:
         if slot.schedule_id != schedule_id or slot.id in ignore or not is_visit(slot, now):
             continue
-        counts.daily[day_of(slot.interval.start, zone)] += 1
-        counts.weekly[week_of(slot.interval.start, zone)] += 1
+        day = day_of(slot.interval.start, zone)
+        counts.daily[day] += 1
+        if weeks:
+            counts.weekly[monday_of(day)] += 1
     return counts
 
 
