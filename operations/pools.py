@@ -11,7 +11,10 @@ proposal then names the chosen members only, so ``$book`` and ``$hold`` book exa
 How: each member's windows are computed once (``find.compute``); a pool's windows are their
 union and the pools' unions are intersected. The union is only a sieve -- a visit may straddle
 two members' windows -- so members are chosen, with an exact check, only for the grid starts
-that survive it. A Schedule named in two pools may serve both; it then appears once.
+that survive it. Without a series, a choice also says how long it holds (until the chosen
+member's window ends, a member ranked before it may be free, or a local day changes), and the
+grid starts of that run take it as it is. A Schedule named in two pools may serve both; it
+then appears once.
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ class LocalDays:
 
 
 class Member:
-    """One Schedule of a pool with where its visits may start, its own rules applied."""
+    """One Schedule of a pool: where its visits may lie, its own rules applied."""
 
     def __init__(
         self,
