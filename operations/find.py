@@ -16,7 +16,7 @@ from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 from operations.alignment import aligned_starts
-from operations.availability import joint_windows, merge, schedule_windows, subtract
+from operations.availability import merge, schedule_windows, subtract
 from operations.errors import Unprocessable
 from operations.find_request import (
     BALANCED,
@@ -35,7 +35,7 @@ from operations.legs import (
     widened,
 )
 from operations.model import Interval, Leg, Service, SlotOverlay
-from operations.pools import Chooser, own_rules, pools_of
+from operations.pools import Chooser, offered_windows, own_rules, pools_of
 from operations.rendering import Renderer, outcome_entry, searchset
 from operations.rules import DAY, day_of, period_span, week_of
 from operations.series import Recurrence
@@ -169,7 +169,7 @@ def compute(
     groups = groups if groups is not None else [(leg.schedule.id,) for leg in legs]
     pools = pools_of(legs, groups, windows_of, slots, now, duration, pool_order)
     chooser = Chooser(pools, duration, now, recurrence)
-    joint = joint_windows([pool.windows for pool in pools], duration)
+    joint = offered_windows(pools, duration)
     starts = aligned_starts(joint, duration, grid, request, now, count, chooser.accept())
     chosen = [chooser.fixed()] * len(starts) if chooser.trivial else chooser.chosen
     # Times are written in the first Schedule's zone: what its staff read on the wall clock.

@@ -8,10 +8,11 @@ member: the first free one in the listed order (``listed``), or the free one wit
 visits on that local day of its own time zone, ties in listed order (``balanced``). The
 proposal then names the chosen members only, so ``$book`` and ``$hold`` book exactly them.
 
-How: each member's windows are computed once (``find.compute``); a pool's windows are their
-union and the pools' unions are intersected. The union is only a sieve -- a visit may straddle
-two members' windows -- so members are chosen, with an exact check, only for the grid starts
-that survive it. Without a series, a choice also says how long it holds (until the chosen
+How: each member's windows are computed once (``find.compute``) and read as the starts a visit
+can have on it (``[window start, window end - duration]``, closed); a pool's possible starts are
+their union, intersected across pools -- starts, not windows, so that no visit straddles two
+members. Members are then chosen, with an exact check (limits, a series), only for the grid
+starts that survive. Without a series, a choice also says how long it holds (until the chosen
 member's window ends, a member ranked before it may be free, or a local day changes), and the
 grid starts of that run take it as it is. A Schedule named in two pools may serve both; it
 then appears once.
@@ -25,7 +26,6 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from operations.availability import merge
 from operations.find_request import BALANCED, LISTED
 from operations.model import Interval, Leg, ResolvedParameters, SlotOverlay
 from operations.rules import DAY, VisitCounts, broken_rule, count_visits, day_of, period_span
@@ -35,7 +35,7 @@ NEVER = datetime.max.replace(tzinfo=UTC)
 INSTANT = timedelta(microseconds=1)
 """The resolution of ``datetime``: "before t" is "at or before t - INSTANT"."""
 
-__all__ = ["BALANCED", "LISTED", "Chooser", "Member", "Pool", "own_rules", "pools_of"]
+__all__ = ["BALANCED", "LISTED", "Chooser", "Member", "Pool", "offered_windows", "own_rules", "pools_of"]
 
 
 def own_rules(windows: Sequence[Interval], params: ResolvedParameters, now: datetime) -> list[Interval]:
@@ -87,11 +87,12 @@ class Member:
         """Its place in the pool's listed order."""
         self.counts = counts
         """Its visits already there, per local day and week (with a limit, or for ``balanced``)."""
-        self.windows = list(windows)
+        self.starts = [Interval(w.start, w.end - duration) for w in windows]
+        """Where a visit may start on it: per window, ``[first, last]`` (closed)."""
         self.days = days
-        # Per window: its start and the latest start of a visit in it (a bisect per check).
-        self._firsts = [w.start for w in windows]
-        self._lasts = [w.end - duration for w in windows]
+        # A bisect on the first starts per check.
+        self._firsts = [first for first, _ in self.starts]
+        self._lasts = [last for _, last in self.starts]
         self._limited = leg.params.has_limits
 
     def free(self, starts: Sequence[datetime], now: datetime) -> bool:
@@ -129,9 +130,10 @@ class Pool:
     _region: Interval | None = None
 
     @property
-    def windows(self) -> list[Interval]:
-        """Where some member may be free: a superset, never a promise (see the module)."""
-        return merge(w for member in self.members for w in member.windows)
+    def starts(self) -> list[Interval]:
+        """Where some member can hold a visit: the union of the members' possible starts
+        (closed: ``[first, last]``), exact as far as hours, buffers and Slots go."""
+        return _union(span for member in self.members for span in member.starts)
 
     def candidates(self, start: datetime) -> Sequence[Member]:
         """The members in the order they are tried at ``start``: as listed, or (balanced)
@@ -166,6 +168,43 @@ class Pool:
                 return member, min(until, member.last_start(start))
             until = min(until, member.next_start(start) - INSTANT)
         return None, until
+
+
+def offered_windows(pools: Sequence[Pool], duration: timedelta) -> list[Interval]:
+    """Where ``aligned_starts`` looks for starts: the starts every pool can hold (each pool's
+    union, intersected across pools), each given as ``[first, last + duration]``. Their starts
+    are disjoint and in order; the visits may overlap."""
+    common: list[Interval] | None = None
+    for pool in pools:
+        common = pool.starts if common is None else _intersection(common, pool.starts)
+    return [Interval(first, last + duration) for first, last in common or []]
+
+
+def _union(spans: Iterable[Interval]) -> list[Interval]:
+    """Closed spans ``[first, last]`` (a single instant is one), sorted and merged."""
+    merged: list[Interval] = []
+    for first, last in sorted(spans):
+        if merged and first <= merged[-1].end:
+            if last > merged[-1].end:
+                merged[-1] = Interval(merged[-1].start, last)
+        else:
+            merged.append(Interval(first, last))
+    return merged
+
+
+def _intersection(a: Sequence[Interval], b: Sequence[Interval]) -> list[Interval]:
+    """The instants in both of two sorted, merged lists of closed spans."""
+    both: list[Interval] = []
+    i = j = 0
+    while i < len(a) and j < len(b):
+        first, last = max(a[i].start, b[j].start), min(a[i].end, b[j].end)
+        if first <= last:
+            both.append(Interval(first, last))
+        if a[i].end < b[j].end:
+            i += 1
+        else:
+            j += 1
+    return both
 
 
 def pools_of(
@@ -232,7 +271,7 @@ class Chooser:
     @property
     def trivial(self) -> bool:
         """Nothing to choose or check: one member per pool, no limit, no series. A start in the
-        intersection of the pools' windows is then free on every member."""
+        intersection of the pools' possible starts is then free on every member."""
         return self.recurrence is None and all(
             len(pool.members) == 1 and not pool.members[0].leg.params.has_limits for pool in self.pools
         )
