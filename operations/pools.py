@@ -21,11 +21,13 @@ then appears once.
 from __future__ import annotations
 
 import bisect
+import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from operations.availability import joint_windows
 from operations.find_request import BALANCED, LISTED
 from operations.model import Interval, Leg, ResolvedParameters, SlotOverlay
 from operations.rules import DAY, VisitCounts, broken_rule, count_visits, day_of, period_span
@@ -42,6 +44,8 @@ def own_rules(windows: Sequence[Interval], params: ResolvedParameters, now: date
     """``windows`` (where a visit may lie) cut to the visit starts a Schedule's own
     ``minimumNotice`` and ``bookingWindow`` allow: none before now + notice, none after
     now + window."""
+    if not params.minimum_notice and params.booking_window is None:
+        return list(windows)  # nothing to cut: ``aligned_starts`` starts no earlier than now anyway
     earliest = now + params.minimum_notice
     latest = now + params.booking_window + params.duration if params.booking_window is not None else None
     cut = []
@@ -77,7 +81,7 @@ class Member:
         self,
         leg: Leg,
         index: int,
-        windows: Sequence[Interval],
+        windows: list[Interval],
         duration: timedelta,
         counts: VisitCounts | None,
         days: LocalDays,
@@ -87,13 +91,23 @@ class Member:
         """Its place in the pool's listed order."""
         self.counts = counts
         """Its visits already there, per local day and week (with a limit, or for ``balanced``)."""
-        self.starts = [Interval(w.start, w.end - duration) for w in windows]
-        """Where a visit may start on it: per window, ``[first, last]`` (closed)."""
+        self.windows = windows
+        self.duration = duration
         self.days = days
-        # A bisect on the first starts per check.
-        self._firsts = [first for first, _ in self.starts]
-        self._lasts = [last for _, last in self.starts]
         self._limited = leg.params.has_limits
+
+    @functools.cached_property
+    def starts(self) -> list[Interval]:
+        """Where a visit may start on it: per window, ``[first, last]`` (closed)."""
+        return [Interval(w.start, w.end - self.duration) for w in self.windows]
+
+    @functools.cached_property
+    def _firsts(self) -> list[datetime]:
+        return [w.start for w in self.windows]  # a bisect per check
+
+    @functools.cached_property
+    def _lasts(self) -> list[datetime]:
+        return [w.end - self.duration for w in self.windows]
 
     def free(self, starts: Sequence[datetime], now: datetime) -> bool:
         """Whether visits at every one of ``starts`` (one, or a series' occurrences) fit its
@@ -174,6 +188,9 @@ def offered_windows(pools: Sequence[Pool], duration: timedelta) -> list[Interval
     """Where ``aligned_starts`` looks for starts: the starts every pool can hold (each pool's
     union, intersected across pools), each given as ``[first, last + duration]``. Their starts
     are disjoint and in order; the visits may overlap."""
+    if all(len(pool.members) == 1 for pool in pools):
+        # The same starts, found the way a joint request always found them (and cheaper).
+        return joint_windows([pool.members[0].windows for pool in pools], duration)
     common: list[Interval] | None = None
     for pool in pools:
         common = pool.starts if common is None else _intersection(common, pool.starts)
@@ -221,8 +238,9 @@ def pools_of(
     several under ``balanced``."""
     by_id = {leg.schedule.id: leg for leg in legs}
     slots_of: dict[str, list[SlotOverlay]] = {}
-    for overlay in slots:
-        slots_of.setdefault(overlay.schedule_id, []).append(overlay)
+    if order == BALANCED or any(leg.params.has_limits for leg in legs):
+        for overlay in slots:
+            slots_of.setdefault(overlay.schedule_id, []).append(overlay)
     counts: dict[str, VisitCounts] = {}
     zones: dict[str, LocalDays] = {}
     pools = []
