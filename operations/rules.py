@@ -15,6 +15,7 @@ Schedule also takes the lock of its local day (or week), see :func:`period_keys`
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -79,13 +80,15 @@ def count_visits(
     Appointment being rescheduled), per local day and (unless ``weeks`` is false) week of
     ``zone``."""
     counts = VisitCounts()
-    for slot in slots:
-        if slot.schedule_id != schedule_id or slot.id in ignore or not is_visit(slot, now):
-            continue
-        day = day_of(slot.interval.start, zone)
-        counts.daily[day] += 1
-        if weeks:
-            counts.weekly[monday_of(day)] += 1
+    starts = [
+        slot.interval.start
+        for slot in slots
+        if slot.schedule_id == schedule_id and slot.id not in ignore and is_visit(slot, now)
+    ]
+    counts.daily.update(map(day_of, starts, itertools.repeat(zone)))
+    if weeks:  # a week's count is the sum of its days'
+        for day, visits in counts.daily.items():
+            counts.weekly[monday_of(day)] += visits
     return counts
 
 
