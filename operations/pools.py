@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from operations.availability import joint_windows
+from operations.availability import ONE_DAY, joint_windows, local_midnight
 from operations.find_request import BALANCED, LISTED
 from operations.model import Interval, Leg, ResolvedParameters, SlotOverlay
-from operations.rules import DAY, VisitCounts, broken_rule, count_visits, day_of, period_span
+from operations.rules import DAY, VisitCounts, broken_rule, count_visits, day_of, is_visit, period_span
 from operations.series import Recurrence
 
 NEVER = datetime.max.replace(tzinfo=UTC)
@@ -58,20 +58,50 @@ def own_rules(windows: Sequence[Interval], params: ResolvedParameters, now: date
 
 
 class LocalDays:
-    """The local days of one time zone, the last one found kept: starts come in time order,
-    so the day of the last one usually holds the next. Shared by the members of a zone."""
+    """The local days of one time zone as a table of midnights, grown as needed: a local date
+    is then a bisect, not a zone conversion (a pooled find asks for thousands). Shared by the
+    members of a zone."""
 
     def __init__(self, zone: ZoneInfo) -> None:
         self.zone = zone
-        self._day: date | None = None
-        self._span = Interval(datetime.min.replace(tzinfo=UTC), datetime.min.replace(tzinfo=UTC))
+        self._dates: list[date] = []
+        self._midnights: list[datetime] = []
+        """``_midnights[i]`` begins ``_dates[i]``; one more than dates (the last day's end)."""
 
-    def of(self, start: datetime) -> tuple[date, Interval]:
-        """The local day of ``start`` and its instants."""
-        if self._day is None or not self._span.start <= start < self._span.end:
-            self._day = day_of(start, self.zone)
-            self._span = period_span(self._day, DAY, self.zone)
-        return self._day, self._span
+    def of(self, instant: datetime) -> tuple[date, Interval]:
+        """The local day of ``instant`` and its instants."""
+        index = bisect.bisect_right(self._midnights, instant) - 1
+        if not 0 <= index < len(self._dates):
+            day = day_of(instant, self.zone)
+            if not self._cover(day):
+                return day, period_span(day, DAY, self.zone)
+            index = bisect.bisect_right(self._midnights, instant) - 1
+        return self._dates[index], Interval(self._midnights[index], self._midnights[index + 1])
+
+    def _cover(self, day: date) -> bool:
+        """Grow the table to hold ``day`` (only the days missing are computed), unless that
+        would make it longer than :data:`TABLE_DAYS` (a block that began long ago): then say no."""
+        if not self._dates:
+            self._dates, self._midnights = [day], [self._midnight(day), self._midnight(day + ONE_DAY)]
+            return True
+        first, last = self._dates[0], self._dates[-1]
+        if (max(day, last) - min(day, first)).days >= TABLE_DAYS:
+            return False
+        while day > self._dates[-1]:
+            self._dates.append(self._dates[-1] + ONE_DAY)
+            self._midnights.append(self._midnight(self._dates[-1] + ONE_DAY))
+        while day < self._dates[0]:
+            self._dates.insert(0, self._dates[0] - ONE_DAY)
+            self._midnights.insert(0, self._midnight(self._dates[0]))
+        return True
+
+    def _midnight(self, day: date) -> datetime:
+        return local_midnight(day, self.zone)
+
+
+TABLE_DAYS = 120
+"""Days one :class:`LocalDays` table may span: a range (31 days), a series' occurrences
+(12 weeks) and the margins fit."""
 
 
 class Member:
@@ -85,12 +115,15 @@ class Member:
         duration: timedelta,
         counts: VisitCounts | None,
         days: LocalDays,
+        visits: list[datetime] | None = None,
     ) -> None:
         self.leg = leg
         self.index = index
         """Its place in the pool's listed order."""
         self.counts = counts
-        """Its visits already there, per local day and week (with a limit, or for ``balanced``)."""
+        """Its visits already there, per local day and week (with a booking limit)."""
+        self.visits = visits or []
+        """The starts of its visits already there, sorted (``balanced`` counts them per day)."""
         self.windows = windows
         self.duration = duration
         self.days = days
@@ -102,35 +135,29 @@ class Member:
         return [Interval(w.start, w.end - self.duration) for w in self.windows]
 
     @functools.cached_property
-    def _firsts(self) -> list[datetime]:
-        return [w.start for w in self.windows]  # a bisect per check
+    def firsts(self) -> list[datetime]:
+        """The first start of each window (what a check bisects)."""
+        return [w.start for w in self.windows]
 
     @functools.cached_property
-    def _lasts(self) -> list[datetime]:
+    def lasts(self) -> list[datetime]:
+        """The last start of each window."""
         return [w.end - self.duration for w in self.windows]
 
-    def free(self, starts: Sequence[datetime], now: datetime) -> bool:
+    def free(self, starts: Sequence[datetime], now: datetime, *, fits: bool = False) -> bool:
         """Whether visits at every one of ``starts`` (one, or a series' occurrences) fit its
-        windows and break none of its booking limits."""
-        for start in starts:
-            index = bisect.bisect_right(self._firsts, start) - 1
-            if index < 0 or start > self._lasts[index]:
+        windows (``fits``: known already) and break none of its booking limits."""
+        for start in () if fits else starts:
+            index = bisect.bisect_right(self.firsts, start) - 1
+            if index < 0 or start > self.lasts[index]:
                 return False
         return not self._limited or broken_rule(self.leg.params, starts, now, self.counts) is None
 
-    def last_start(self, start: datetime) -> datetime:
-        """Where it is free at ``start``: the latest start up to which it stays free (windows)."""
-        return self._lasts[bisect.bisect_right(self._firsts, start) - 1]
-
-    def next_start(self, start: datetime) -> datetime:
-        """Where it is not free at ``start``: the earliest later start at which it may be."""
-        index = bisect.bisect_right(self._firsts, start)
-        return self._firsts[index] if index < len(self._firsts) else NEVER
-
     def day(self, start: datetime) -> tuple[Interval, int]:
         """The local day (its own time zone) of ``start`` and its visits already there."""
-        day, span = self.days.of(start)
-        return span, self.counts.daily[day] if self.counts is not None else 0
+        _, span = self.days.of(start)
+        visits = self.visits
+        return span, bisect.bisect_left(visits, span.end) - bisect.bisect_left(visits, span.start)
 
 
 @dataclass
@@ -178,9 +205,13 @@ class Pool:
             until = self.region(start).end - INSTANT
             ranked = self._order if self.balanced else self.members
         for member in ranked:
-            if member.free((start,), now):
-                return member, min(until, member.last_start(start))
-            until = min(until, member.next_start(start) - INSTANT)
+            # One bisect tells whether it is free, until when, or when it may be next.
+            firsts, lasts = member.firsts, member.lasts
+            index = bisect.bisect_right(firsts, start) - 1
+            if index >= 0 and start <= lasts[index] and member.free((start,), now, fits=True):
+                return member, min(until, lasts[index])
+            if index + 1 < len(firsts):
+                until = min(until, firsts[index + 1] - INSTANT)
         return None, until
 
 
@@ -234,8 +265,8 @@ def pools_of(
     order: str,
 ) -> list[Pool]:
     """One :class:`Pool` per group of Schedule ids; ``windows`` by Schedule id. Visits are
-    counted once per Schedule that has a booking limit, or every Schedule of a pool of
-    several under ``balanced``."""
+    counted per local day and week for a Schedule with a booking limit, and listed in time
+    order under ``balanced``."""
     by_id = {leg.schedule.id: leg for leg in legs}
     slots_of: dict[str, list[SlotOverlay]] = {}
     if order == BALANCED or any(leg.params.has_limits for leg in legs):
@@ -248,18 +279,18 @@ def pools_of(
         members = []
         for index, schedule_id in enumerate(group):
             leg = by_id[schedule_id]
-            needs_counts = leg.params.has_limits or (order == BALANCED and len(group) > 1)
-            if needs_counts and schedule_id not in counts:
+            mine = slots_of.get(schedule_id, [])
+            if leg.params.has_limits and schedule_id not in counts:
                 counts[schedule_id] = count_visits(
-                    slots_of.get(schedule_id, []),
-                    schedule_id,
-                    leg.params.timezone,
-                    now,
-                    weeks=leg.params.weekly_limit is not None,
+                    mine, schedule_id, leg.params.timezone, now, weeks=leg.params.weekly_limit is not None
                 )
+            # balanced: per local day, a bisect in the sorted visit starts (what count_visits counts).
+            visits = sorted(s.interval.start for s in mine if is_visit(s, now)) if order == BALANCED else None
             zone = leg.params.timezone
             days = zones.setdefault(zone.key, LocalDays(zone))
-            members.append(Member(leg, index, windows[schedule_id], duration, counts.get(schedule_id), days))
+            members.append(
+                Member(leg, index, windows[schedule_id], duration, counts.get(schedule_id), days, visits)
+            )
         limited = any(member.leg.params.has_limits for member in members)
         pools.append(Pool(tuple(members), balanced=order == BALANCED and len(members) > 1, _limited=limited))
     return pools
