@@ -79,20 +79,16 @@ class LocalDays:
         return self._dates[index], Interval(self._midnights[index], self._midnights[index + 1])
 
     def _cover(self, day: date) -> bool:
-        """Grow the table to hold ``day`` (only the days missing are computed), unless that
-        would make it longer than :data:`TABLE_DAYS` (a block that began long ago): then say no."""
+        """Grow the table forward to hold ``day`` (only the days missing are computed); say no
+        for a day before it (starts come in time order) or past :data:`TABLE_DAYS`."""
         if not self._dates:
             self._dates, self._midnights = [day], [self._midnight(day), self._midnight(day + ONE_DAY)]
             return True
-        first, last = self._dates[0], self._dates[-1]
-        if (max(day, last) - min(day, first)).days >= TABLE_DAYS:
+        if day < self._dates[0] or (day - self._dates[0]).days >= TABLE_DAYS:
             return False
         while day > self._dates[-1]:
             self._dates.append(self._dates[-1] + ONE_DAY)
             self._midnights.append(self._midnight(self._dates[-1] + ONE_DAY))
-        while day < self._dates[0]:
-            self._dates.insert(0, self._dates[0] - ONE_DAY)
-            self._midnights.insert(0, self._midnight(self._dates[0]))
         return True
 
     def _midnight(self, day: date) -> datetime:

@@ -136,6 +136,13 @@ class TestListedOrder:
         store.add(busy("bob", "10:00", "10:30"))
         assert [t for t, *_ in who(proposals(store, "alice,bob"))] == ["09:00", "11:00"]
 
+    def test_a_gap_exactly_one_visit_long_is_offered(self) -> None:
+        # Alice is free 09:00-09:30 only, Bob not at all: the one start 09:00 is still a start.
+        store = clinic()
+        store.add(busy("alice", "09:30", "12:00"))
+        store.add(busy("bob", "09:00", "12:00"))
+        assert who(proposals(store, "alice,bob", "room-1,room-2")) == [("09:00", "alice", "room-1")]
+
     def test_a_visit_never_straddles_two_members(self) -> None:
         # Alice is free 09:00-09:20, Bob 09:20-10:00: together they cover 09:00-09:30, neither alone.
         store = clinic()
@@ -282,6 +289,60 @@ class TestBalanced:
             if k.startswith("Slot/") and r["status"] == "busy"
         )
         assert visits == {"Schedule/alice": 1, "Schedule/bob": 1, "Schedule/carol": 1}
+
+
+class TestAcrossMidnight:
+    """Doctors with no hours (always available): a run of free starts crosses local midnight,
+    where the day's counts -- and so the choice -- change."""
+
+    @staticmethod
+    def _store(**own: list[dict[str, Any]]) -> FakeFhirStore:
+        store = FakeFhirStore(service(duration=60))
+        for doctor in ("alice", "bob"):
+            store.add(practitioner(doctor, NY))
+            store.add(schedule(doctor, f"Practitioner/{doctor}", ["checkup"], blocks=own.get(doctor)))
+        return store
+
+    EVENING = (f"{MONDAY}T20:00:00-05:00", "2026-12-08T03:00:00-05:00")
+
+    def test_balanced_changes_member_at_midnight(self) -> None:
+        store = self._store()
+        store.add(busy("alice", "09:00", "10:00"))  # Monday: Alice 1 visit, Bob none
+        store.add(slot("bob", "busy", "2026-12-08T15:00:00-05:00", "2026-12-08T16:00:00-05:00"))
+        store.add(slot("bob", "busy", "2026-12-08T17:00:00-05:00", "2026-12-08T18:00:00-05:00"))
+        found = who(proposals(store, "alice,bob", order="balanced", span=self.EVENING))
+        assert found == [
+            ("20:00", "bob"), ("21:00", "bob"), ("22:00", "bob"), ("23:00", "bob"),
+            ("00:00", "alice"), ("01:00", "alice"), ("02:00", "alice"),
+        ]  # fmt: skip
+
+    def test_balanced_days_follow_the_wall_clock_across_spring_forward(self) -> None:
+        # New York springs forward on Sunday 2026-03-08: that day has 23 hours.
+        store = self._store()
+        visits = {"alice": ["03-07T10", "03-09T10", "03-09T11", "03-09T12"], "bob": ["03-08T10", "03-08T11"]}
+        for doctor, starts in visits.items():
+            for start in starts:
+                offset = "-04:00" if start.startswith("03-09") else "-05:00"
+                store.add(slot(doctor, "busy", f"2026-{start}:00:00{offset}", f"2026-{start}:30:00{offset}"))
+        found = who(
+            proposals(
+                store,
+                "alice,bob",
+                order="balanced",
+                span=("2026-03-07T22:00:00-05:00", "2026-03-09T02:00:00-04:00"),
+                now=datetime(2026, 2, 1, tzinfo=UTC),
+            )
+        )
+        # Saturday: Alice has 1, Bob 0. Sunday: Bob 2, Alice 0. Monday: Alice 3, Bob 0.
+        assert found[:2] == [("22:00", "bob"), ("23:00", "bob")]
+        assert {w for _, w in found[2:-2]} == {"alice"}
+        assert found[-2:] == [("00:00", "bob"), ("01:00", "bob")]
+
+    def test_a_full_day_ends_at_midnight(self) -> None:
+        store = self._store(alice=[params_block(service="checkup", bookingLimit=[(1, "d")])])
+        store.add(busy("alice", "09:00", "10:00"))  # Alice's one visit of Monday
+        found = who(proposals(store, "alice,bob", span=self.EVENING))
+        assert [w for _, w in found] == ["bob"] * 4 + ["alice"] * 3
 
 
 class TestJointPools:
