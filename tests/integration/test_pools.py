@@ -126,3 +126,14 @@ def test_concurrent_clients_fill_a_pooled_hour_and_no_member_is_double_booked(
     assert sorted(per_time.values()) == [2] * 8, per_time  # each time: 2 room visits, 2 doctor visits
     assert len({s["start"] for s in visits}) == 4
     assert get_find(sidecar, clinic.find_params(start, end, "listed")).json()["total"] == 0
+
+
+def test_a_pooled_find_costs_the_reads_of_a_joint_one(sidecar: Sidecar, hapi: Any) -> None:
+    """Three upstream requests, sent together, whatever the pools' sizes and order."""
+    clinic = PoolClinic(hapi.base_url)
+    day = monday_ahead()
+    for order in ("listed", "balanced"):
+        response = get_find(sidecar, clinic.find_params(local(day, "09:30"), local(day, "12:00"), order))
+        assert response.status_code == 200, response.text
+        assert response.json()["total"] == 10  # 09:30 to 11:45, one doctor and one room each
+        assert response.headers["X-Upstream-Round-Trips"] == "3", order
