@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from operations.availability import ONE_DAY, joint_windows, local_midnight
+from operations.availability import ONE_DAY, intersect, joint_windows, local_midnight, merge
 from operations.find_request import BALANCED, LISTED
 from operations.model import Interval, Leg, ResolvedParameters, SlotOverlay
 from operations.rules import DAY, VisitCounts, broken_rule, count_visits, day_of, is_visit, period_span
@@ -170,7 +170,7 @@ class Pool:
     def starts(self) -> list[Interval]:
         """Where some member can hold a visit: the union of the members' possible starts
         (closed: ``[first, last]``), exact as far as hours, buffers and Slots go."""
-        return _union(span for member in self.members for span in member.starts)
+        return merge((span for member in self.members for span in member.starts), closed=True)
 
     def candidates(self, start: datetime) -> Sequence[Member]:
         """The members in the order they are tried at ``start``: as listed, or (balanced)
@@ -220,35 +220,8 @@ def offered_windows(pools: Sequence[Pool], duration: timedelta) -> list[Interval
         return joint_windows([pool.members[0].windows for pool in pools], duration)
     common: list[Interval] | None = None
     for pool in pools:
-        common = pool.starts if common is None else _intersection(common, pool.starts)
+        common = pool.starts if common is None else intersect(common, pool.starts, closed=True)
     return [Interval(first, last + duration) for first, last in common or []]
-
-
-def _union(spans: Iterable[Interval]) -> list[Interval]:
-    """Closed spans ``[first, last]`` (a single instant is one), sorted and merged."""
-    merged: list[Interval] = []
-    for first, last in sorted(spans):
-        if merged and first <= merged[-1].end:
-            if last > merged[-1].end:
-                merged[-1] = Interval(merged[-1].start, last)
-        else:
-            merged.append(Interval(first, last))
-    return merged
-
-
-def _intersection(a: Sequence[Interval], b: Sequence[Interval]) -> list[Interval]:
-    """The instants in both of two sorted, merged lists of closed spans."""
-    both: list[Interval] = []
-    i = j = 0
-    while i < len(a) and j < len(b):
-        first, last = max(a[i].start, b[j].start), min(a[i].end, b[j].end)
-        if first <= last:
-            both.append(Interval(first, last))
-        if a[i].end < b[j].end:
-            i += 1
-        else:
-            j += 1
-    return both
 
 
 def pools_of(

@@ -19,7 +19,6 @@ and Slots (visits, live and lapsed holds, blocks, extra free time). Then:
 from __future__ import annotations
 
 import json
-from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -28,12 +27,11 @@ from zoneinfo import ZoneInfo
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from operations.booking import BookingRequest, book
 from operations.find import FindRequest, find_appointments
 from operations.model import HOLD_EXPIRES_URL
 from tests.unit.builders import params_block, practitioner, schedule, service, slot, window
 from tests.unit.fake_store import FakeFhirStore, FakeStore
-from tests.unit.test_booking import TTL, FakeClock
+from tests.unit.test_pools import book_it, visits_per_schedule
 
 Resource = dict[str, Any]
 ZONES = ["America/New_York", "Europe/London", "Asia/Kolkata", "Australia/Sydney"]
@@ -308,15 +306,8 @@ def test_balanced_spreads_a_day_of_bookings_evenly(
     for _ in range(bookings):
         request = FindRequest.from_parameters(params, now=now, max_range_days=31)
         [first] = [e["resource"] for e in find_appointments(store, request)["entry"]]
-        booked = book(
-            store, BookingRequest.from_body(first), hold=False, hold_ttl=TTL, clock=FakeClock(now).clock()
-        )
-        assert booked.status == 201
-    counts = Counter(
-        r["schedule"]["reference"]
-        for k, r in store.resources.items()
-        if k.startswith("Slot/") and r["status"] == "busy"
-    )
+        assert book_it(store, first, now) == 201
+    counts = visits_per_schedule(store)
     per_member = [counts[f"Schedule/{i}"] for i in ids]
     assert sum(per_member) == bookings
     assert max(per_member) - min(per_member) <= 1, per_member

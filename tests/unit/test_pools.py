@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -98,6 +98,21 @@ def proposals(
 ) -> list[dict[str, Any]]:
     bundle = find_appointments(store, request(*pools, order=order, span=span, extra=extra, now=now))
     return [e["resource"] for e in bundle.get("entry", []) if e["search"]["mode"] == "match"]
+
+
+def book_it(store: FakeFhirStore, proposal: dict[str, Any], now: datetime = NOW) -> int:
+    """``$book`` the proposal as it came from ``$find``; the status."""
+    request = BookingRequest.from_body(proposal)
+    return book(store, request, hold=False, hold_ttl=TTL, clock=FakeClock(now).clock()).status
+
+
+def visits_per_schedule(store: FakeFhirStore, keys: Iterable[str] | None = None) -> Counter[str]:
+    """The stored visit (``busy``) Slots per Schedule reference (among ``keys``, if given)."""
+    return Counter(
+        r["schedule"]["reference"]
+        for k, r in store.resources.items()
+        if k.startswith("Slot/") and r["status"] == "busy" and (keys is None or k in keys)
+    )
 
 
 def who(proposals: list[dict[str, Any]]) -> list[tuple[str, ...]]:
@@ -272,23 +287,8 @@ class TestBalanced:
     def test_booking_the_first_proposal_again_and_again_spreads_the_day(self) -> None:
         store = clinic()
         for _ in range(3):
-            first = proposals(store, "alice,bob,carol", order="balanced")[0]
-            assert (
-                book(
-                    store,
-                    BookingRequest.from_body(first),
-                    hold=False,
-                    hold_ttl=TTL,
-                    clock=FakeClock(NOW).clock(),
-                ).status
-                == 201
-            )
-        visits = Counter(
-            r["schedule"]["reference"]
-            for k, r in store.resources.items()
-            if k.startswith("Slot/") and r["status"] == "busy"
-        )
-        assert visits == {"Schedule/alice": 1, "Schedule/bob": 1, "Schedule/carol": 1}
+            assert book_it(store, proposals(store, "alice,bob,carol", order="balanced")[0]) == 201
+        assert visits_per_schedule(store) == {"Schedule/alice": 1, "Schedule/bob": 1, "Schedule/carol": 1}
 
 
 class TestAcrossMidnight:
@@ -377,15 +377,8 @@ class TestJointPools:
         store.add(busy("alice", "09:00", "09:30"))
         first = proposals(store, "alice,bob", "room-1,room-2")[0]
         before = set(store.resources)
-        result = book(
-            store, BookingRequest.from_body(first), hold=False, hold_ttl=TTL, clock=FakeClock(NOW).clock()
-        )
-        assert result.status == 201
-        written = sorted(
-            r["schedule"]["reference"]
-            for k, r in store.resources.items()
-            if k.startswith("Slot/") and k not in before
-        )
+        assert book_it(store, first) == 201
+        written = sorted(visits_per_schedule(store, set(store.resources) - before))
         assert written == ["Schedule/bob", "Schedule/room-1"]
         # 09:00 again: Bob and room 1 are taken now, Alice was already: nobody is left for it.
         assert who(proposals(store, "alice,bob", "room-1,room-2"))[0] == ("10:00", "alice", "room-1")
