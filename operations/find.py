@@ -1,10 +1,12 @@
-"""Use case: ``$find`` -- propose appointment times (SPEC §3, §4, §7.1, §7.3, §7.4).
+"""Use case: ``$find`` -- propose appointment times (SPEC §3, §4, §7.1-§7.4).
 
 Reads the Schedules with their actors, the HealthcareService and the Slots through the store
 (three searches, whatever the number of schedules), computes free time and renders a searchset
 Bundle. Booking rules (``operations/rules.py``) and a series' later occurrences
 (``operations/series.py``) only remove starts; ``ignore-appointment`` makes one Appointment's
-own time count as free (the search for a new time of that Appointment).
+own time count as free (the search for a new time of that Appointment). Each ``schedule``
+parameter is a pool, "any one of" its comma-separated members (``operations/pools.py``
+chooses them); each proposal names the members chosen.
 """
 
 from __future__ import annotations
@@ -183,7 +185,8 @@ def find_availability(stores: Stores | SchedulingStore, request: FindRequest) ->
     cannot ask about); the Slots with the sidecar's own, so that time the caller cannot see
     is still known to be taken (SPEC §5.1). With the service named, the reads run ``together``
     -- one upstream round trip of latency, whatever the number of schedules -- and the Slot
-    search covers the range (each occurrence's, for a series) plus :data:`SLOT_MARGIN`. Only
+    search covers the range (each occurrence's, for a series) plus :data:`SLOT_MARGIN`
+    (:data:`WHOLE_DAYS_MARGIN` under ``pool-order=balanced``). Only
     what that did not cover is searched afterwards: buffers longer than the margin, and the
     rest of the local days or weeks a booking limit counts (a second round trip then).
     Without the service, it is read after the Schedules that name it (two round trips; the
