@@ -8,6 +8,9 @@ one joint request of two Schedules in different zones. Each timed call goes from
 parameters through ``FindRequest.from_parameters`` and ``find_appointments`` to the Bundle,
 reading from an in-memory store that only hands out the stored dicts.
 
+Pools (issue 9): a pooled find of 3 practitioners x 3 rooms against 1 + 1
+(``bench/find_pools.py``; ``--only pools`` runs just that).
+
 Booking rules (issue 8): 10 single-schedule finds (two per zone) over the 31 days with the
 service's every booking rule on -- a minimum notice, a booking window longer than the range,
 a daily and a weekly limit high enough that they empty no day -- against the same 10 without,
@@ -15,7 +18,7 @@ on the same Slots, the runs of the two interleaved. The store here costs nothing
 this is the rules' compute cost alone; ``python -m bench`` measures them end to end through
 HAPI, where a limit may also cost a second Slot search (``bench/find_rules.py``).
 
-    python bench/find.py [--runs N] [--seed S] [--profile]
+    python bench/find.py [--runs N] [--seed S] [--profile] [--only pools]
     python -m bench.find [--runs N]
 """
 
@@ -323,11 +326,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=7, help="timed runs (default 7)")
     parser.add_argument("--seed", type=int, default=20250303, help="random seed for the Slots")
     parser.add_argument("--profile", action="store_true", help="also print a cProfile of the 50 finds")
+    parser.add_argument(
+        "--only", choices=["all", "pools"], default="all", help="pools: only the pooled find (issue 9)"
+    )
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
 
+    from bench import find_pools  # here: it imports this module
+
     store = MemoryStore(build_workload(args.seed))
+    if args.only == "pools":
+        print("\n".join(find_pools.report(store, args.runs)))
+        return 0
     counts = single_finds(store)
     joint = joint_find(store)
     print(
@@ -379,9 +390,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"target rules on <= {rules_target:.2f}x rules off, median: {verdict} "
         f"({wall_ratio:.2f}x wall, {cpu_ratio:.2f}x cpu)"
     )
+    print("\n".join(find_pools.report(store, args.runs)))
     if args.profile:
         print(profile(store, 25))
         print(profile(ruled, 25, rules_finds))
+        print(profile(store, 25, lambda s: find_pools.find(s, find_pools.POOLED)))
     return 0
 
 

@@ -56,9 +56,10 @@ def expand_weekly(windows: Iterable[WeeklyWindow], zone: ZoneInfo, span: Interva
     return merge(found)
 
 
-def merge(intervals: Iterable[Interval]) -> list[Interval]:
-    """Sort and merge overlapping or touching intervals; empty ones are dropped."""
-    ordered = sorted(i for i in intervals if i.end > i.start)
+def merge(intervals: Iterable[Interval], *, closed: bool = False) -> list[Interval]:
+    """Sort and merge overlapping or touching intervals; empty ones are dropped. ``closed``:
+    they are closed spans ``[start, end]`` (sets of visit starts), and a single instant is one."""
+    ordered = sorted(intervals) if closed else sorted(i for i in intervals if i.end > i.start)
     merged: list[Interval] = []
     for current in ordered:
         if merged and current.start <= merged[-1].end:
@@ -90,14 +91,15 @@ def subtract(base: Sequence[Interval], cuts: Sequence[Interval]) -> list[Interva
     return result
 
 
-def intersect(a: Sequence[Interval], b: Sequence[Interval]) -> list[Interval]:
-    """The instants in both ``a`` and ``b`` (both sorted and merged)."""
+def intersect(a: Sequence[Interval], b: Sequence[Interval], *, closed: bool = False) -> list[Interval]:
+    """The instants in both ``a`` and ``b`` (both sorted and merged; ``closed`` as for
+    :func:`merge`: a single shared instant is kept)."""
     result: list[Interval] = []
     i = j = 0
     while i < len(a) and j < len(b):
         start = max(a[i].start, b[j].start)
         end = min(a[i].end, b[j].end)
-        if start < end:
+        if start < end or (closed and start == end):
             result.append(Interval(start, end))
         if a[i].end < b[j].end:
             i += 1

@@ -1,15 +1,16 @@
-"""Use case: ``$find`` -- propose appointment times (SPEC §3, §4, §7.1, §7.3, §7.4).
+"""Use case: ``$find`` -- propose appointment times (SPEC §3, §4, §7.1-§7.4).
 
 Reads the Schedules with their actors, the HealthcareService and the Slots through the store
 (three searches, whatever the number of schedules), computes free time and renders a searchset
 Bundle. Booking rules (``operations/rules.py``) and a series' later occurrences
 (``operations/series.py``) only remove starts; ``ignore-appointment`` makes one Appointment's
-own time count as free (the search for a new time of that Appointment).
+own time count as free (the search for a new time of that Appointment). Each ``schedule``
+parameter is a pool, "any one of" its comma-separated members (``operations/pools.py``
+chooses them); each proposal names the members chosen.
 """
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -17,9 +18,16 @@ from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 from operations.alignment import aligned_starts
-from operations.availability import joint_windows, merge, schedule_windows, subtract
+from operations.availability import merge, schedule_windows, subtract
 from operations.errors import Unprocessable
-from operations.find_request import DEFAULT_COUNT, DEFAULT_MAX_SCHEDULES, MAX_COUNT, FindRequest
+from operations.find_request import (
+    BALANCED,
+    DEFAULT_COUNT,
+    DEFAULT_MAX_SCHEDULES,
+    LISTED,
+    MAX_COUNT,
+    FindRequest,
+)
 from operations.legs import (
     agreed_grid,
     check_legs,
@@ -29,19 +37,10 @@ from operations.legs import (
     widened,
 )
 from operations.model import Interval, Leg, Service, SlotOverlay
+from operations.pools import Chooser, offered_windows, own_rules, pools_of
 from operations.read_hints import ReadHints
 from operations.rendering import Renderer, outcome_entry, searchset
-from operations.rules import (
-    DAY,
-    WEEK,
-    broken_rule,
-    day_of,
-    full_periods,
-    has_rules,
-    period_span,
-    visits_by_schedule,
-    week_of,
-)
+from operations.rules import DAY, WEEK, day_of, period_span, week_of
 from operations.series import Recurrence
 from operations.store import (
     ConfigurationReader,
@@ -59,6 +58,12 @@ SLOT_MARGIN = timedelta(hours=4)
 the configuration reads (before the buffers are known): buffers up to this long need no
 second search."""
 
+WHOLE_DAYS_MARGIN = timedelta(hours=26)
+"""The margin under ``pool-order=balanced``: the local day of an instant, in any time zone,
+begins less than 25 hours before it and ends less than 25 hours after (a day is at most 25
+hours long), so every member's whole days are read in the first round trip, before the
+Schedules and their zones are known."""
+
 DST_SLACK = timedelta(hours=3)
 """How far a later occurrence of a series may lie from "first start + k periods" in real time:
 it keeps the local wall-clock time, which DST changes move by an hour (at most two, anywhere)."""
@@ -73,6 +78,8 @@ class Availability:
     duration: timedelta
     zone: ZoneInfo
     starts: list[datetime]
+    chosen: list[tuple[Leg, ...]] = field(default_factory=list)
+    """Per start, the Schedules its proposal names: one chosen member of every pool."""
     notices: list[tuple[str, str]] = field(default_factory=list)
     """(diagnostics, expression) for schedules that can offer nothing, for a known reason."""
 
@@ -90,21 +97,25 @@ def occurrence_ranges(window: Interval, recurrence: Recurrence | None) -> list[I
     return merge(shifted)
 
 
-def needed_spans(window: Interval, legs: Sequence[Leg], recurrence: Recurrence | None) -> list[Interval]:
+def needed_spans(
+    window: Interval, legs: Sequence[Leg], recurrence: Recurrence | None, *, balanced: bool = False
+) -> list[Interval]:
     """Every span whose Slots the decision reads: the occurrence ranges widened by the buffers,
     and, on a Schedule with a booking limit, the whole local days or weeks in which a visit of
-    the range can start (the last start is the range's end less the visit)."""
+    the range can start (the last start is the range's end less the visit); whole days on every
+    Schedule when pools choose ``balanced``: it counts each member's day."""
     ranges = occurrence_ranges(window, recurrence)
     spans = [slot_search_span(r, legs) for r in ranges]
     for leg in legs:
         params, zone = leg.params, leg.params.timezone
         for r in ranges:
             last = max(r.start, r.end - params.duration)
-            for unit, limit, period_of in (
-                (DAY, params.daily_limit, day_of),
-                (WEEK, params.weekly_limit, week_of),
+            daily = params.daily_limit is not None or balanced
+            for unit, counted, period_of in (
+                (DAY, daily, day_of),
+                (WEEK, params.weekly_limit is not None, week_of),
             ):
-                if limit is not None:
+                if counted:
                     spans.append(
                         Interval(
                             period_span(period_of(r.start, zone), unit, zone).start,
@@ -114,58 +125,25 @@ def needed_spans(window: Interval, legs: Sequence[Leg], recurrence: Recurrence |
     return merge(spans)
 
 
-def _fits(windows: Sequence[Interval], starts: Sequence[datetime], visit: Interval) -> bool:
-    """Whether ``visit`` lies inside one of the sorted, disjoint ``windows`` (``starts``: theirs)."""
-    index = bisect.bisect_right(starts, visit.start) - 1
-    return index >= 0 and windows[index].end >= visit.end
-
-
-def _acceptance(
-    legs: Sequence[Leg],
-    windows: Sequence[Interval],
-    duration: timedelta,
-    slots: Sequence[SlotOverlay],
-    now: datetime,
-    recurrence: Recurrence | None,
-) -> Callable[[datetime], bool] | None:
-    """What a first start must pass beyond fitting in the windows: the booking limits of every
-    Schedule, and for a series every later occurrence free and within every rule. ``None``
-    when there is nothing to check (notice and window are applied by clipping the range).
-
-    Without a series a start breaks a limit exactly when it falls in a local day or week that is
-    already full, so those periods are found once and a start costs one bisection."""
-    limited = [leg for leg in legs if leg.params.has_limits]
-    if not limited and recurrence is None:
-        return None
-    counts = visits_by_schedule(slots, [(leg.schedule.id, leg.params.timezone) for leg in limited], now)
-    if recurrence is None:
-        return outside(full_periods([(leg.params, counts[leg.schedule.id]) for leg in limited]))
-    ruled = [leg for leg in legs if has_rules(leg.params)]
-    window_starts = [w.start for w in windows]
-    zone = legs[0].params.timezone
-
-    def accept(start: datetime) -> bool:
-        starts = recurrence.starts(start, zone)
-        for later in starts[1:]:
-            if not _fits(windows, window_starts, Interval(later, later + duration)):
-                return False
-        return all(broken_rule(leg.params, starts, now, counts.get(leg.schedule.id)) is None for leg in ruled)
-
-    return accept
-
-
-def outside(blocked: Sequence[Interval]) -> Callable[[datetime], bool] | None:
-    """A test that a start lies in none of the sorted, disjoint ``blocked`` spans (``None`` when
-    there are none)."""
-    if not blocked:
-        return None
-    starts = [b.start for b in blocked]
-
-    def accept(start: datetime) -> bool:
-        index = bisect.bisect_right(starts, start) - 1
-        return index < 0 or blocked[index].end <= start
-
-    return accept
+def _notices(leg: Leg, request: Interval, now: datetime, duration: timedelta) -> list[tuple[str, str]]:
+    """Why this Schedule can offer nothing in ``request``, when the caller should know."""
+    schedule, params = leg.schedule, leg.params
+    notices = []
+    if not schedule.active:
+        notices.append(f"Schedule/{schedule.id} is not active: it offers no time")
+    elif schedule.planning_horizon is not None and (
+        schedule.planning_horizon.end <= request.start or schedule.planning_horizon.start >= request.end
+    ):
+        notices.append(f"The requested range lies outside the planning horizon of Schedule/{schedule.id}")
+    earliest = now + params.minimum_notice
+    if params.minimum_notice and earliest > request.end - duration:
+        notices.append(f"minimumNotice: Schedule/{schedule.id} offers nothing before {earliest.isoformat()}")
+    if params.booking_window is not None and now + params.booking_window < request.start:
+        notices.append(
+            f"bookingWindow: Schedule/{schedule.id} offers nothing after "
+            f"{(now + params.booking_window).isoformat()}"
+        )
+    return [(text, leg.expression) for text in notices]
 
 
 def compute(
@@ -178,61 +156,35 @@ def compute(
     *,
     recurrence: Recurrence | None = None,
     ignore: Collection[str] = (),
+    groups: Sequence[Sequence[str]] | None = None,
+    pool_order: str = LISTED,
 ) -> Availability:
-    """The pure heart of ``$find``: free time of every leg, intersected, on the grid, within the
-    booking rules (and for a series, only first starts whose every occurrence is free).
+    """The pure heart of ``$find``: the free time of every leg under its own rules; for each
+    grid start, a free member of every pool (``groups`` of Schedule ids, each "any one of";
+    default: each leg alone, all of them at once), chosen as ``pool_order`` says (and for a
+    series, only first starts whose every occurrence is free on the chosen members).
     Slots with ids in ``ignore`` count as not there."""
     duration, grid = agreed_grid(legs)
     if ignore:
         slots = [s for s in slots if s.id not in ignore]
     notices: list[tuple[str, str]] = []
-    per_schedule = []
-    not_before = now
-    latest: datetime | None = None
+    windows_of: dict[str, list[Interval]] = {}
     for leg in legs:
-        schedule, params = leg.schedule, leg.params
-        if not schedule.active:
-            notices.append((f"Schedule/{schedule.id} is not active: it offers no time", leg.expression))
-        elif schedule.planning_horizon is not None and (
-            schedule.planning_horizon.end <= request.start or schedule.planning_horizon.start >= request.end
-        ):
-            notices.append(
-                (
-                    f"The requested range lies outside the planning horizon of Schedule/{schedule.id}",
-                    leg.expression,
-                )
-            )
-        earliest = now + params.minimum_notice
-        if params.minimum_notice and earliest > request.end - duration:
-            notices.append(
-                (
-                    f"minimumNotice: Schedule/{schedule.id} offers nothing before {earliest.isoformat()}",
-                    leg.expression,
-                )
-            )
-        if params.booking_window is not None and now + params.booking_window < request.start:
-            notices.append(
-                (
-                    f"bookingWindow: Schedule/{schedule.id} offers nothing after "
-                    f"{(now + params.booking_window).isoformat()}",
-                    leg.expression,
-                )
-            )
-        not_before = max(not_before, earliest)
-        if params.booking_window is not None:
-            limit = now + params.booking_window
-            latest = limit if latest is None else min(latest, limit)
-        spans = [widened(r, params) for r in occurrence_ranges(request, recurrence)]
+        notices.extend(_notices(leg, request, now, duration))
         windows: list[Interval] = []
-        for span in spans:
-            windows.extend(schedule_windows(schedule, service, params, slots, span, now))
-        per_schedule.append(merge(windows))
-    windows = joint_windows(per_schedule, duration)
-    first = request if latest is None else Interval(request.start, min(request.end, latest + duration))
-    accept = _acceptance(legs, windows, duration, slots, now, recurrence)
-    starts = aligned_starts(windows, duration, grid, first, not_before, count, accept)
+        for span in occurrence_ranges(request, recurrence):
+            windows.extend(
+                schedule_windows(leg.schedule, service, leg.params, slots, widened(span, leg.params), now)
+            )
+        windows_of[leg.schedule.id] = own_rules(merge(windows), leg.params, now)
+    groups = groups if groups is not None else [(leg.schedule.id,) for leg in legs]
+    pools = pools_of(legs, groups, windows_of, slots, now, duration, pool_order)
+    chooser = Chooser(pools, duration, now, recurrence)
+    joint = offered_windows(pools, duration)
+    starts = aligned_starts(joint, duration, grid, request, now, count, chooser.accept())
+    chosen = [chooser.fixed()] * len(starts) if chooser.trivial else chooser.chosen
     # Times are written in the first Schedule's zone: what its staff read on the wall clock.
-    return Availability(service, list(legs), duration, legs[0].params.timezone, starts, notices)
+    return Availability(service, list(legs), duration, legs[0].params.timezone, starts, chosen, notices)
 
 
 def find_availability(stores: Stores | SchedulingStore, request: FindRequest) -> Availability:
@@ -242,7 +194,9 @@ def find_availability(stores: Stores | SchedulingStore, request: FindRequest) ->
     cannot ask about); the Slots with the sidecar's own, so that time the caller cannot see
     is still known to be taken (SPEC §5.1). With the service named, the reads run ``together``
     -- one upstream round trip of latency, whatever the number of schedules -- and the Slot
-    search covers the range (each occurrence's, for a series) plus :data:`SLOT_MARGIN`. Only
+    search covers the range (each occurrence's, for a series) plus :data:`SLOT_MARGIN`
+    (:data:`WHOLE_DAYS_MARGIN` under ``pool-order=balanced``), and what the read hints say the
+    Schedules needed last time (``operations/read_hints.py``). Only
     what that did not cover is searched afterwards: buffers longer than the margin, and the
     rest of the local days or weeks a booking limit counts (a second round trip then).
     Without the service, it is read after the Schedules that name it (two round trips; the
@@ -253,12 +207,12 @@ def find_availability(stores: Stores | SchedulingStore, request: FindRequest) ->
     together = stores.together if isinstance(stores, Stores) else one_after_another
     hints = stores.hints if isinstance(stores, Stores) else None
     ids = list(request.schedule_ids)
+    expressions = request.schedule_expressions
     window = Interval(request.start, request.end)
+    balanced = request.pool_order == BALANCED
+    margin = WHOLE_DAYS_MARGIN if balanced else SLOT_MARGIN
     searched = merge(
-        [
-            Interval(r.start - SLOT_MARGIN, r.end + SLOT_MARGIN)
-            for r in occurrence_ranges(window, request.recurrence)
-        ]
+        [Interval(r.start - margin, r.end + margin) for r in occurrence_ranges(window, request.recurrence)]
         + _hinted_spans(hints, ids, request)
     )
     slot_reads = [_slot_search(slot_reader, ids, span) for span in searched]
@@ -276,11 +230,19 @@ def find_availability(stores: Stores | SchedulingStore, request: FindRequest) ->
             *slot_reads,
         )
         service, legs = check_legs(
-            found[0], found[1], service_id, service_resource, ids, schedule_in_url=request.schedule_in_url
+            found[0],
+            found[1],
+            service_id,
+            service_resource,
+            ids,
+            schedule_in_url=request.schedule_in_url,
+            expressions=expressions,
         )
     else:
         legs_found, *rest = together(
-            lambda: load_legs(configuration, ids, None, schedule_in_url=request.schedule_in_url),
+            lambda: load_legs(
+                configuration, ids, None, schedule_in_url=request.schedule_in_url, expressions=expressions
+            ),
             *extra,
             *slot_reads,
         )
@@ -295,7 +257,7 @@ def find_availability(stores: Stores | SchedulingStore, request: FindRequest) ->
         )
     if hints is not None:
         hints.remember(service.id, legs)
-    missing = subtract(needed_spans(window, legs, request.recurrence), searched)
+    missing = subtract(needed_spans(window, legs, request.recurrence, balanced=balanced), searched)
     if missing:
         schedule_ids = [leg.schedule.id for leg in legs]
         for more in together(*(_slot_search(slot_reader, schedule_ids, span) for span in missing)):
@@ -309,6 +271,8 @@ def find_availability(stores: Stores | SchedulingStore, request: FindRequest) ->
         request.count,
         recurrence=request.recurrence,
         ignore=frozenset(slot_ids(ignored)) if ignored is not None else frozenset(),
+        groups=request.groups,
+        pool_order=request.pool_order,
     )
 
 
@@ -320,7 +284,8 @@ def _hinted_spans(hints: ReadHints | None, ids: Sequence[str], request: FindRequ
     legs = hints.recall(ids, request.service_id)
     if not legs:
         return []
-    return needed_spans(Interval(request.start, request.end), legs, request.recurrence)
+    window = Interval(request.start, request.end)
+    return needed_spans(window, legs, request.recurrence, balanced=request.pool_order == BALANCED)
 
 
 def _slot_search(reader: SlotReader, ids: Sequence[str], span: Interval) -> Callable[[], list[Resource]]:
@@ -350,7 +315,10 @@ def find_appointments(stores: Stores | SchedulingStore, request: FindRequest) ->
     """``Appointment/$find``: a searchset Bundle of proposed Appointments."""
     found = find_availability(stores, request)
     render = Renderer(found.service, found.zone)
-    resources = [render.appointment(found.legs, Interval(s, s + found.duration)) for s in found.starts]
+    resources = [
+        render.appointment(legs, Interval(s, s + found.duration))
+        for s, legs in zip(found.starts, found.chosen, strict=True)
+    ]
     return searchset(resources, [outcome_entry(text, expr) for text, expr in found.notices])
 
 

@@ -16,6 +16,11 @@ DEFAULT_COUNT = 20
 MAX_COUNT = 1000
 DEFAULT_MAX_SCHEDULES = 20
 """Schedules one request may name (``MAX_SCHEDULES``): each adds locks, reads and work."""
+LISTED = "listed"
+BALANCED = "balanced"
+POOL_ORDERS = (LISTED, BALANCED)
+"""How a pool chooses among its free members (SPEC §7.2): the first listed, or the one with the
+fewest visits that local day."""
 
 
 @dataclass(frozen=True)
@@ -43,10 +48,22 @@ class FindRequest:
     """The IHE ITI-115 parameters (SPEC §7.2): practitioners and locations stand for Schedules,
     a visit type for the service (``operations/ihe_find.py`` resolves them)."""
 
+    pool_order: str = LISTED
+    """``listed`` or ``balanced``: which free member of a pool a proposal names (SPEC §7.2)."""
+
     @property
     def groups(self) -> tuple[tuple[str, ...], ...]:
         """The pools of the request, each at least one Schedule id: "all of" these, each "any one of"."""
         return self.schedule_groups or tuple((i,) for i in self.schedule_ids)
+
+    @property
+    def schedule_expressions(self) -> tuple[str, ...]:
+        """Where each of ``schedule_ids`` was named, for errors: ``Parameters.schedule[k]`` with
+        ``k`` the index of the first ``schedule`` parameter (pool) that names it."""
+        return tuple(
+            f"Parameters.schedule[{next(k for k, group in enumerate(self.groups) if i in group)}]"
+            for i in self.schedule_ids
+        )
 
     @classmethod
     def from_parameters(
@@ -157,6 +174,14 @@ class FindRequest:
         if timing is not None:
             recurrence = parse_recurrence(timing, expression="Parameters.recurrence", max_series=max_series)
 
+        pool_order = _at_most_once(by_name, "pool-order")
+        if pool_order is not None and pool_order.strip() not in POOL_ORDERS:
+            raise InvalidRequest(
+                f"pool-order must be 'listed' or 'balanced', not {pool_order!r}",
+                code="value",
+                expression="Parameters.pool-order",
+            )
+
         ignore = None
         ignored = _at_most_once(by_name, "ignore-appointment")
         if ignored is not None:
@@ -174,6 +199,7 @@ class FindRequest:
             ignore_appointment=ignore,
             schedule_groups=groups,
             ihe=ihe,
+            pool_order=pool_order.strip() if pool_order is not None else LISTED,
         )
 
 

@@ -15,6 +15,7 @@ Schedule also takes the lock of its local day (or week), see :func:`period_keys`
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +37,11 @@ def day_of(start: datetime, zone: ZoneInfo) -> date:
 
 def week_of(start: datetime, zone: ZoneInfo) -> date:
     """The ISO week a visit counts on, named by its local Monday."""
-    day = day_of(start, zone)
+    return monday_of(day_of(start, zone))
+
+
+def monday_of(day: date) -> date:
+    """The Monday of ``day``'s ISO week."""
     return day - timedelta(days=day.weekday())
 
 
@@ -68,54 +73,23 @@ def count_visits(
     zone: ZoneInfo,
     now: datetime,
     ignore: Collection[str] = (),
+    *,
+    weeks: bool = True,
 ) -> VisitCounts:
     """The visits on ``schedule_id`` among ``slots`` (those with ids in ``ignore`` left out: the
-    Appointment being rescheduled), per local day and week of ``zone``."""
+    Appointment being rescheduled), per local day and (unless ``weeks`` is false) week of
+    ``zone``."""
     counts = VisitCounts()
-    for slot in slots:
-        if slot.schedule_id != schedule_id or slot.id in ignore or not is_visit(slot, now):
-            continue
-        counts.daily[day_of(slot.interval.start, zone)] += 1
-        counts.weekly[week_of(slot.interval.start, zone)] += 1
+    starts = [
+        slot.interval.start
+        for slot in slots
+        if slot.schedule_id == schedule_id and slot.id not in ignore and is_visit(slot, now)
+    ]
+    counts.daily.update(map(day_of, starts, itertools.repeat(zone)))
+    if weeks:  # a week's count is the sum of its days'
+        for day, visits in counts.daily.items():
+            counts.weekly[monday_of(day)] += visits
     return counts
-
-
-def visits_by_schedule(
-    slots: Iterable[SlotOverlay], schedules: Sequence[tuple[str, ZoneInfo]], now: datetime
-) -> dict[str, VisitCounts]:
-    """:func:`count_visits` for several Schedules (id, zone) in one pass over ``slots``."""
-    counts = {schedule_id: VisitCounts() for schedule_id, _ in schedules}
-    if not counts:
-        return counts
-    zones = dict(schedules)
-    for slot in slots:
-        found = counts.get(slot.schedule_id)
-        if found is None or not is_visit(slot, now):
-            continue
-        zone = zones[slot.schedule_id]
-        found.daily[day_of(slot.interval.start, zone)] += 1
-        found.weekly[week_of(slot.interval.start, zone)] += 1
-    return counts
-
-
-def full_periods(limited: Iterable[tuple[ResolvedParameters, VisitCounts]]) -> list[Interval]:
-    """The local days and weeks (as instants, merged) in which no visit may start because a
-    Schedule's limit is reached: one more visit there would break :func:`broken_rule`'s limit."""
-    spans: list[Interval] = []
-    for params, counts in limited:
-        for unit, limit, already in (
-            (DAY, params.daily_limit, counts.daily),
-            (WEEK, params.weekly_limit, counts.weekly),
-        ):
-            if limit is not None:
-                spans.extend(
-                    period_span(key, unit, params.timezone) for key, n in already.items() if n >= limit
-                )
-    return merge(spans)
-
-
-def has_rules(params: ResolvedParameters) -> bool:
-    return bool(params.minimum_notice) or params.booking_window is not None or params.has_limits
 
 
 def broken_rule(

@@ -97,7 +97,8 @@ def main() -> int:
             timeout=120,
         )
         response.raise_for_status()
-        print("Loaded the sample clinic: Dr. Alice (New York), Dr. Ravi (Kolkata), Exam room 1,")
+        print("Loaded the sample clinic: Dr. Alice and Dr. Bea (New York), Dr. Ravi (Kolkata),")
+        print("  Exam rooms 1 and 2,")
         print("  services office-visit (30 min, 5 min buffers) and long-consult (60 min, 15 min after;")
         print("  booking rules: a day's notice, at most 4 a day).")
         subprocess.run([sys.executable, "-m", "plugin", "register"], env=env, check=False)

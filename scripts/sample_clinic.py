@@ -1,6 +1,7 @@
-"""The sample clinic `make run` loads: two practitioners in different time zones, a room, and two
-services with different durations and buffers; the long consultation has booking rules (a day's
-notice, at most 4 a day). Also importable (``sample_bundle()``)."""
+"""The sample clinic `make run` loads: three practitioners -- Dr. Alice and Dr. Bea in New York
+(the same services: a pool, SPEC 7.2), Dr. Ravi in Kolkata -- two exam rooms, and two services
+with different durations and buffers; the long consultation has booking rules (a day's notice,
+at most 4 a day). Also importable (``sample_bundle()``)."""
 
 from __future__ import annotations
 
@@ -73,7 +74,9 @@ def sample_resources() -> list[dict[str, Any]]:
     return [
         _actor("Practitioner", "dr-alice", "Alice Smith", "America/New_York"),
         _actor("Practitioner", "dr-ravi", "Ravi Iyer", "Asia/Kolkata"),
+        _actor("Practitioner", "dr-bea", "Bea Okafor", "America/New_York"),
         _actor("Location", "room-1", "Exam room 1", "America/New_York"),
+        _actor("Location", "room-2", "Exam room 2", "America/New_York"),
         _service(
             "office-visit",
             "Office visit",
@@ -124,6 +127,9 @@ def sample_resources() -> list[dict[str, Any]]:
             },
         ),
         _schedule("room-1", "Location/room-1", ["office-visit", "long-consult"]),
+        # Pools (SPEC 7.2): Dr. Bea offers what Dr. Alice offers, room 2 what room 1 offers.
+        _schedule("dr-bea", "Practitioner/dr-bea", ["office-visit", "long-consult"]),
+        _schedule("room-2", "Location/room-2", ["office-visit", "long-consult"]),
     ]
 
 

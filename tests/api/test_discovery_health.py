@@ -51,6 +51,7 @@ def test_operation_definitions_are_served(client: FlaskClient) -> None:
         "end": (1, "1"),
         "service-type-reference": (0, "1"),
         "schedule": (0, "*"),
+        "pool-order": (0, "1"),
         "_count": (0, "1"),
         "recurrence": (0, "1"),
         "ignore-appointment": (0, "1"),

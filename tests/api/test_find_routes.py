@@ -250,6 +250,22 @@ def test_real_validation_errors_come_back_as_400(client: FlaskClient) -> None:
     assert response.headers["X-Upstream-Round-Trips"] == "0"
 
 
+@pytest.mark.parametrize(
+    ("pool_order", "expression"),
+    [
+        ("pool-order=random", "Parameters.pool-order"),
+        ("pool-order=listed&pool-order=balanced", "Parameters.pool-order[1]"),
+    ],
+)
+def test_a_bad_pool_order_is_400_before_any_read(
+    client: FlaskClient, pool_order: str, expression: str
+) -> None:
+    response = client.get(f"{FIND}?{QUERY.replace('Schedule/a', 'Schedule/a,Schedule/c')}&{pool_order}")
+    assert response.status_code == 400
+    assert (issue(response)["code"], issue(response)["expression"]) == ("value", [expression])
+    assert response.headers["X-Upstream-Round-Trips"] == "0"
+
+
 # ---- errors from the use case and the upstream -----------------------------------------------
 
 
