@@ -210,10 +210,12 @@ def find_availability(stores: Stores | SchedulingStore, request: FindRequest) ->
     expressions = request.schedule_expressions
     window = Interval(request.start, request.end)
     balanced = request.pool_order == BALANCED
-    margin = WHOLE_DAYS_MARGIN if balanced else SLOT_MARGIN
+    hinted, every_one_hinted = _hinted_spans(hints, ids, request)
+    # balanced counts every member's whole local days: the hints know where they lie, else any zone's.
+    margin = WHOLE_DAYS_MARGIN if balanced and not every_one_hinted else SLOT_MARGIN
     searched = merge(
         [Interval(r.start - margin, r.end + margin) for r in occurrence_ranges(window, request.recurrence)]
-        + _hinted_spans(hints, ids, request)
+        + hinted
     )
     slot_reads = [_slot_search(slot_reader, ids, span) for span in searched]
     extra: list[Callable[[], Any]] = []
@@ -276,16 +278,20 @@ def find_availability(stores: Stores | SchedulingStore, request: FindRequest) ->
     )
 
 
-def _hinted_spans(hints: ReadHints | None, ids: Sequence[str], request: FindRequest) -> list[Interval]:
-    """The spans the Schedules needed last time (``operations/read_hints.py``): searched in the
-    first round, so a booking limit's whole days and weeks need no second round trip."""
+def _hinted_spans(
+    hints: ReadHints | None, ids: Sequence[str], request: FindRequest
+) -> tuple[list[Interval], bool]:
+    """The spans the Schedules needed last time (``operations/read_hints.py``), searched in the
+    first round so a booking limit's (or ``balanced``'s) whole days and weeks need no second
+    round trip; and whether every Schedule of the request was hinted."""
     if hints is None or request.service_id is None:
-        return []
+        return [], False
     legs = hints.recall(ids, request.service_id)
     if not legs:
-        return []
+        return [], False
     window = Interval(request.start, request.end)
-    return needed_spans(window, legs, request.recurrence, balanced=request.pool_order == BALANCED)
+    spans = needed_spans(window, legs, request.recurrence, balanced=request.pool_order == BALANCED)
+    return spans, len(legs) == len(set(ids))
 
 
 def _slot_search(reader: SlotReader, ids: Sequence[str], span: Interval) -> Callable[[], list[Resource]]:

@@ -4,7 +4,8 @@ refusal first when reads fail (issue 7, deliver 1)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -117,3 +118,56 @@ def test_a_stale_hint_costs_a_round_trip_never_a_wrong_answer() -> None:
     later = Recording()
     assert "entry" not in find(store, later, hints=hints)
     assert later.groups == [3, 1]
+
+
+class SpanRecording(FakeFhirStore):
+    """Remembers the spans its Slot searches asked for."""
+
+    def __init__(self, *resources: Any) -> None:
+        super().__init__(*resources)
+        self.spans: list[tuple[datetime, datetime]] = []
+
+    def search_slots(self, schedule_ids: Sequence[str], start: datetime, end: datetime) -> list[Any]:
+        self.spans.append((start, end))
+        return super().search_slots(schedule_ids, start, end)
+
+
+def test_balanced_reads_whole_days_in_any_zone_until_hinted_then_exactly_its_own() -> None:
+    """``pool-order=balanced`` counts each member's whole local days: without hints the first
+    Slot search reaches 26 h beyond the range (any zone's day); with every Schedule hinted,
+    the range's margin and the members' own local days, in one round trip and the same answer."""
+    store = SpanRecording(*clinic().resources.values())
+    store.add(practitioner("bob", "America/New_York"))
+    store.add(schedule("bob", "Practitioner/bob", ["checkup"]))
+    hints = ReadHints()
+
+    def balanced(together: Recording) -> list[str]:
+        request = FindRequest.from_parameters(
+            [
+                ("start", "2026-12-07T09:00:00-05:00"),
+                ("end", "2026-12-07T12:00:00-05:00"),
+                ("service-type-reference", "HealthcareService/checkup"),
+                ("schedule", "Schedule/alice,Schedule/bob"),
+                ("pool-order", "balanced"),
+            ],
+            now=LONG_AGO,
+            max_range_days=31,
+        )
+        found = find_appointments(
+            Stores(caller=store, service=store, together=together, hints=hints), request
+        )
+        return [e["resource"]["start"] for e in found["entry"]]
+
+    first, second = Recording(), Recording()
+    assert balanced(first) == balanced(second)
+    assert first.groups == [3] and second.groups == [3]
+    (cold_start, cold_end), (warm_start, warm_end) = store.spans
+    assert (cold_start, cold_end) == (
+        datetime(2026, 12, 6, 12, tzinfo=UTC),  # 09:00 New York less 26 h
+        datetime(2026, 12, 8, 19, tzinfo=UTC),
+    )
+    # Monday 7 December in New York, whole: 05:00Z to 05:00Z the next day.
+    assert (warm_start, warm_end) == (
+        datetime(2026, 12, 7, 5, tzinfo=UTC),
+        datetime(2026, 12, 8, 5, tzinfo=UTC),
+    )
