@@ -50,6 +50,9 @@ class FindRequest:
 
     pool_order: str = LISTED
     """``listed`` or ``balanced``: which free member of a pool a proposal names (SPEC §7.2)."""
+    named_at: tuple[tuple[str, str], ...] = ()
+    """(Schedule id, expression) for Schedules that another parameter stands for
+    (``practitioner``, ``location-reference``): errors and notices about them point there."""
 
     @property
     def groups(self) -> tuple[tuple[str, ...], ...]:
@@ -58,10 +61,13 @@ class FindRequest:
 
     @property
     def schedule_expressions(self) -> tuple[str, ...]:
-        """Where each of ``schedule_ids`` was named, for errors: ``Parameters.schedule[k]`` with
-        ``k`` the index of the first ``schedule`` parameter (pool) that names it."""
+        """Where each of ``schedule_ids`` was named, for errors: the parameter that stands for it
+        (:attr:`named_at`), else ``Parameters.schedule[k]`` with ``k`` the index of the first
+        ``schedule`` parameter (pool) that names it."""
+        named_at = dict(self.named_at)
         return tuple(
-            f"Parameters.schedule[{next(k for k, group in enumerate(self.groups) if i in group)}]"
+            named_at.get(i)
+            or f"Parameters.schedule[{next(k for k, group in enumerate(self.groups) if i in group)}]"
             for i in self.schedule_ids
         )
 

@@ -20,14 +20,13 @@ it would read again is handed over in a :class:`PrimedReader`. Two round trips o
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from operations import find
 from operations.config_values import service_ids
-from operations.errors import InvalidRequest, SchedulingError, Unprocessable
+from operations.errors import InvalidRequest, Unprocessable
 from operations.fhir_values import as_list, dig
 from operations.find_request import FindRequest
 from operations.ihe_parameters import IheCriteria, Named, any_carried
@@ -45,8 +44,6 @@ class Resolution:
     """The stores the search reads through (the caller's primed with what was read)."""
     notices: list[Resource] = field(default_factory=list)
     """OperationOutcome entries for the Bundle: what was left out, or why nothing is offered."""
-    expressions: dict[str, str] = field(default_factory=dict)
-    """Per resolved Schedule id, the parameter that named it (for errors about it)."""
     nothing: bool = False
     """A criterion left nothing to search: the answer is an empty searchset."""
 
@@ -59,21 +56,12 @@ def find_appointments(stores: Stores, request: FindRequest) -> dict[str, Any]:
     resolution = resolve(stores, request)
     if resolution.nothing:
         return searchset([], resolution.notices)
-    try:
-        bundle = find.find_appointments(resolution.stores, resolution.request)
-    except SchedulingError as exc:
-        _pointed(exc, resolution.expressions)
-        raise
+    bundle = find.find_appointments(resolution.stores, resolution.request)
     entries = bundle.get("entry") or []
     for entry in entries:
         resource = entry.get("resource") or {}
         if resource.get("resourceType") == "Appointment":
             resource["participant"] = [*resource.get("participant", []), *_patients(request.ihe)]
-        elif resource.get("resourceType") == "OperationOutcome":
-            for issue in resource.get("issue", []):
-                seen = _Issue(list(issue.get("expression", [])), str(issue.get("diagnostics", "")))
-                _pointed(seen, resolution.expressions)
-                issue["expression"], issue["diagnostics"] = seen.expression, seen.diagnostics
     entries.extend(resolution.notices)
     if entries:
         bundle["entry"] = entries
@@ -132,14 +120,19 @@ def resolve(stores: Stores, request: FindRequest) -> Resolution:
             expression=next(iter(expressions.values())),
         )
     ids = tuple(dict.fromkeys(i for group in groups for i in group))
-    resolved = replace(request, schedule_ids=ids, schedule_groups=tuple(groups), service_id=service_id)
+    resolved = replace(
+        request,
+        schedule_ids=ids,
+        schedule_groups=tuple(groups),
+        service_id=service_id,
+        named_at=tuple(expressions.items()),
+    )
     schedules = [*named_schedules, *by_actor, *by_role]
     primed = PrimedReader(reader, schedules, actors, {service_id: service}, list(request.schedule_ids))
     return Resolution(
         resolved,
-        Stores(caller=primed, service=stores.service, together=stores.together),
+        replace(stores, caller=primed),
         notices,
-        expressions,
     )
 
 
@@ -355,24 +348,3 @@ def _patients(criteria: IheCriteria) -> list[Resource]:
         {"actor": {"reference": f"Patient/{who.id}"}, "required": "required", "status": "needs-action"}
         for who in criteria.patients
     ]
-
-
-def _pointed(error: Any, expressions: dict[str, str]) -> None:
-    """An error or notice (``error``: anything with ``expression`` and ``diagnostics``) about a
-    resolved Schedule points at the parameter that named it, not at a ``schedule`` parameter
-    the caller never sent."""
-    diagnostics = str(error.diagnostics)
-    mentioned = [i for i in expressions if f"Schedule/{i}" in diagnostics]
-    if not mentioned:
-        return
-    target = expressions[max(mentioned, key=lambda i: diagnostics.rfind(f"Schedule/{i}"))]
-    error.expression = [target if e.startswith("Parameters.schedule") else e for e in error.expression]
-    error.diagnostics = re.sub(r"Parameters\.schedule\[\d+\]", target, diagnostics)
-
-
-@dataclass
-class _Issue:
-    """An OperationOutcome issue seen as an error, so notices are pointed like errors."""
-
-    expression: list[str]
-    diagnostics: str
