@@ -145,6 +145,13 @@ def is_fhir_id(value: Any) -> bool:
     return isinstance(value, str) and _FHIR_ID.fullmatch(value) is not None
 
 
+def is_relative_reference(reference: str) -> bool:
+    """Whether ``reference`` is ``Type/id``: a resource type's name (letters, capitalised) and a
+    FHIR id -- what may go into a search or an ``_id`` read without changing its meaning."""
+    resource_type, _, resource_id = reference.partition("/")
+    return resource_type.isalpha() and resource_type[:1].isupper() and is_fhir_id(resource_id)
+
+
 def reference_id(reference: Any, resource_type: str) -> str:
     """The id in ``"<Type>/<id>"`` (a full URL or a ``/_history/n`` suffix is tolerated)."""
     if not isinstance(reference, str) or not reference.strip():

@@ -16,7 +16,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
 from operations.errors import InvalidRequest, Unprocessable
-from operations.fhir_values import is_fhir_id
+from operations.fhir_values import is_relative_reference
 from operations.proposal import Additions, BookingRequest
 from operations.store import FhirReader
 
@@ -68,10 +68,10 @@ def participant_reads(request: BookingRequest) -> ParticipantReads:
             continue  # an actor named by identifier or display only: nothing to read
         if not isinstance(reference, str):
             raise InvalidRequest("actor.reference must be a string", code="value", expression=path)
-        resource_type, _, resource_id = reference.partition("/")
-        if not resource_type.isalpha() or not resource_type[:1].isupper() or not is_fhir_id(resource_id):
+        if not is_relative_reference(reference):
             reads.malformed.setdefault(reference, f"{path}.reference")
             continue
+        resource_type, _, resource_id = reference.partition("/")
         where = request.named_elsewhere.get(reference, f"{path}.reference")
         reads.wanted.setdefault(resource_type, {}).setdefault(resource_id, where)
     return reads

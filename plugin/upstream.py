@@ -35,7 +35,7 @@ from operations.errors import (
     ReferencedElsewhere,
     Unprocessable,
 )
-from operations.fhir_values import is_fhir_id
+from operations.fhir_values import is_fhir_id, is_relative_reference
 from operations.store import Resource
 from plugin.config import Settings
 from plugin.provenance import Attribution, with_provenance
@@ -186,7 +186,7 @@ class FhirUpstream(Transport):
         """``Schedule?actor=Practitioner/a,Location/b&_include=Schedule:actor``, or with
         ``via_role`` the chained ``actor:PractitionerRole.practitioner=...``: one search for all
         the references, Schedules in id order (the server's order is not specified)."""
-        wanted = list(dict.fromkeys(r for r in references if _is_relative_reference(r)))
+        wanted = list(dict.fromkeys(r for r in references if is_relative_reference(r)))
         if not wanted:
             return [], {}
         name = "actor:PractitionerRole.practitioner" if via_role else "actor"
@@ -440,12 +440,6 @@ def _valid_ids(ids: Sequence[str]) -> list[str]:
         if is_fhir_id(resource_id):
             seen.setdefault(resource_id, None)
     return list(seen)
-
-
-def _is_relative_reference(reference: str) -> bool:
-    """``Type/id`` with a FHIR id: anything else would make the search mean something else."""
-    resource_type, _, resource_id = reference.partition("/")
-    return resource_type.isalpha() and is_fhir_id(resource_id)
 
 
 def _search_instant(value: datetime, *, round_up: bool) -> str:
