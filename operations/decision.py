@@ -11,13 +11,13 @@ exact plan; whatever it needs that the speculation did not read is read before t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 
 from operations.availability import merge, schedule_windows
 from operations.errors import Conflict, SchedulingError, Unprocessable
 from operations.fhir_values import dig, format_instant, parse_instant, reference_id
-from operations.legs import check_legs, decode_slots, slot_search_span, widened
+from operations.legs import check_legs, decode_slots, slot_search, slot_search_span, widened
 from operations.locks import LockPlan, lock_plan
 from operations.model import Interval, Leg, Service, SlotOverlay, SlotStatus
 from operations.proposal import BookingRequest
@@ -219,7 +219,7 @@ def search_spans(
     """Every Slot of the Schedules over the deciding spans (one search each, together), each once."""
     found: dict[str, Resource] = {}
     anonymous: list[Resource] = []
-    searches = [_slot_search(store, schedule_ids, span) for span in spans]
+    searches = [slot_search(store, schedule_ids, span) for span in spans]
     for slots in together(*searches) if len(searches) > 1 else [s() for s in searches]:
         for slot in slots:
             if isinstance(slot.get("id"), str):
@@ -227,9 +227,3 @@ def search_spans(
             else:
                 anonymous.append(slot)
     return [*found.values(), *anonymous]
-
-
-def _slot_search(
-    store: FhirStore, schedule_ids: Sequence[str], span: Interval
-) -> Callable[[], list[Resource]]:
-    return lambda: store.search_slots(schedule_ids, span.start, span.end)

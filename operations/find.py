@@ -33,7 +33,9 @@ from operations.legs import (
     check_legs,
     decode_slots,
     load_legs,
+    slot_search,
     slot_search_span,
+    unique_slots,
     widened,
 )
 from operations.model import Interval, Leg, Service, SlotOverlay
@@ -217,7 +219,7 @@ def find_availability(stores: Stores | SchedulingStore, request: FindRequest) ->
         [Interval(r.start - margin, r.end + margin) for r in occurrence_ranges(window, request.recurrence)]
         + hinted
     )
-    slot_reads = [_slot_search(slot_reader, ids, span) for span in searched]
+    slot_reads = [slot_search(slot_reader, ids, span) for span in searched]
     extra: list[Callable[[], Any]] = []
     if request.ignore_appointment is not None:
         reader = cast(FhirReader, stores.caller if isinstance(stores, Stores) else stores)
@@ -262,12 +264,12 @@ def find_availability(stores: Stores | SchedulingStore, request: FindRequest) ->
     missing = subtract(needed_spans(window, legs, request.recurrence, balanced=balanced), searched)
     if missing:
         schedule_ids = [leg.schedule.id for leg in legs]
-        for more in together(*(_slot_search(slot_reader, schedule_ids, span) for span in missing)):
+        for more in together(*(slot_search(slot_reader, schedule_ids, span) for span in missing)):
             slot_resources.extend(more)
     return compute(
         service,
         legs,
-        _unique(decode_slots(slot_resources)),
+        unique_slots(decode_slots(slot_resources)),
         window,
         request.now,
         request.count,
@@ -292,23 +294,6 @@ def _hinted_spans(
     window = Interval(request.start, request.end)
     spans = needed_spans(window, legs, request.recurrence, balanced=request.pool_order == BALANCED)
     return spans, len(legs) == len(set(ids))
-
-
-def _slot_search(reader: SlotReader, ids: Sequence[str], span: Interval) -> Callable[[], list[Resource]]:
-    return lambda: reader.search_slots(ids, span.start, span.end)
-
-
-def _unique(slots: list[SlotOverlay]) -> list[SlotOverlay]:
-    """Slots found by two searches whose spans touch count once."""
-    seen: set[str] = set()
-    unique = []
-    for slot in slots:
-        if slot.id is not None:
-            if slot.id in seen:
-                continue
-            seen.add(slot.id)
-        unique.append(slot)
-    return unique
 
 
 def _readers(stores: Stores | SchedulingStore) -> tuple[ConfigurationReader, SlotReader]:

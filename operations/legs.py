@@ -6,7 +6,7 @@ Slots matter.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -14,7 +14,7 @@ from operations.alignment import Grid
 from operations.errors import InvalidRequest, NotFound, SchedulingError, Unprocessable
 from operations.model import Interval, Leg, ResolvedParameters, Schedule, Service, SlotOverlay
 from operations.parameters import parse_schedule, parse_service, parse_slot, resolve_parameters
-from operations.store import ConfigurationReader, Resource, Together, one_after_another
+from operations.store import ConfigurationReader, Resource, SlotReader, Together, one_after_another
 
 
 def load_legs(
@@ -179,3 +179,23 @@ def slot_search_span(request: Interval, legs: Sequence[Leg]) -> Interval:
     """One Slot search covers every leg's widened span."""
     spans = [widened(request, leg.params) for leg in legs]
     return Interval(min(s.start for s in spans), max(s.end for s in spans))
+
+
+def slot_search(
+    reader: SlotReader, schedule_ids: Sequence[str], span: Interval
+) -> Callable[[], list[Resource]]:
+    """The Slot search of ``schedule_ids`` over ``span``, as a read to run with others."""
+    return lambda: reader.search_slots(schedule_ids, span.start, span.end)
+
+
+def unique_slots(slots: Iterable[SlotOverlay]) -> list[SlotOverlay]:
+    """Slots found by two searches whose spans touch count once."""
+    seen: set[str] = set()
+    unique = []
+    for slot in slots:
+        if slot.id is not None:
+            if slot.id in seen:
+                continue
+            seen.add(slot.id)
+        unique.append(slot)
+    return unique

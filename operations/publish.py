@@ -23,7 +23,7 @@ published is left out, and an OperationOutcome in the publication says why (its 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -31,6 +31,7 @@ from operations.availability import merge, slot_applies, spare_capacity, subtrac
 from operations.booking_link import BookingLinkTemplate
 from operations.errors import SchedulingError
 from operations.find import SLOT_MARGIN, compute, decode_slots, needed_spans
+from operations.legs import slot_search, unique_slots
 from operations.model import FANONI_CODE_SYSTEM, Interval, Leg, Schedule, Service, SlotOverlay
 from operations.parameters import parse_schedule, parse_service, resolve_parameters
 from operations.publish_resources import (
@@ -126,7 +127,7 @@ def publish(
 
     slot_resources += _more_slots(store, together, tagged, window, searched)
     slots_by_schedule: dict[str, list[SlotOverlay]] = {}
-    for slot in _unique(decode_slots(slot_resources)):
+    for slot in unique_slots(decode_slots(slot_resources)):
         slots_by_schedule.setdefault(slot.schedule_id, []).append(slot)
 
     published_slots: list[tuple[str, datetime, str, Resource]] = []
@@ -161,7 +162,7 @@ def _second_round(
     answers = together(
         *(_search(store, "HealthcareService", [("_id", ",".join(ids))]) for ids in service_chunks),
         *(_roles(store, refs) for refs in role_chunks),
-        *(_slots(store, ids, searched) for ids in _chunks([t.schedule.id for t in tagged])),
+        *(slot_search(store, ids, searched) for ids in _chunks([t.schedule.id for t in tagged])),
     )
     services = {
         str(r.get("id")): r for found_services in answers[: len(service_chunks)] for r in found_services
@@ -290,7 +291,7 @@ def _more_slots(
             ids.append(item.schedule.id)
     if not ids:
         return []
-    answers = together(*(_slots(store, chunk, span) for span in merge(spans) for chunk in _chunks(ids)))
+    answers = together(*(slot_search(store, chunk, span) for span in merge(spans) for chunk in _chunks(ids)))
     return [slot for found_slots in answers for slot in found_slots]
 
 
@@ -311,24 +312,8 @@ def _roles(
     return lambda: store.search_including("PractitionerRole", params)
 
 
-def _slots(store: FhirStore, schedule_ids: Sequence[str], span: Interval) -> Callable[[], list[Resource]]:
-    return lambda: store.search_slots(schedule_ids, span.start, span.end)
-
-
 def _chunks(values: Sequence[str]) -> list[list[str]]:
     return [list(values[i : i + IDS_PER_SEARCH]) for i in range(0, len(values), IDS_PER_SEARCH)]
-
-
-def _unique(slots: Iterable[SlotOverlay]) -> list[SlotOverlay]:
-    """Slots found by two searches count once."""
-    seen: set[str] = set()
-    unique = []
-    for slot in slots:
-        if slot.id is None or slot.id not in seen:
-            unique.append(slot)
-            if slot.id is not None:
-                seen.add(slot.id)
-    return unique
 
 
 def _kind(schedule: Schedule) -> str:
