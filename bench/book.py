@@ -172,6 +172,9 @@ class RawStore:
             query = None
         return found
 
+    def attributed(self, bundle: Resource) -> Resource:
+        return bundle  # the raw side adds its Provenance itself, in the shape the sidecar's has
+
     def transaction(self, bundle: Resource) -> Resource:
         self.calls += 1
         response = self.session.post(

@@ -18,77 +18,29 @@ happened) or never will (the caller is told nothing was stored). See docs/reliab
 from __future__ import annotations
 
 import itertools
-import logging
 import uuid
 from collections.abc import Sequence
-from dataclasses import replace
 from datetime import timedelta
 
+from operations import booking_group
+from operations.booking_group import ALONE, Grouping, Prepared, group_key
 from operations.decision import (
     decide,
     deciding_spans,
     exact_plan,
     footprints,
     request_legs,
-    search_spans,
     speculative_plan,
     visits_of,
 )
-from operations.errors import Conflict, InvalidRequest, OutcomeUnknown, StoreFailure
-from operations.locks import LockPlan, Locks, fence, read_planned
+from operations.errors import InvalidRequest
+from operations.locks import read_planned
 from operations.model import Interval
-from operations.participants import check_participants, participant_reads
+from operations.participants import participant_reads
 from operations.proposal import BookingRequest
-from operations.retries import Attempts, Clock, RetryPolicy, retrying
-from operations.store import FhirStore, Resource, Stores, Together, as_stores
-from operations.writes import (
-    BOOKING_REQUEST_SYSTEM,
-    ENDED_STATUSES,
-    BookingResult,
-    _bundle_of,
-    booking_bundle,
-    hold_expiry,
-    replay_bundle,
-    response_bundle,
-)
-
-logger = logging.getLogger(__name__)
-
-
-def existing_booking(store: FhirStore, request: BookingRequest) -> BookingResult | None:
-    """An Appointment already written for one of the caller's identifiers (idempotent retry)."""
-    for system, value in request.identifiers:
-        token = f"{system}|{value}" if system else value
-        # A cancelled one (by $cancel or a lapsed hold) no longer answers for the identifier:
-        # asking again books anew, which is what a client retrying after a lapse wants.
-        found = [
-            a
-            for a in store.search("Appointment", [("identifier", token)])
-            if a.get("status") not in ENDED_STATUSES
-        ]
-        if found:
-            return BookingResult(200, replay_bundle(store, found[0]), hold_expiry(found[0]))
-    return None
-
-
-def _landed_booking(store: FhirStore, marker: str) -> Resource | None:
-    found = store.search("Appointment", [("_tag", f"{BOOKING_REQUEST_SYSTEM}|{marker}")])
-    return found[0] if found else None
-
-
-def settle_lost_booking(
-    store: FhirStore, locks: Locks, marker: str, clock: Clock, lost: OutcomeUnknown
-) -> Resource | None:
-    """The stored Appointment when a booking whose answer was ``lost`` has landed; ``None`` when
-    it has not and never will (the lock is fenced). Raises ``lost`` itself -- the outcome is
-    unknown -- when neither can be established (the upstream stays unreachable, the operation's
-    time runs out)."""
-    try:
-        if fence(store, locks, clock):
-            return None
-        return _landed_booking(store, marker)
-    except StoreFailure:
-        raise lost from None
+from operations.retries import Clock, RetryPolicy
+from operations.store import FhirStore, Stores, as_stores
+from operations.writes import BookingResult
 
 
 def book(
@@ -100,6 +52,7 @@ def book(
     clock: Clock,
     policy: RetryPolicy | None = None,
     marker: str | None = None,
+    grouping: Grouping | None = None,
 ) -> BookingResult:
     """``$book`` (``hold=False``) or ``$hold``: 201 with the transaction-response, or a replay.
     With ``request.recurrence``, every occurrence of the series in the one transaction, or none.
@@ -113,10 +66,36 @@ def book(
     before (2), one round trip more. A lost version check repeats the lock read, the Slot
     search and look-up, and the transaction.
 
+    With ``grouping``, a booking that arrives while another of the same Schedules is being
+    written waits for it and is then decided and written together with the others that
+    waited (``operations/booking_group.py``): one round trip more for it, and none of the
+    retries it would otherwise cost. A series is always committed alone.
+
     ``marker`` is the booking request id (generated when not given): it travels on the
     Appointments and the Slots, so a booking whose answer was lost can be found.
     """
-    stores = as_stores(stores)
+    prepared = prepare(as_stores(stores), request, hold=hold, hold_ttl=hold_ttl, marker=marker)
+
+    def commit(members: Sequence[Prepared], waited: bool) -> list[booking_group.Outcome]:
+        return booking_group.commit(members, waited, clock=clock, policy=policy)
+
+    if grouping is None or request.recurrence is not None:
+        outcome = commit([prepared], False)[0]
+    else:
+        outcome = grouping(group_key(prepared), prepared, commit)
+        if outcome is ALONE:  # its group's content was refused: find out whether it was this one's
+            outcome = commit([prepared], True)[0]
+    if isinstance(outcome, BaseException):
+        raise outcome
+    assert isinstance(outcome, BookingResult)
+    return outcome
+
+
+def prepare(
+    stores: Stores, request: BookingRequest, *, hold: bool, hold_ttl: timedelta, marker: str | None = None
+) -> Prepared:
+    """The first round trip -- the Schedules with their actors, the service and (speculatively)
+    the locks -- and everything checked that needs no Slot: the booking, ready to commit."""
     store = stores.service
     reads = participant_reads(request)
     recurrence = request.recurrence
@@ -128,98 +107,25 @@ def book(
     service, legs = request_legs(request, configuration, service_resource)
     visits = visits_of(request, legs, recurrence)
     _check_occurrences_apart(request, visits)
-    plan = exact_plan(legs, request, visits)
-    spans = deciding_spans(legs, visits)
-    actors = {leg.schedule.actor.reference for leg in legs}
-    # The actors came with the Schedules; the other participants are read with the deciding
-    # reads of the first attempt (no round trip of their own).
-    remaining = reads.excluding(actors)
-    participant_searches = remaining.searches(stores.caller)
-    participants_checked: list[bool] = []
-    marker = marker or uuid.uuid4().hex
-    series_id = uuid.uuid4().hex if recurrence is not None else None
-    first_read: list[Locks] = [speculated]
-
-    def attempt() -> BookingResult:
-        # Lock, then Slots and the identifier look-up. A twin request (same identifier) that
-        # committed before our Slot search is found by the look-up (its Appointment and Slots
-        # landed together): at the same time as the Slot search, or, when the Slots already
-        # say "taken", once more after it. One that commits after our lock read fails our
-        # version check, and the next attempt finds it.
-        locks = _taken_locks(store, plan, first_read.pop() if first_read else None, stores.together)
-        now = clock.now()
-        replay: BookingResult | None
-        *participants, replay, slot_lists = stores.together(
-            *participant_searches,  # first: a refusal of the caller's credentials wins
-            lambda: existing_booking(store, request),
-            lambda: search_spans(store, request.schedule_ids, spans, stores.together),
-        )
-        slot_resources: list[Resource] = slot_lists
-        if not participants_checked:
-            check_participants(remaining, dict(participants), actors)
-            participants_checked.append(True)
-            participant_searches.clear()  # checked once; a retry does not read them again
-        if replay is not None:
-            return replay
-        try:
-            decide(service, legs, slot_resources, visits, now, request.root)
-        except Conflict:
-            replay = existing_booking(store, request)
-            if replay is not None:
-                return replay
-            raise
-        expires = now + hold_ttl if hold else None
-        bundle = booking_bundle(
-            request,
-            legs,
-            locks,
-            hold=hold,
-            expires=expires,
-            marker=marker,
-            visits=visits,
-            series_id=series_id,
-        )
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug(
-                "booking transaction",
-                extra={
-                    "booking_request": marker,
-                    "locks": [f"{lock.lock_id}@{lock.version}" for lock in locks.taken],
-                    "slots_seen": len(slot_resources),
-                },
-            )
-        try:
-            response = store.transaction(bundle)
-        except OutcomeUnknown as lost:
-            landed = settle_lost_booking(store, locks, marker, clock, lost)
-            if landed is None:
-                lost.resolution = "Nothing was stored (checked): ask again."
-                raise
-            try:
-                bundle = replay_bundle(store, landed)
-            except StoreFailure:
-                # It is stored: say so with what is already known (the Appointment, whose
-                # ``slot`` names its Slots), not with an error that reads "nothing happened".
-                bundle = _bundle_of([landed])
-            return BookingResult(201, bundle, hold_expiry(landed))
-        return BookingResult(201, response_bundle(response), expires)
-
-    attempts = Attempts()
-    result = retrying(
-        policy or RetryPolicy(), clock, attempt, operation="$hold" if hold else "$book", attempts=attempts
+    actors = frozenset(leg.schedule.actor.reference for leg in legs)
+    return Prepared(
+        request=request,
+        stores=stores,
+        hold=hold,
+        hold_ttl=hold_ttl,
+        service=service,
+        legs=legs,
+        visits=visits,
+        plan=exact_plan(legs, request, visits),
+        spans=deciding_spans(legs, visits),
+        # The actors came with the Schedules; the other participants are read with the
+        # deciding reads (no round trip of their own).
+        participants=reads.excluding(actors),
+        actors=actors,
+        marker=marker or uuid.uuid4().hex,
+        series_id=uuid.uuid4().hex if recurrence is not None else None,
+        speculated=speculated,
     )
-    return replace(result, attempts=attempts.count)
-
-
-def _taken_locks(store: FhirStore, plan: LockPlan, speculated: Locks | None, together: Together) -> Locks:
-    """The locks of ``plan`` at their current versions: from the speculative read of the first
-    round trip where it has them (the rest read now), else read afresh."""
-    if speculated is None:
-        return read_planned(store, plan, together=together)
-    known = {lock.lock_id for lock in speculated.taken}
-    missing = {lock_id: where for lock_id, where in plan.items() if lock_id not in known}
-    locks = speculated.keeping(plan)
-    return locks.merged(read_planned(store, missing, together=together)) if missing else locks
 
 
 def _check_occurrences_apart(request: BookingRequest, visits: Sequence[Interval]) -> None:
@@ -242,5 +148,5 @@ __all__ = [
     "book",
     "decide",
     "footprints",
-    "settle_lost_booking",
+    "prepare",
 ]

@@ -111,7 +111,14 @@ class FhirStore(FhirReader, SlotReader, Protocol):
     """
 
     def transaction(self, bundle: Resource) -> Resource:
-        """POST a transaction Bundle; all of it lands or none of it does."""
+        """POST a transaction Bundle; all of it lands or none of it does. The store attributes
+        a bundle that carries no attribution yet (:meth:`attributed`)."""
+        ...
+
+    def attributed(self, bundle: Resource) -> Resource:
+        """``bundle`` with what makes its writes attributable to this store's request (the
+        plugin adds a Provenance naming the operation and the caller): how a group of bookings
+        written in one transaction keeps each booking attributed to its own caller."""
         ...
 
 

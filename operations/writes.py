@@ -49,6 +49,9 @@ class BookingResult:
     expires: datetime | None = None
     attempts: int = 1
     """How many times the operation read and decided (1 + the retries after version conflicts)."""
+    group: int = 1
+    """How many bookings were decided and written together with it (itself included; group
+    commit, ``operations/booking_group.py``)."""
 
 
 def _written_slots(

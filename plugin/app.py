@@ -18,6 +18,7 @@ from werkzeug.exceptions import HTTPException
 
 from operations.errors import ConcurrentChange, OutcomeUnknown, SchedulingError
 from plugin.admin import admin
+from plugin.booking_groups import BookingGroups
 from plugin.caller_identity import verifier_from_settings
 from plugin.config import Settings
 from plugin.context import EXTENSION_KEY, Sidecar, round_trips
@@ -75,6 +76,7 @@ def create_app(
         clock=clock if clock is not None else (lambda: datetime.now(UTC)),
         verifier=verifier_from_settings(settings, client.session),
         parallel=Parallel(),
+        booking_groups=BookingGroups(settings.booking_group_max) if settings.booking_group_max else None,
     )
     app.register_blueprint(fhir, url_prefix=settings.base_path or None)
     app.register_blueprint(publishing, url_prefix=settings.base_path or None)

@@ -56,6 +56,9 @@ class Settings:
     """Period of the background clean-up of lapsed holds in each worker; 0 turns it off."""
     max_schedules: int = 20
     """Schedules one ``$find`` or booking may name (400 beyond): each adds locks and work."""
+    booking_group_max: int = 30
+    """Most bookings of one Schedule set a process writes in one transaction (group commit,
+    ``plugin/booking_groups.py``); ``0`` turns grouping off."""
     max_series: int = 12
     """Most occurrences a recurring series may have (``recurrence.repeat.count``, SPEC §7.4)."""
     guard_key: str | None = field(default=None, repr=False)
@@ -110,6 +113,7 @@ class Settings:
         _at_least(self.hold_sweep_seconds, 0, "HOLD_SWEEP_SECONDS")
         _at_least(self.max_schedules, 1, "MAX_SCHEDULES")
         _at_least(self.max_series, 2, "MAX_SERIES")
+        _at_least(self.booking_group_max, 0, "BOOKING_GROUP_MAX")
         _at_least(self.publish_days, 1, "PUBLISH_DAYS")
         if self.publish_days > MAX_PUBLISH_DAYS:
             raise ConfigError(f"PUBLISH_DAYS must be at most {MAX_PUBLISH_DAYS}, not {self.publish_days!r}")
@@ -229,6 +233,7 @@ class Settings:
             hold_sweep_seconds=typed("HOLD_SWEEP_SECONDS", int, 60, "a whole number of seconds"),
             max_schedules=typed("MAX_SCHEDULES", int, 20, "a whole number"),
             max_series=typed("MAX_SERIES", int, 12, "a whole number"),
+            booking_group_max=typed("BOOKING_GROUP_MAX", int, 30, "a whole number"),
             guard_key=get("GUARD_KEY"),
             service_name=get("SERVICE_NAME") or "fanoni-scheduling",
             notification_url=get("NOTIFICATION_URL"),

@@ -12,6 +12,7 @@ from flask import current_app, g, request
 
 from operations.read_hints import ReadHints
 from operations.store import Resource, Stores
+from plugin.booking_groups import BookingGroups
 from plugin.caller_identity import CallerVerifier
 from plugin.config import Settings
 from plugin.parallel import Parallel
@@ -35,6 +36,9 @@ class Sidecar:
     """Checks callers' JWTs against ``CALLER_JWKS_URL`` for the Provenance."""
     parallel: Parallel
     """Runs a request's independent upstream reads at the same time."""
+    booking_groups: BookingGroups | None = None
+    """Group commit of this process's bookings per Schedule set; ``None``: off
+    (``BOOKING_GROUP_MAX=0``)."""
     read_hints: ReadHints = field(default_factory=ReadHints)
     """What this process's ``$find`` requests learned about Schedules, to size the next one's
     Slot search (``operations/read_hints.py``): never decides anything."""

@@ -115,6 +115,14 @@ class _Instruments:
             ["operation"],
             registry=registry,
         )
+        self.booking_group = Histogram(
+            "fanoni_booking_group_size",
+            "Bookings decided and written in one transaction with each booking (itself included; "
+            "group commit), by operation.",
+            ["operation"],
+            buckets=(1, 2, 4, 8, 16, 30),
+            registry=registry,
+        )
         self.conflicts = Counter(
             "fanoni_booking_conflicts",
             "409 answers (the time was taken, or concurrent changes did not settle), by operation.",
@@ -219,6 +227,9 @@ def _record_request(response: Response) -> Response:
     attempts = g.get("attempts")
     if isinstance(attempts, int) and attempts > 1:
         instruments.retries.labels(operation).inc(attempts - 1)
+    group = g.get("group")
+    if isinstance(group, int):
+        instruments.booking_group.labels(operation).observe(group)
     if response.status_code == 409:
         instruments.conflicts.labels(operation).inc()
     return response

@@ -101,6 +101,15 @@ def _targets(bundle: Resource) -> list[Resource]:
     return [{"reference": ref} for ref in chosen]
 
 
+def carries_provenance(bundle: Resource) -> bool:
+    """Whether a transaction already writes a Provenance (each booking of a group carries its
+    own, naming its own caller)."""
+    return any(
+        isinstance(entry, dict) and (entry.get("resource") or {}).get("resourceType") == "Provenance"
+        for entry in bundle.get("entry") or []
+    )
+
+
 def with_provenance(
     bundle: Resource, attribution: Attribution, *, recorded: datetime | None = None
 ) -> Resource:

@@ -97,9 +97,10 @@ def _book(*, hold: bool) -> Response:
             hold_ttl=timedelta(seconds=state.settings.hold_ttl_seconds),
             clock=_clock(),
             policy=_policy(),
+            grouping=state.booking_groups,
         )
-    g.attempts = result.attempts
-    headers: dict[str, str] = {"X-Fanoni-Attempts": str(result.attempts)}
+    g.attempts, g.group = result.attempts, result.group
+    headers: dict[str, str] = {"X-Fanoni-Attempts": str(result.attempts), "X-Fanoni-Group": str(result.group)}
     if result.expires is not None:
         headers["Expires"] = format_datetime(result.expires.astimezone(UTC), usegmt=True)
     first = (result.bundle.get("entry") or [{}])[0].get("resource") or {}

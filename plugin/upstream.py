@@ -38,7 +38,7 @@ from operations.errors import (
 from operations.fhir_values import is_fhir_id, is_relative_reference
 from operations.store import Resource
 from plugin.config import Settings
-from plugin.provenance import Attribution, with_provenance
+from plugin.provenance import Attribution, carries_provenance, with_provenance
 from plugin.service_credentials import ServiceCredentials, credentials_from_settings
 from plugin.slot_index import SlotEndIndex
 from plugin.transport import PAGE_SIZE, Params, Transport, new_session
@@ -354,10 +354,16 @@ class FhirUpstream(Transport):
                 break
         return found
 
+    def attributed(self, bundle: Resource) -> Resource:
+        """``bundle`` with this store's Provenance (``plugin/provenance.py``); as it is for a
+        store that writes on nobody's behalf."""
+        return bundle if self._attribution is None else with_provenance(bundle, self._attribution)
+
     def transaction(self, bundle: Resource) -> Resource:
         """``POST [base]`` a transaction Bundle; the ``transaction-response`` Bundle back.
 
-        The service store adds the Provenance (``plugin/provenance.py``). Failures, as the
+        The service store adds the Provenance (``plugin/provenance.py``), unless the bundle
+        carries its own (a group of bookings: one per booking, attributed by its own request). Failures, as the
         ``FhirStore`` contract says: a 409/412 version conflict raises ``ConcurrentChange`` (the
         use cases re-read and decide again); a 409 refusing a delete raises
         ``ReferencedElsewhere``; a 400/422 is the caller's content (422). When the request may
@@ -366,8 +372,8 @@ class FhirUpstream(Transport):
         may have landed, and the use case finds out. A connection that was never made, or a
         429, is a plain ``UpstreamError``: nothing was sent or processed.
         """
-        if self._attribution is not None:
-            bundle = with_provenance(bundle, self._attribution)
+        if not carries_provenance(bundle):
+            bundle = self.attributed(bundle)
         try:
             response = self._send(
                 "POST",

@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from operations import booking, find, housekeeping
 from operations.errors import Conflict
 from operations.store import Stores
+from operations.writes import BookingResult
 from plugin import holds, metrics
 from plugin.app import create_app
 from plugin.config import Settings
@@ -233,14 +234,14 @@ def test_upstream_failures_are_counted_by_kind(web: FlaskClient, mock: responses
 # ---- bookings ----------------------------------------------------------------------------------
 
 
-def booked_after(attempts: int) -> SimpleNamespace:
+def booked_after(attempts: int, group: int = 1) -> BookingResult:
     appointment = {"resourceType": "Appointment", "id": "appt-1", "status": "booked"}
     bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": appointment}]}
-    return SimpleNamespace(status=201, bundle=bundle, expires=None, attempts=attempts)
+    return BookingResult(status=201, bundle=bundle, expires=None, attempts=attempts, group=group)
 
 
 def test_booking_retries_and_conflicts(web: FlaskClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    outcomes: list[Any] = [booked_after(3), booked_after(1), Conflict("the time is taken")]
+    outcomes: list[Any] = [booked_after(3, group=5), booked_after(1), Conflict("the time is taken")]
 
     def book(*args: Any, **kwargs: Any) -> Any:
         outcome = outcomes.pop(0)
@@ -253,7 +254,11 @@ def test_booking_retries_and_conflicts(web: FlaskClient, monkeypatch: pytest.Mon
     body = {"resourceType": "Parameters"}
     before = Scrape(web)
     first = web.post("/fhir/Appointment/$book", json=body)
-    assert (first.status_code, first.headers["X-Fanoni-Attempts"]) == (201, "3")
+    assert (first.status_code, first.headers["X-Fanoni-Attempts"], first.headers["X-Fanoni-Group"]) == (
+        201,
+        "3",
+        "5",
+    )
     assert web.post("/fhir/Appointment/$hold", json=body).status_code == 201
     assert web.post("/fhir/Appointment/$book", json=body).status_code == 409
     after = Scrape(web)
@@ -261,6 +266,8 @@ def test_booking_retries_and_conflicts(web: FlaskClient, monkeypatch: pytest.Mon
     assert moved(before, after, "fanoni_booking_retries_total", operation="Appointment/$book") == 2
     assert moved(before, after, "fanoni_booking_retries_total", operation="Appointment/$hold") == 0
     assert moved(before, after, "fanoni_booking_conflicts_total", operation="Appointment/$book") == 1
+    assert moved(before, after, "fanoni_booking_group_size_sum", operation="Appointment/$book") == 5
+    assert moved(before, after, "fanoni_booking_group_size_count", operation="Appointment/$hold") == 1
     assert moved(before, after, "fanoni_booking_conflicts_total", operation="Appointment/$hold") == 0
     assert moved(before, after, "fanoni_requests_total", operation="Appointment/$book", status="201") == 1
     assert moved(before, after, "fanoni_requests_total", operation="Appointment/$book", status="409") == 1

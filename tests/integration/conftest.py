@@ -34,11 +34,13 @@ class Sidecar(SidecarProcess):
         *,
         port: int | None = None,
         env: dict[str, str] | None = None,
+        threads: int | None = None,
     ) -> None:
         port = port if port is not None else free_port()
         super().__init__(
             fhir_base_url,
             workers=workers,
+            threads=threads,
             log_path=REPO / "build" / "test-logs" / f"{log_name}.log",
             env={
                 "HOLD_TTL_SECONDS": str(HOLD_TTL_SECONDS),

@@ -54,6 +54,7 @@ class SidecarProcess:
         env: Mapping[str, str] | None = None,
         ready_timeout: float = 60.0,
         port: int | None = None,
+        threads: int | None = None,
     ) -> None:
         self.port = port if port is not None else free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/fhir"
@@ -71,6 +72,7 @@ class SidecarProcess:
             "--workers",
             str(workers),
             "--no-register",
+            *(["--threads", str(threads)] if threads is not None else []),
         ]
         self._log: TextIO = log_path.open("w")
         self.process: subprocess.Popen[bytes] | None = subprocess.Popen(

@@ -317,3 +317,54 @@ def test_partly_overlapping_bookings_at_once_never_exceed_capacity(
     refused = {proposal["start"] for proposal, r in zip(chosen, answers, strict=True) if r.status_code == 409}
     assert not refused & still_free, sorted(refused & still_free)
     assert len(created) >= 3
+
+
+def test_a_group_class_opening_fills_every_place_once_each_booking_attributed_to_its_own_request(
+    registered: str, second_sidecar: Sidecar, hapi: Any
+) -> None:
+    """Group commit against real HAPI: 24 clients want the 10 places of one time at once, 16 of
+    them through one process with 16 request threads (so its bookings queue behind each other
+    and are written in groups), 8 through another process (which races the groups through the
+    version-checked locks). Exactly 10 land; the others are 409 because the time is full (never
+    the retry deadline); the scan finds nothing over-booked; every 201 is stored, nothing else
+    is; and each stored Appointment has exactly one Provenance, carrying the request id of the
+    request that booked it -- not its group's."""
+    clinic = Clinic(hapi.base_url, slotCapacity=10).load()
+    day = monday_ahead()
+    grouping = Sidecar(registered, workers=1, threads=16, log_name="sidecar-groups")
+    try:
+        proposal = proposals(grouping, clinic, local(day, "09:00"), local(day, "10:00"))[0]
+        body = {"resourceType": "Parameters", "parameter": [{"name": "appointment", "resource": proposal}]}
+
+        def book(n: int) -> requests.Response:
+            target = grouping if n % 3 else second_sidecar
+            return requests.post(
+                f"{target.base_url}/Appointment/$book",
+                json=body,
+                headers={**FHIR_JSON, "X-Request-ID": f"group-class-{clinic.prefix}-{n}"},
+                timeout=120,
+            )
+
+        with ThreadPoolExecutor(max_workers=24) as pool:
+            answers = list(pool.map(book, range(24)))
+    finally:
+        grouping.stop()
+    assert sorted(r.status_code for r in answers) == [201] * 10 + [409] * 14, [
+        r.text for r in answers if r.status_code not in (201, 409)
+    ]
+    assert not [r.text for r in answers if r.status_code == 409 and "deadline" in r.text]
+    groups = [int(r.headers["X-Fanoni-Group"]) for r in answers if r.status_code == 201]
+    assert max(groups) > 1, f"no booking was written in a group: {groups}"
+    created = {
+        r.json()["entry"][0]["resource"]["id"]: r.headers["X-Request-ID"]
+        for r in answers
+        if r.status_code == 201
+    }
+    report = scan(hapi.base_url, [clinic.alice])
+    assert report.clean, "\n".join(report.problems)
+    assert {a.id for a in report.live()} == set(created)
+    for appointment_id, request_id in created.items():
+        provenances = search(hapi.base_url, "Provenance", target=f"Appointment/{appointment_id}")
+        assert len(provenances) == 1, (appointment_id, provenances)
+        [extension] = [e for e in provenances[0]["extension"] if e["url"].endswith("request-id")]
+        assert extension["valueString"] == request_id

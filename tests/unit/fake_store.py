@@ -253,6 +253,9 @@ class FakeFhirStore(FakeStore):
     def search_services(self, service_types: Sequence[str]) -> list[Resource]:
         return self.search("HealthcareService", [("service-type", ",".join(service_types))])
 
+    def attributed(self, bundle: Resource) -> Resource:
+        return bundle
+
     def transaction(self, bundle: Resource) -> Resource:
         self.calls.append("transaction")
         pending, self.before_transaction = self.before_transaction, []

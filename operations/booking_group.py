@@ -1,0 +1,407 @@
+"""Committing bookings: one read-decide-write cycle for one booking, or for a group of bookings
+of the same Schedules that arrived while another was being written (group commit).
+
+**Why groups.** On a busy Schedule -- a vaccination day, a group class of capacity 30 opening --
+many bookings want the same few buckets at once. Each on its own would read the same locks and
+Slots, and all but one would lose the version check, re-read and try again: the upstream does
+the work of every booking many times over, and the tail grows to seconds. A process instead
+lets one booking of a Schedule set be written at a time (``Grouping``, given by the plugin);
+those that arrive meanwhile wait, and are then decided together on one lock read and one Slot
+search, and written in one transaction. The upstream does a group's reads once, and bookings
+of one process never contend with each other.
+
+**Why it stays race-free** (docs/consistency.md). A group is decided like one booking whose
+footprint is the union of its members': the locks of every member's buckets and periods are
+read before the one Slot search that covers every member's deciding spans, and the
+transaction checks every lock it takes against the version read. Each member is decided on the
+Slots found *plus the Slots of the members accepted before it*, so two members cannot both take
+the last place. Another process's write that lands after the lock read makes the transaction
+fail its version check, and the group re-reads and decides again, as one booking would.
+
+**Each member keeps its own answer.** Its caller's participant reads, its identifier look-up
+(an idempotent replay is 200 for it alone), its decision (a 409 or 422 for it alone), its
+Provenance (attributed to its own caller by its own store), its own transaction-response
+entries. A failure of the shared reads or of the transaction is every member's. When the
+upstream refuses the content of a group's transaction (400/422), which member caused it is not
+known: each member is then committed alone (:data:`ALONE`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from operations.availability import merge
+from operations.decision import decide, search_spans
+from operations.errors import Conflict, OutcomeUnknown, StoreFailure, Unprocessable
+from operations.fhir_values import transaction_bundle
+from operations.locks import NO_LOCKS, LockPlan, Locks, fence, lock_entries, read_planned
+from operations.model import Interval, Leg, Service
+from operations.participants import ParticipantReads, check_participants
+from operations.proposal import BookingRequest
+from operations.retries import Attempts, Clock, RetryPolicy, retrying
+from operations.store import FhirStore, Resource, Stores, Together
+from operations.writes import (
+    BOOKING_REQUEST_SYSTEM,
+    ENDED_STATUSES,
+    BookingResult,
+    _bundle_of,
+    booking_bundle,
+    hold_expiry,
+    replay_bundle,
+    response_bundle,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    """One booking once its configuration is read and checked: everything its decision and its
+    transaction need (``operations/booking.py`` prepares it)."""
+
+    request: BookingRequest
+    stores: Stores
+    hold: bool
+    hold_ttl: timedelta
+    service: Service
+    legs: list[Leg]
+    visits: list[Interval]
+    plan: LockPlan
+    """The locks it takes (``decision.exact_plan``)."""
+    spans: list[Interval]
+    """What its Slot search must cover (``decision.deciding_spans``)."""
+    participants: ParticipantReads
+    """The participants besides the actors, read with its caller's credentials once."""
+    actors: frozenset[str]
+    marker: str
+    series_id: str | None = None
+    speculated: Locks | None = None
+    """The locks read in its first round trip, before the configuration: used when it is
+    committed at once, alone (they are stale once it has waited for another group)."""
+    participants_checked: bool = field(default=False)
+
+
+class Alone:
+    """The outcome of a member whose group's transaction the upstream refused for its content:
+    commit it again, by itself, to learn whose content it was."""
+
+
+ALONE = Alone()
+
+Outcome = BookingResult | BaseException | Alone
+Commit = Callable[[Sequence[Prepared], bool], list[Outcome]]
+"""Commits a group (``waited``: whether it waited for another group first) and returns one
+outcome per member, in order."""
+
+
+class Grouping(Protocol):
+    """Lets one group per ``key`` (a Schedule set) be committed at a time in this process: the
+    bookings that arrive meanwhile wait and go next, together (``plugin/booking_groups.py``)."""
+
+    def __call__(self, key: Hashable, member: Prepared, commit: Commit) -> Outcome: ...
+
+
+def group_key(prepared: Prepared) -> Hashable:
+    """Bookings are grouped by the Schedules they take: their locks and Slots are the same."""
+    return tuple(sorted(leg.schedule.id for leg in prepared.legs))
+
+
+def commit(
+    members: Sequence[Prepared], waited: bool, *, clock: Clock, policy: RetryPolicy | None = None
+) -> list[Outcome]:
+    """Decide and write ``members`` together (module docstring): one outcome per member.
+
+    Three round trips of latency after the configuration: the locks; the Slot search with every
+    member's participants and identifier look-up; the transaction. A lone member that did not
+    wait reuses the locks its first round trip read, so its booking costs three round trips in
+    all. A lost version check repeats the three for the members not yet answered.
+    """
+    outcomes: list[Outcome | None] = [None] * len(members)
+    lead = members[0].stores
+    store, together = lead.service, lead.together
+    speculated = [members[0].speculated] if len(members) == 1 and not waited else []
+
+    def attempt() -> None:
+        open_ = [i for i, o in enumerate(outcomes) if o is None]
+        plan: LockPlan = {}
+        for i in open_:
+            plan |= members[i].plan
+        locks = _taken_locks(store, plan, speculated.pop() if speculated else None, together)
+        now = clock.now()
+        accepted = _decide_members(members, open_, outcomes, store, together, now)
+        if accepted:
+            taken = locks.keeping({lock for i in accepted for lock in members[i].plan})
+            _write(members, accepted, outcomes, taken, store, now, clock)
+
+    operation = "$hold" if all(m.hold for m in members) else "$book"
+    attempts = Attempts()
+    try:
+        retrying(policy or RetryPolicy(), clock, attempt, operation=operation, attempts=attempts)
+    except Exception as exc:  # the deadline, the transaction failed: every open member's answer
+        outcomes = [exc if o is None else o for o in outcomes]
+    if len(members) > 1:
+        logger.info(
+            "booking group committed",
+            extra={"operation": operation, "members": len(members), "attempts": attempts.count},
+        )
+    return [_counted(outcome, attempts.count, len(members)) for outcome in outcomes]
+
+
+def _decide_members(
+    members: Sequence[Prepared],
+    open_: Sequence[int],
+    outcomes: list[Outcome | None],
+    store: FhirStore,
+    together: Together,
+    now: datetime,
+) -> dict[int, Resource]:
+    """Round two and the decisions: the bundle (without locks) of each member of ``open_``
+    accepted, in order. The others get their outcome: a replay (200), or their own error."""
+    calls: list[Callable[[], _Captured]] = []
+    reads: dict[int, tuple[int, int]] = {}
+    for i in open_:
+        member = members[i]
+        first = len(calls)
+        if not member.participants_checked:
+            calls += [_captured(search) for search in member.participants.searches(member.stores.caller)]
+        calls.append(_captured(_look_up(store, member.request)))
+        reads[i] = (first, len(calls))
+    schedule_ids = sorted({leg.schedule.id for i in open_ for leg in members[i].legs})
+    spans = merge([span for i in open_ for span in members[i].spans])
+    calls.append(_captured(lambda: search_spans(store, schedule_ids, spans, together)))
+    *answers, slots = together(*calls)
+    slot_resources: list[Resource] | None = None
+    accepted: dict[int, Resource] = {}
+    conflicted: dict[int, Conflict] = {}
+    for i in open_:
+        member = members[i]
+        first, last = reads[i]
+        *participants, replay = answers[first:last]
+        try:
+            # In this order, as one booking alone: a refusal of its caller's credentials wins.
+            if not member.participants_checked:
+                found_participants = dict(_unwrapped(p) for p in participants)
+                check_participants(member.participants, found_participants, member.actors)
+                member.participants_checked = True
+            found = _unwrapped(replay)
+            if found is not None:
+                outcomes[i] = found
+                continue
+            if slot_resources is None:
+                slot_resources = list(_unwrapped(slots))
+            decide(member.service, member.legs, slot_resources, member.visits, now, member.request.root)
+        except Conflict as taken:
+            conflicted[i] = taken
+            continue
+        except Exception as exc:  # its own answer (400/422, its caller refused), or the reads'
+            outcomes[i] = exc
+            continue
+        accepted[i] = _member_bundle(member, now)
+        slot_resources += _pending_slots(accepted[i], i)
+    if conflicted:
+        _replay_or_conflict(members, conflicted, outcomes, store, together)
+    return accepted
+
+
+def _member_bundle(member: Prepared, now: datetime) -> Resource:
+    """What one accepted member writes: its Slots and Appointment (the locks go once per group)."""
+    return booking_bundle(
+        member.request,
+        member.legs,
+        NO_LOCKS,
+        hold=member.hold,
+        expires=_expiry(member, now),
+        marker=member.marker,
+        visits=member.visits,
+        series_id=member.series_id,
+    )
+
+
+def _expiry(member: Prepared, now: datetime) -> datetime | None:
+    return now + member.hold_ttl if member.hold else None
+
+
+def _replay_or_conflict(
+    members: Sequence[Prepared],
+    conflicted: dict[int, Conflict],
+    outcomes: list[Outcome | None],
+    store: FhirStore,
+    together: Together,
+) -> None:
+    """A member whose time looked taken may be racing its own twin (same identifier) that
+    committed after the first look-up: look once more; 409 when there is none."""
+    replays = together(*[_captured(_look_up(store, members[i].request)) for i in conflicted])
+    for (i, conflict), replay in zip(conflicted.items(), replays, strict=True):
+        try:
+            found = _unwrapped(replay)
+        except Exception as exc:
+            outcomes[i] = exc
+            continue
+        outcomes[i] = conflict if found is None else found
+
+
+def _write(
+    members: Sequence[Prepared],
+    accepted: dict[int, Resource],
+    outcomes: list[Outcome | None],
+    locks: Locks,
+    store: FhirStore,
+    now: datetime,
+    clock: Clock,
+) -> None:
+    """The accepted members' transaction: the locks once, then each member's Slots, Appointment
+    and (in a group) Provenance. Raises ``ConcurrentChange`` (the caller retries the open
+    members)."""
+    entries = lock_entries(locks)
+    parts: dict[int, tuple[int, int]] = {}
+    for i, written in accepted.items():
+        # In a group each member is attributed to its own caller; alone, the store does it.
+        part = (
+            members[i].stores.service.attributed(written)["entry"] if len(members) > 1 else written["entry"]
+        )
+        parts[i] = (len(entries), len(entries) + len(part))
+        entries += part
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug(
+            "booking transaction",
+            extra={
+                "booking_request": [members[i].marker for i in accepted],
+                "locks": [f"{lock.lock_id}@{lock.version}" for lock in locks.taken],
+            },
+        )
+    try:
+        response = store.transaction(transaction_bundle(entries))
+    except OutcomeUnknown as lost:
+        _settle(members, list(accepted), outcomes, locks, store, clock, lost)
+        return
+    except Unprocessable:
+        if len(members) == 1:
+            raise
+        for i in accepted:
+            outcomes[i] = ALONE
+        return
+    answered = response.get("entry") or []
+    for i, (first, last) in parts.items():
+        expires = _expiry(members[i], now)
+        outcomes[i] = BookingResult(201, response_bundle({"entry": answered[first:last]}), expires)
+
+
+def _settle(
+    members: Sequence[Prepared],
+    accepted: Sequence[int],
+    outcomes: list[Outcome | None],
+    locks: Locks,
+    store: FhirStore,
+    clock: Clock,
+    lost: OutcomeUnknown,
+) -> None:
+    """The transaction's answer was lost: fence, then look every member up (it landed for all of
+    them or for none). A member found gets its 201; the others learn nothing was stored; when
+    neither can be established, each is told the outcome is unknown."""
+    try:
+        nothing = fence(store, locks, clock)
+        landed = (
+            [None] * len(accepted)
+            if nothing
+            else [_landed_booking(store, members[i].marker) for i in accepted]
+        )
+    except StoreFailure:
+        for i in accepted:
+            outcomes[i] = _unknown(lost, None)
+        return
+    for i, appointment in zip(accepted, landed, strict=True):
+        if appointment is None:
+            outcomes[i] = _unknown(lost, "Nothing was stored (checked): ask again.")
+            continue
+        try:
+            bundle = replay_bundle(store, appointment)
+        except StoreFailure:
+            # It is stored: say so with what is already known (the Appointment, whose ``slot``
+            # names its Slots), not with an error that reads "nothing happened".
+            bundle = _bundle_of([appointment])
+        outcomes[i] = BookingResult(201, bundle, hold_expiry(appointment))
+
+
+def _counted(outcome: Outcome | None, attempts: int, group: int) -> Outcome:
+    assert outcome is not None
+    if isinstance(outcome, BookingResult):
+        return BookingResult(outcome.status, outcome.bundle, outcome.expires, attempts, group)
+    return outcome
+
+
+def _unknown(lost: OutcomeUnknown, resolution: str | None) -> OutcomeUnknown:
+    """Each member its own exception object (they are raised in different threads)."""
+    own = OutcomeUnknown(lost.cause)
+    own.resolution = resolution
+    return own
+
+
+def existing_booking(store: FhirStore, request: BookingRequest) -> BookingResult | None:
+    """An Appointment already written for one of the caller's identifiers (idempotent retry)."""
+    for system, value in request.identifiers:
+        token = f"{system}|{value}" if system else value
+        # A cancelled one (by $cancel or a lapsed hold) no longer answers for the identifier:
+        # asking again books anew, which is what a client retrying after a lapse wants.
+        found = [
+            a
+            for a in store.search("Appointment", [("identifier", token)])
+            if a.get("status") not in ENDED_STATUSES
+        ]
+        if found:
+            return BookingResult(200, replay_bundle(store, found[0]), hold_expiry(found[0]))
+    return None
+
+
+def _look_up(store: FhirStore, request: BookingRequest) -> Callable[[], BookingResult | None]:
+    return lambda: existing_booking(store, request)
+
+
+def _landed_booking(store: FhirStore, marker: str) -> Resource | None:
+    found = store.search("Appointment", [("_tag", f"{BOOKING_REQUEST_SYSTEM}|{marker}")])
+    return found[0] if found else None
+
+
+def _taken_locks(store: FhirStore, plan: LockPlan, speculated: Locks | None, together: Together) -> Locks:
+    """The locks of ``plan`` at their current versions: from the speculative read of the first
+    round trip where it has them (the rest read now), else read afresh."""
+    if speculated is None:
+        return read_planned(store, plan, together=together)
+    known = {lock.lock_id for lock in speculated.taken}
+    missing = {lock_id: where for lock_id, where in plan.items() if lock_id not in known}
+    locks = speculated.keeping(plan)
+    return locks.merged(read_planned(store, missing, together=together)) if missing else locks
+
+
+def _pending_slots(bundle: Resource, index: int) -> list[Resource]:
+    """The Slots an accepted member will write, as the next members' decisions must see them."""
+    slots = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Slot"]
+    return [{**slot, "id": f"pending-{index}-{n}"} for n, slot in enumerate(slots)]
+
+
+@dataclass(frozen=True)
+class _Captured:
+    value: Any = None
+    error: BaseException | None = None
+
+
+def _captured(call: Callable[[], Any]) -> Callable[[], _Captured]:
+    """A member's read, whose failure is that member's alone (kept, not raised, so the others'
+    reads and the shared Slot search still count)."""
+
+    def run() -> _Captured:
+        try:
+            return _Captured(value=call())
+        except Exception as exc:
+            return _Captured(error=exc)
+
+    return run
+
+
+def _unwrapped(captured: _Captured) -> Any:
+    if captured.error is not None:
+        raise captured.error
+    return captured.value
