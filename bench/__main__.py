@@ -224,6 +224,20 @@ def _measure(
             )
             save()
         if "mass" in parts:
+            # Side by side: the same run with group commit off (BOOKING_GROUP_MAX=0), then on.
+            ungrouped = servers.start_sidecar(
+                fhir_base,
+                out / f"sidecar-{db}-ungrouped.log",
+                env={"BOOKING_GROUP_MAX": "0"},
+                log_level="INFO",
+            )
+            try:
+                progress(f"[{db}] mass booking, group commit off")
+                results.setdefault("mass_ungrouped", {})[db] = mass.mass_booking(
+                    fhir_base, [ungrouped.base_url], progress=progress, **plan["mass"]
+                )
+            finally:
+                ungrouped.stop()
             progress(f"[{db}] mass booking")
             results.setdefault("mass", {})[db] = mass.mass_booking(
                 fhir_base, [sidecar.base_url], progress=progress, **plan["mass"]

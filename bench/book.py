@@ -95,6 +95,8 @@ class Outcome:
     request_id: str
     error: str = ""
     appointment_id: str | None = None
+    group: int = 1
+    """Bookings written in one transaction with it (``X-Fanoni-Group``; group commit)."""
 
     @property
     def deadline(self) -> bool:
@@ -128,6 +130,7 @@ def book_via_sidecar(session: requests.Session, sidecar: str, proposal: Resource
         request_id=request_id,
         error="" if response.status_code == 201 else response.text[:500],
         appointment_id=appointment_id,
+        group=int(response.headers.get("X-Fanoni-Group", "1")),
     )
 
 

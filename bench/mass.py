@@ -153,6 +153,8 @@ def mass_booking(
         "retries_mean": sum(o.attempts - 1 for o in ok) / len(ok) if ok else 0.0,
         "retries_max": max((o.attempts - 1 for o in ok), default=0),
         "upstream_calls_mean": sum(o.upstream_calls for o in ok) / len(ok) if ok else 0.0,
+        "group_mean": sum(o.group for o in ok) / len(ok) if ok else 0.0,
+        "group_max": max((o.group for o in ok), default=0),
         "every_place_filled": filled and len(ok) == places,
         **check,
     }

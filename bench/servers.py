@@ -27,7 +27,7 @@ HAPI_JAVA_OPTS = (
 tests' fast-start setting keeps the JIT from optimising fully, as no server in production would)
 and with more heap (H2 keeps the whole database in it). ``HAPI_JAVA_OPTS`` overrides it."""
 SIDECAR_WORKERS = 2
-SIDECAR_THREADS = 4
+SIDECAR_THREADS = 16
 """``fanoni-scheduling serve``'s default threads per worker process."""
 
 
@@ -75,9 +75,14 @@ def upstream(database: str, fhir_base: str | None = None) -> Iterator[Upstream]:
 
 
 def start_sidecar(
-    fhir_base: str, log_path: Path, *, workers: int = SIDECAR_WORKERS, log_level: str = "DEBUG"
+    fhir_base: str,
+    log_path: Path,
+    *,
+    workers: int = SIDECAR_WORKERS,
+    log_level: str = "DEBUG",
+    env: dict[str, str] | None = None,
 ) -> SidecarProcess:
-    """``python -m plugin serve --workers N`` (gunicorn, gthread, 4 threads), by default with
+    """``python -m plugin serve --workers N`` (gunicorn, gthread, 16 threads), by default with
     the DEBUG log the replay and the breakdowns read, and no hold sweeper (nothing to sweep)."""
     port = free_port()
     return SidecarProcess(
@@ -90,6 +95,7 @@ def start_sidecar(
             "HOLD_SWEEP_SECONDS": "0",
             "SLOT_END_SEARCH": "on",  # `register` installed it before any Slot existed
             "LOG_LEVEL": log_level,
+            **(env or {}),
         },
     )
 

@@ -74,15 +74,23 @@ def book(
     ``marker`` is the booking request id (generated when not given): it travels on the
     Appointments and the Slots, so a booking whose answer was lost can be found.
     """
-    prepared = prepare(as_stores(stores), request, hold=hold, hold_ttl=hold_ttl, marker=marker)
+    key = group_key(request)
+    alone = grouping is None or request.recurrence is not None
+    # A booking that will wait for a group re-reads the locks when its turn comes: reading them
+    # now, speculatively, would be a read for nothing.
+    speculate = grouping is None or alone or not grouping.busy(key)
+    prepared = prepare(
+        as_stores(stores), request, hold=hold, hold_ttl=hold_ttl, marker=marker, speculate=speculate
+    )
 
     def commit(members: Sequence[Prepared], waited: bool) -> list[booking_group.Outcome]:
         return booking_group.commit(members, waited, clock=clock, policy=policy)
 
-    if grouping is None or request.recurrence is not None:
+    if alone:
         outcome = commit([prepared], False)[0]
     else:
-        outcome = grouping(group_key(prepared), prepared, commit)
+        assert grouping is not None
+        outcome = grouping(key, prepared, commit)
         if outcome is ALONE:  # its group's content was refused: find out whether it was this one's
             outcome = commit([prepared], True)[0]
     if isinstance(outcome, BaseException):
@@ -92,9 +100,15 @@ def book(
 
 
 def prepare(
-    stores: Stores, request: BookingRequest, *, hold: bool, hold_ttl: timedelta, marker: str | None = None
+    stores: Stores,
+    request: BookingRequest,
+    *,
+    hold: bool,
+    hold_ttl: timedelta,
+    marker: str | None = None,
+    speculate: bool = True,
 ) -> Prepared:
-    """The first round trip -- the Schedules with their actors, the service and (speculatively)
+    """The first round trip -- the Schedules with their actors, the service and (``speculate``)
     the locks -- and everything checked that needs no Slot: the booking, ready to commit."""
     store = stores.service
     reads = participant_reads(request)
@@ -102,7 +116,11 @@ def prepare(
     configuration, service_resource, speculated = stores.together(
         lambda: stores.caller.read_schedules(request.schedule_ids),
         lambda: stores.caller.read_service(request.service_id),
-        lambda: read_planned(store, speculative_plan(request, recurrence), together=stores.together),
+        lambda: (
+            read_planned(store, speculative_plan(request, recurrence), together=stores.together)
+            if speculate
+            else None
+        ),
     )
     service, legs = request_legs(request, configuration, service_resource)
     visits = visits_of(request, legs, recurrence)

@@ -104,10 +104,14 @@ class Grouping(Protocol):
 
     def __call__(self, key: Hashable, member: Prepared, commit: Commit) -> Outcome: ...
 
+    def busy(self, key: Hashable) -> bool:
+        """Whether a group of ``key`` is being written now (a booking arriving would wait)."""
+        ...
 
-def group_key(prepared: Prepared) -> Hashable:
+
+def group_key(request: BookingRequest) -> Hashable:
     """Bookings are grouped by the Schedules they take: their locks and Slots are the same."""
-    return tuple(sorted(leg.schedule.id for leg in prepared.legs))
+    return tuple(sorted(request.schedule_ids))
 
 
 def commit(

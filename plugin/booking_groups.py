@@ -92,6 +92,10 @@ class BookingGroups:
                 self._busy.discard(key)
             self._changed.notify_all()
 
+    def busy(self, key: Hashable) -> bool:
+        with self._changed:
+            return key in self._busy
+
     def waiting(self) -> int:
         """Bookings queued behind a group being written (for ``/metrics``)."""
         with self._changed:

@@ -26,7 +26,7 @@ from plugin.service_credentials import credentials_from_settings
 DEFAULT_HOST = "0.0.0.0"  # a sidecar listens for its neighbours, not only for localhost
 DEFAULT_PORT = 8090
 DEFAULT_WORKERS = 2
-DEFAULT_THREADS = 4
+DEFAULT_THREADS = 16
 DEFAULT_TIMEOUT = 120
 """gunicorn's worker timeout: above a $find's worst case of a few upstream reads at
 UPSTREAM_READ_TIMEOUT (30 s) each, so a slow upstream yields a 504, not a killed worker."""

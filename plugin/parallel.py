@@ -15,10 +15,10 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-READ_THREADS = 32
-"""Threads per process for concurrent reads: a gthread worker's 4 request threads times the up
-to 5 reads of a booking's first round trip (3 for a ``$find``), with room to spare. Reads wait
-on the network, not on the CPU; a read that finds every thread busy waits for one."""
+READ_THREADS = 64
+"""Threads per process for concurrent reads: a gthread worker's 16 request threads times the 3
+to 5 reads of a round trip. Reads wait on the network, not on the CPU; a read that finds every
+thread busy waits for one."""
 
 
 class Parallel:

@@ -100,6 +100,10 @@ def test_bookings_queued_behind_a_write_go_together_in_one_transaction() -> None
     assert {name: r.status for name, r in results.items()} == {"a": 201, "b": 201, "c": 201}
     assert appointments_per_transaction(store) == [1, 2]
     assert all(r.attempts == 1 for r in results.values())  # nobody lost a version check
+    assert [r.group for r in (results["a"], results["b"], results["c"])] == [1, 2, 2]
+    # A's speculative lock read and the group's: B and C, which found A being written, did not
+    # read the locks in their first round trip for nothing.
+    assert store.calls.count("search Basic") == 2
     # Each member gets its own Appointment and Slots, not the group's.
     for name, start in (("b", "10:00"), ("c", "10:45")):
         entries = results[name].bundle["entry"]
