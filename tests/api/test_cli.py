@@ -35,7 +35,7 @@ def started(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
 
 def test_serve_defaults(upstream: responses.RequestsMock, started: list[dict[str, Any]]) -> None:
     assert cli.main(["serve", "--no-register"]) == 0
-    assert started == [{"bind": ["0.0.0.0:8090"], "workers": 2, "threads": 4}]
+    assert started == [{"bind": ["0.0.0.0:8090"], "workers": 2, "threads": 16}]
     assert len(upstream.calls) == 0
 
 
