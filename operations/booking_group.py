@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from operations.availability import merge
 from operations.decision import decide, search_spans
-from operations.errors import Conflict, OutcomeUnknown, StoreFailure, Unprocessable
+from operations.errors import ConcurrentChange, Conflict, OutcomeUnknown, StoreFailure, Unprocessable
 from operations.fhir_values import transaction_bundle
 from operations.locks import NO_LOCKS, LockPlan, Locks, fence, lock_entries, read_planned
 from operations.model import Interval, Leg, Service
@@ -122,12 +122,17 @@ def commit(
     Three round trips of latency after the configuration: the locks; the Slot search with every
     member's participants and identifier look-up; the transaction. A lone member that did not
     wait reuses the locks its first round trip read, so its booking costs three round trips in
-    all. A lost version check repeats the three for the members not yet answered.
+    all. A lost version check repeats the three for the members not yet answered -- and halves
+    how many of them the next transaction writes (the others go in the next one): a big group's
+    transaction, slower to decide and to commit, would otherwise keep losing to the smaller,
+    quicker ones of other processes until the deadline. All within one deadline.
     """
+    policy = policy or RetryPolicy()
     outcomes: list[Outcome | None] = [None] * len(members)
     lead = members[0].stores
     store, together = lead.service, lead.together
     speculated = [members[0].speculated] if len(members) == 1 and not waited else []
+    writes = [len(members)]  # how many accepted members the next transaction writes
 
     def attempt() -> None:
         open_ = [i for i, o in enumerate(outcomes) if o is None]
@@ -137,22 +142,33 @@ def commit(
         locks = _taken_locks(store, plan, speculated.pop() if speculated else None, together)
         now = clock.now()
         accepted = _decide_members(members, open_, outcomes, store, together, now)
-        if accepted:
-            taken = locks.keeping({lock for i in accepted for lock in members[i].plan})
-            _write(members, accepted, outcomes, taken, store, now, clock)
+        # Decided in order, so the first ones written never depend on the ones left for later.
+        writing = dict(list(accepted.items())[: writes[0]])
+        if writing:
+            taken = locks.keeping({lock for i in writing for lock in members[i].plan})
+            try:
+                _write(members, writing, outcomes, taken, store, now, clock)
+            except ConcurrentChange:
+                writes[0] = max(1, writes[0] // 2)
+                raise
 
     operation = "$hold" if all(m.hold for m in members) else "$book"
-    attempts = Attempts()
-    try:
-        retrying(policy or RetryPolicy(), clock, attempt, operation=operation, attempts=attempts)
-    except Exception as exc:  # the deadline, the transaction failed: every open member's answer
-        outcomes = [exc if o is None else o for o in outcomes]
+    attempts = 0
+    started = clock.monotonic()
+    while any(o is None for o in outcomes):
+        rest = replace(policy, deadline_seconds=policy.deadline_seconds - (clock.monotonic() - started))
+        counted = Attempts()
+        try:
+            retrying(rest, clock, attempt, operation=operation, attempts=counted)
+        except Exception as exc:  # the deadline, the transaction failed: every open member's answer
+            outcomes = [exc if o is None else o for o in outcomes]
+        attempts += counted.count
     if len(members) > 1:
         logger.info(
             "booking group committed",
-            extra={"operation": operation, "members": len(members), "attempts": attempts.count},
+            extra={"operation": operation, "members": len(members), "attempts": attempts},
         )
-    return [_counted(outcome, attempts.count, len(members)) for outcome in outcomes]
+    return [_counted(outcome, attempts, len(members)) for outcome in outcomes]
 
 
 def _decide_members(
