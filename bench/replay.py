@@ -1,6 +1,6 @@
 """Send the reads the sidecar made for one request straight to HAPI, the same way
 (``bench.upstream_log.replay_plan``): the same URLs, the same headers (``Cache-Control:
-no-cache``, the sidecar's credentials and guard key where it used them), the reads of a round at
+no-cache``, the sidecar's credentials and guard key where it used them, its ``Prefer``), the reads of a round at
 the same time on kept-alive connections, pages one after another following HAPI's ``next``
 links. The wall time of that is what the sidecar cannot go below: its overhead is the rest.
 """
@@ -13,7 +13,7 @@ from types import TracebackType
 
 import requests
 
-from bench.upstream_log import Chain, Round
+from bench.upstream_log import Chain, Round, UpstreamCall
 from tests.integration.trust import GUARD_KEY, SIDECAR_TOKEN
 
 FHIR_JSON = "application/fhir+json"
@@ -21,11 +21,13 @@ LANES = 8
 """Concurrent reads at most (a round of ``$find`` has three)."""
 
 
-def _headers(as_service: bool, request_id: str) -> dict[str, str]:
+def _headers(call: UpstreamCall, request_id: str) -> dict[str, str]:
     headers = {"Accept": FHIR_JSON, "Cache-Control": "no-cache", "X-Request-ID": request_id}
-    if as_service:
+    if call.as_service:
         headers["Authorization"] = SIDECAR_TOKEN
         headers["X-Fanoni-Service-Key"] = GUARD_KEY
+    if call.prefer:
+        headers["Prefer"] = call.prefer
     return headers
 
 
@@ -67,7 +69,7 @@ class Replayer:
                 # HAPI's next link for *this* search (a fresh one): the original's page URLs
                 # name the original search's cached results.
                 url = _next_link(response) or call.url
-            response = session.get(url, headers=_headers(call.as_service, request_id), timeout=120)
+            response = session.get(url, headers=_headers(call, request_id), timeout=120)
             if response.status_code != 200:
                 raise ReplayError(f"GET {url} answered {response.status_code}: {response.text[:300]}")
 

@@ -3,7 +3,8 @@ the same reads again straight to HAPI (``bench.replay``). No I/O here but readin
 
 With ``LOG_LEVEL=DEBUG`` the sidecar logs one JSON line per upstream call when its answer has
 arrived (``"message": "upstream call"``, with ``request_id``, ``upstream_method``,
-``upstream_url`` -- the URL as sent, query included --, ``duration_ms`` and ``as_service``) and
+``upstream_url`` -- the URL as sent, query included --, ``duration_ms``, ``as_service`` and
+``upstream_prefer``, the ``Prefer`` header if any) and
 one access line per request (``upstream_round_trips``, ``status``, ``duration_ms`` and, for
 bookings, ``attempts``). A call's line is written when it ends, so it started ``duration_ms``
 before the line's ``time`` (milliseconds).
@@ -48,6 +49,9 @@ class UpstreamCall:
     duration_ms: float
     as_service: bool
     """Sent with the sidecar's own credentials (else the caller's)."""
+    prefer: str | None = None
+    """Its ``Prefer`` header (``handling=strict`` on the sidecar's searches), sent again by the
+    replay: a server that checks every parameter does a little more work."""
 
     @property
     def start(self) -> float:
@@ -92,6 +96,7 @@ def parse_line(line: str) -> UpstreamCall | AccessRecord | None:
                 end=_epoch(str(record["time"])),
                 duration_ms=float(record["duration_ms"]),
                 as_service=bool(record.get("as_service")),
+                prefer=str(record["upstream_prefer"]) if record.get("upstream_prefer") else None,
             )
         if "upstream_round_trips" in record and "status" in record:
             attempts = record.get("attempts")
@@ -228,4 +233,5 @@ def describe(call: UpstreamCall) -> dict[str, Any]:
         "status": call.status,
         "duration_ms": call.duration_ms,
         "as_service": call.as_service,
+        "prefer": call.prefer,
     }

@@ -10,6 +10,7 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
+import orjson
 from flask import Response, request
 from werkzeug.exceptions import NotAcceptable
 
@@ -30,8 +31,23 @@ def fhir_response(
     resource: Resource, status: int = 200, headers: Mapping[str, str] | None = None
 ) -> Response:
     """A FHIR JSON response (``application/fhir+json``)."""
-    body = json.dumps(resource, ensure_ascii=False)
-    return Response(body, status=status, headers=dict(headers or {}), content_type=FHIR_JSON_UTF8)
+    return Response(
+        json_bytes(resource), status=status, headers=dict(headers or {}), content_type=FHIR_JSON_UTF8
+    )
+
+
+def json_bytes(resource: Resource) -> bytes:
+    """``resource`` as compact UTF-8 JSON.
+
+    orjson, because a ``$find`` answer is large and its encoding was the biggest part of the
+    sidecar's own time: 100 proposals of 10 Schedules (1,000 contained Slots, 335 KB) take
+    0.2 ms against 2.7 ms with ``json.dumps`` (docs/performance.md). What orjson refuses
+    (integers beyond 64 bits) goes through ``json`` as before.
+    """
+    try:
+        return orjson.dumps(resource)
+    except TypeError:  # orjson.JSONEncodeError
+        return json.dumps(resource, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def operation_outcome(

@@ -241,6 +241,9 @@ class Transport:
                 "upstream_status": response.status_code,
                 "duration_ms": round((time.monotonic() - started) * 1000, 1),
                 "as_service": self._credentials is not None,
+                # What the server is asked to do besides the URL (``handling=strict``): the
+                # benchmark's replay of these reads sends it too (bench/replay.py).
+                "upstream_prefer": sent_headers.get("Prefer"),
             },
         )
         return response

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,15 @@ def test_serve_registers_first_and_survives_a_refusal(
 def test_gunicorn_loads_the_app_factory(settings: Settings) -> None:
     server = cli.GunicornServer(settings, {"bind": "127.0.0.1:0"})
     assert isinstance(server.load(), Flask)
+
+
+def test_a_worker_puts_what_it_started_with_out_of_the_collectors_sight(settings: Settings) -> None:
+    gc.unfreeze()
+    try:
+        cli.GunicornServer(settings, {"bind": "127.0.0.1:0"}).load()
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
 
 
 def test_register_command_exit_status(

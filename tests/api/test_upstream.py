@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime, timedelta
 from http.client import RemoteDisconnected
 from pathlib import Path
@@ -144,6 +145,23 @@ def test_every_call_carries_the_callers_credentials_and_no_cache(
     assert sent.headers["Accept"] == "application/fhir+json"
     assert sent.headers["X-Request-ID"] == "req-42"
     assert sent.req_kwargs["timeout"] == settings.upstream_timeout  # type: ignore[attr-defined]
+
+
+def test_the_debug_line_of_a_call_says_what_the_replay_must_send_again(
+    upstream: responses.RequestsMock, store: FhirUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    """bench/replay.py sends the sidecar's reads again from these lines: URL, identity, Prefer."""
+    upstream.get(f"{BASE}/HealthcareService/svc", json={"resourceType": "HealthcareService"})
+    upstream.get(f"{BASE}/Slot", json=bundle([]))
+    with caplog.at_level(logging.DEBUG, logger="plugin.upstream"):
+        store.read_service("svc")
+        store.search_slots(["a"], START, END)
+    lines = [r for r in caplog.records if r.getMessage() == "upstream call"]
+    assert [(r.upstream_method, r.as_service, r.upstream_prefer) for r in lines] == [  # type: ignore[attr-defined]
+        ("GET", False, None),
+        ("GET", False, "handling=strict"),
+    ]
+    assert lines[1].upstream_url.startswith(f"{BASE}/Slot?schedule=Schedule%2Fa")  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("status", [404, 410])

@@ -7,6 +7,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from bench.replay import _headers
 from bench.upstream_log import (
     AccessRecord,
     LogIndex,
@@ -20,7 +21,15 @@ T0 = datetime(2026, 12, 7, 14, 0, 0, tzinfo=UTC)
 BASE = "http://127.0.0.1:8080/fhir"
 
 
-def call_line(request_id: str, url: str, *, start_ms: float, duration_ms: float, method: str = "GET") -> str:
+def call_line(
+    request_id: str,
+    url: str,
+    *,
+    start_ms: float,
+    duration_ms: float,
+    method: str = "GET",
+    prefer: str | None = None,
+) -> str:
     """A line as plugin/transport.py logs it: written when the answer has arrived."""
     end = T0 + timedelta(milliseconds=start_ms + duration_ms)
     return json.dumps(
@@ -35,6 +44,7 @@ def call_line(request_id: str, url: str, *, start_ms: float, duration_ms: float,
             "upstream_status": 200,
             "duration_ms": duration_ms,
             "as_service": "Slot" in url or "Basic" in url,
+            "upstream_prefer": prefer,
         }
     )
 
@@ -68,6 +78,19 @@ def test_parse_upstream_call_and_access_lines() -> None:
     assert abs(call.start - (T0 + timedelta(milliseconds=10)).timestamp()) < 1e-6
     access = parse_line(access_line("r1", 3, attempts=2))
     assert access == AccessRecord("r1", 200, 42.5, 3, 2)
+
+
+def test_the_prefer_header_is_read_and_sent_again_by_the_replay() -> None:
+    strict = parse_line(
+        call_line(
+            "r1", f"{BASE}/Slot?schedule=Schedule/a", start_ms=0, duration_ms=5, prefer="handling=strict"
+        )
+    )
+    plain = parse_line(call_line("r1", f"{BASE}/HealthcareService/s", start_ms=0, duration_ms=5))
+    assert isinstance(strict, UpstreamCall) and isinstance(plain, UpstreamCall)
+    assert (strict.prefer, plain.prefer) == ("handling=strict", None)
+    assert _headers(strict, "r1-replay")["Prefer"] == "handling=strict"
+    assert "Prefer" not in _headers(plain, "r1-replay")
 
 
 def test_other_lines_are_ignored() -> None:
