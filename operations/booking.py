@@ -66,7 +66,7 @@ def book(
     before (2), one round trip more. A lost version check repeats the lock read, the Slot
     search and look-up, and the transaction.
 
-    With ``grouping``, a booking that arrives while another of the same Schedules is being
+    With ``grouping``, a booking that arrives while another of the same time buckets is being
     written waits for it and is then decided and written together with the others that
     waited (``operations/booking_group.py``): one round trip more for it, and none of the
     retries it would otherwise cost. A series is always committed alone.

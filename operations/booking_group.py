@@ -1,11 +1,12 @@
 """Committing bookings: one read-decide-write cycle for one booking, or for a group of bookings
-of the same Schedules that arrived while another was being written (group commit).
+of the same time that arrived while another was being written (group commit).
 
 **Why groups.** On a busy Schedule -- a vaccination day, a group class of capacity 30 opening --
 many bookings want the same few buckets at once. Each on its own would read the same locks and
 Slots, and all but one would lose the version check, re-read and try again: the upstream does
 the work of every booking many times over, and the tail grows to seconds. A process instead
-lets one booking of a Schedule set be written at a time (``Grouping``, given by the plugin);
+lets one booking of the same time buckets be written at a time (``Grouping``, given by the
+plugin, keyed by :func:`group_key`);
 those that arrive meanwhile wait, and are then decided together on one lock read and one Slot
 search, and written in one transaction. The upstream does a group's reads once, and bookings
 of one process never contend with each other.
@@ -99,7 +100,7 @@ outcome per member, in order."""
 
 
 class Grouping(Protocol):
-    """Lets one group per ``key`` (a Schedule set) be committed at a time in this process: the
+    """Lets one group per ``key`` (:func:`group_key`) be committed at a time in this process: the
     bookings that arrive meanwhile wait and go next, together (``plugin/booking_groups.py``)."""
 
     def __call__(self, key: Hashable, member: Prepared, commit: Commit) -> Outcome: ...

@@ -1,8 +1,9 @@
-"""Group commit in one process: at most one booking group per Schedule set is being written at a
-time; the bookings that arrive meanwhile wait and are written next, together
+"""Group commit in one process: at most one booking group per key -- the time buckets a booking
+takes -- is being written at a time; the bookings of the same buckets that arrive meanwhile wait
+and are written next, together
 (``operations/booking_group.py`` decides and writes a group; docs/consistency.md argues it).
 
-Leader and followers, with no timer: a booking that finds its Schedule set idle commits at once,
+Leader and followers, with no timer: a booking that finds its buckets idle commits at once,
 alone, as if there were no grouping -- nothing is added at low load. One that finds it busy
 queues. When a group is written, the thread that wrote it answers its members and hands the
 next group -- everyone queued meanwhile, up to ``max_size`` -- to the first of them, which writes

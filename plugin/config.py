@@ -57,7 +57,7 @@ class Settings:
     max_schedules: int = 20
     """Schedules one ``$find`` or booking may name (400 beyond): each adds locks and work."""
     booking_group_max: int = 30
-    """Most bookings of one Schedule set a process writes in one transaction (group commit,
+    """Most bookings of one time a process writes in one transaction (group commit,
     ``plugin/booking_groups.py``); ``0`` turns grouping off."""
     max_series: int = 12
     """Most occurrences a recurring series may have (``recurrence.repeat.count``, SPEC §7.4)."""

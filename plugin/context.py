@@ -37,7 +37,7 @@ class Sidecar:
     parallel: Parallel
     """Runs a request's independent upstream reads at the same time."""
     booking_groups: BookingGroups | None = None
-    """Group commit of this process's bookings per Schedule set; ``None``: off
+    """Group commit of this process's bookings of one time (their buckets); ``None``: off
     (``BOOKING_GROUP_MAX=0``)."""
     read_hints: ReadHints = field(default_factory=ReadHints)
     """What this process's ``$find`` requests learned about Schedules, to size the next one's
