@@ -43,7 +43,7 @@ from operations.locks import NO_LOCKS, LockPlan, Locks, fence, lock_entries, loc
 from operations.model import Interval, Leg, Service
 from operations.participants import ParticipantReads, check_participants
 from operations.proposal import BookingRequest
-from operations.retries import Attempts, Clock, RetryPolicy, retrying
+from operations.retries import Clock, RetryPolicy, retrying
 from operations.store import FhirStore, Resource, Stores, Together
 from operations.writes import (
     BOOKING_REQUEST_SYSTEM,
@@ -141,7 +141,19 @@ def commit(
     speculated = [members[0].speculated] if len(members) == 1 and not waited else []
     writes = [len(members)]  # how many accepted members the next transaction writes
 
+    tried = [0]  # attempts so far: a member's own count is the attempt that answered it
+    answered_at: list[int | None] = [None] * len(members)
+
     def attempt() -> None:
+        tried[0] += 1
+        try:
+            _attempt()
+        finally:
+            for i, outcome in enumerate(outcomes):
+                if outcome is not None and answered_at[i] is None:
+                    answered_at[i] = tried[0]
+
+    def _attempt() -> None:
         open_ = [i for i, o in enumerate(outcomes) if o is None]
         plan: LockPlan = {}
         for i in open_:
@@ -160,22 +172,19 @@ def commit(
                 raise
 
     operation = "$hold" if all(m.hold for m in members) else "$book"
-    attempts = 0
     started = clock.monotonic()
     while any(o is None for o in outcomes):
         rest = replace(policy, deadline_seconds=policy.deadline_seconds - (clock.monotonic() - started))
-        counted = Attempts()
         try:
-            retrying(rest, clock, attempt, operation=operation, attempts=counted)
+            retrying(rest, clock, attempt, operation=operation)
         except Exception as exc:  # the deadline, the transaction failed: every open member's answer
-            outcomes = [exc if o is None else o for o in outcomes]
-        attempts += counted.count
+            outcomes[:] = [exc if o is None else o for o in outcomes]
     if len(members) > 1:
         logger.info(
             "booking group committed",
-            extra={"operation": operation, "members": len(members), "attempts": attempts},
+            extra={"operation": operation, "members": len(members), "attempts": tried[0]},
         )
-    return [_counted(outcome, attempts, len(members)) for outcome in outcomes]
+    return [_counted(outcome, answered_at[i] or tried[0], len(members)) for i, outcome in enumerate(outcomes)]
 
 
 def _decide_members(
