@@ -160,16 +160,17 @@ def commit(
             plan |= members[i].plan
         locks = _taken_locks(store, plan, speculated.pop() if speculated else None, together)
         now = clock.now()
-        accepted = _decide_members(members, open_, outcomes, store, together, now)
-        # Decided in order, so the first ones written never depend on the ones left for later.
-        writing = dict(list(accepted.items())[: writes[0]])
-        if writing:
-            taken = locks.keeping({lock for i in writing for lock in members[i].plan})
+        accepted, provisional = _decide_members(members, open_, outcomes, store, together, now, writes[0])
+        if accepted:
+            taken = locks.keeping({lock for i in accepted for lock in members[i].plan})
             try:
-                _write(members, writing, outcomes, taken, store, now, clock)
+                landed = _write(members, accepted, outcomes, taken, store, now, clock)
             except ConcurrentChange:
                 writes[0] = max(1, writes[0] // 2)
                 raise
+            if landed:  # the places they were refused for are taken now
+                for i, taken_time in provisional.items():
+                    outcomes[i] = taken_time
 
     operation = "$hold" if all(m.hold for m in members) else "$book"
     started = clock.monotonic()
@@ -194,9 +195,13 @@ def _decide_members(
     store: FhirStore,
     together: Together,
     now: datetime,
-) -> dict[int, Resource]:
+    limit: int,
+) -> tuple[dict[int, Resource], dict[int, Conflict]]:
     """Round two and the decisions: the bundle (without locks) of each member of ``open_``
-    accepted, in order. The others get their outcome: a replay (200), or their own error."""
+    accepted, in order, at most ``limit`` of them (the members after them stay open). The others
+    get their outcome: a replay (200), or their own error -- except a member refused only once
+    members before it were accepted: its 409 counts their places, so it is *provisional*
+    (returned apart) until their transaction lands."""
     calls: list[Callable[[], _Captured]] = []
     reads: dict[int, tuple[int, int]] = {}
     for i in open_:
@@ -213,6 +218,7 @@ def _decide_members(
     slot_resources: list[Resource] | None = None
     accepted: dict[int, Resource] = {}
     conflicted: dict[int, Conflict] = {}
+    provisional: dict[int, Conflict] = {}
     for i in open_:
         member = members[i]
         first, last = reads[i]
@@ -227,20 +233,22 @@ def _decide_members(
             if found is not None:
                 outcomes[i] = found
                 continue
+            if len(accepted) == limit:
+                continue  # decided in a later transaction, on what this one leaves
             if slot_resources is None:
                 slot_resources = list(_unwrapped(slots))
             decide(member.service, member.legs, slot_resources, member.visits, now, member.request.root)
         except Conflict as taken:
-            conflicted[i] = taken
+            (provisional if accepted else conflicted)[i] = taken
             continue
         except Exception as exc:  # its own answer (400/422, its caller refused), or the reads'
             outcomes[i] = exc
             continue
         accepted[i] = _member_bundle(member, now)
         slot_resources += _pending_slots(accepted[i], i)
-    if conflicted:
-        _replay_or_conflict(members, conflicted, outcomes, store, together)
-    return accepted
+    if conflicted or provisional:
+        _replay_or_conflict(members, conflicted, provisional, outcomes, store, together)
+    return accepted, provisional
 
 
 def _member_bundle(member: Prepared, now: datetime) -> Resource:
@@ -264,20 +272,26 @@ def _expiry(member: Prepared, now: datetime) -> datetime | None:
 def _replay_or_conflict(
     members: Sequence[Prepared],
     conflicted: dict[int, Conflict],
+    provisional: dict[int, Conflict],
     outcomes: list[Outcome | None],
     store: FhirStore,
     together: Together,
 ) -> None:
     """A member whose time looked taken may be racing its own twin (same identifier) that
-    committed after the first look-up: look once more; 409 when there is none."""
-    replays = together(*[_captured(_look_up(store, members[i].request)) for i in conflicted])
-    for (i, conflict), replay in zip(conflicted.items(), replays, strict=True):
+    committed after the first look-up: look once more; 409 when there is none (a provisional
+    409 stays in ``provisional``, unanswered)."""
+    refused = [*conflicted, *provisional]
+    replays = together(*[_captured(_look_up(store, members[i].request)) for i in refused])
+    for i, replay in zip(refused, replays, strict=True):
         try:
             found = _unwrapped(replay)
         except Exception as exc:
-            outcomes[i] = exc
-            continue
-        outcomes[i] = conflict if found is None else found
+            found = exc
+        if found is not None:
+            outcomes[i] = found
+            provisional.pop(i, None)
+        elif i in conflicted:
+            outcomes[i] = conflicted[i]
 
 
 def _write(
@@ -288,10 +302,10 @@ def _write(
     store: FhirStore,
     now: datetime,
     clock: Clock,
-) -> None:
+) -> bool:
     """The accepted members' transaction: the locks once, then each member's Slots, Appointment
-    and (in a group) Provenance. Raises ``ConcurrentChange`` (the caller retries the open
-    members)."""
+    and (in a group) Provenance. Whether it landed; raises ``ConcurrentChange`` (the caller
+    retries the open members)."""
     entries = lock_entries(locks)
     parts: dict[int, tuple[int, int]] = {}
     for i, written in accepted.items():
@@ -312,18 +326,18 @@ def _write(
     try:
         response = store.transaction(transaction_bundle(entries))
     except OutcomeUnknown as lost:
-        _settle(members, list(accepted), outcomes, locks, store, clock, lost)
-        return
+        return _settle(members, list(accepted), outcomes, locks, store, clock, lost)
     except Unprocessable:
         if len(members) == 1:
             raise
         for i in accepted:
             outcomes[i] = ALONE
-        return
+        return False
     answered = response.get("entry") or []
     for i, (first, last) in parts.items():
         expires = _expiry(members[i], now)
         outcomes[i] = BookingResult(201, response_bundle({"entry": answered[first:last]}), expires)
+    return True
 
 
 def _settle(
@@ -334,10 +348,10 @@ def _settle(
     store: FhirStore,
     clock: Clock,
     lost: OutcomeUnknown,
-) -> None:
+) -> bool:
     """The transaction's answer was lost: fence, then look every member up (it landed for all of
     them or for none). A member found gets its 201; the others learn nothing was stored; when
-    neither can be established, each is told the outcome is unknown."""
+    neither can be established, each is told the outcome is unknown. Whether it landed."""
     try:
         nothing = fence(store, locks, clock)
         landed = (
@@ -348,7 +362,7 @@ def _settle(
     except StoreFailure:
         for i in accepted:
             outcomes[i] = _unknown(lost, None)
-        return
+        return False
     for i, appointment in zip(accepted, landed, strict=True):
         if appointment is None:
             outcomes[i] = _unknown(lost, "Nothing was stored (checked): ask again.")
@@ -360,6 +374,7 @@ def _settle(
             # names its Slots), not with an error that reads "nothing happened".
             bundle = _bundle_of([appointment])
         outcomes[i] = BookingResult(201, bundle, hold_expiry(appointment))
+    return any(appointment is not None for appointment in landed)
 
 
 def _counted(outcome: Outcome | None, attempts: int, group: int) -> Outcome:
