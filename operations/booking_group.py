@@ -36,23 +36,19 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from operations.availability import merge
+from operations.booking_lookup import look_up, settle_lost
 from operations.decision import decide, footprints, search_spans
-from operations.errors import ConcurrentChange, Conflict, OutcomeUnknown, StoreFailure, Unprocessable
+from operations.errors import ConcurrentChange, Conflict, OutcomeUnknown, Unprocessable
 from operations.fhir_values import transaction_bundle
-from operations.locks import NO_LOCKS, LockPlan, Locks, fence, lock_entries, lock_plan, read_planned
+from operations.locks import NO_LOCKS, LockPlan, Locks, lock_entries, lock_plan, read_planned
 from operations.model import Interval, Leg, Service
 from operations.participants import ParticipantReads, check_participants
 from operations.proposal import BookingRequest
 from operations.retries import Clock, RetryPolicy, retrying
 from operations.store import FhirStore, Resource, Stores, Together
 from operations.writes import (
-    BOOKING_REQUEST_SYSTEM,
-    ENDED_STATUSES,
     BookingResult,
-    _bundle_of,
     booking_bundle,
-    hold_expiry,
-    replay_bundle,
     response_bundle,
 )
 
@@ -209,7 +205,7 @@ def _decide_members(
         first = len(calls)
         if not member.participants_checked:
             calls += [_captured(search) for search in member.participants.searches(member.stores.caller)]
-        calls.append(_captured(_look_up(store, member.request)))
+        calls.append(_captured(look_up(store, member.request)))
         reads[i] = (first, len(calls))
     schedule_ids = sorted({leg.schedule.id for i in open_ for leg in members[i].legs})
     spans = merge([span for i in open_ for span in members[i].spans])
@@ -281,7 +277,7 @@ def _replay_or_conflict(
     committed after the first look-up: look once more; 409 when there is none (a provisional
     409 stays in ``provisional``, unanswered)."""
     refused = [*conflicted, *provisional]
-    replays = together(*[_captured(_look_up(store, members[i].request)) for i in refused])
+    replays = together(*[_captured(look_up(store, members[i].request)) for i in refused])
     for i, replay in zip(refused, replays, strict=True):
         try:
             found = _unwrapped(replay)
@@ -349,32 +345,13 @@ def _settle(
     clock: Clock,
     lost: OutcomeUnknown,
 ) -> bool:
-    """The transaction's answer was lost: fence, then look every member up (it landed for all of
-    them or for none). A member found gets its 201; the others learn nothing was stored; when
-    neither can be established, each is told the outcome is unknown. Whether it landed."""
-    try:
-        nothing = fence(store, locks, clock)
-        landed = (
-            [None] * len(accepted)
-            if nothing
-            else [_landed_booking(store, members[i].marker) for i in accepted]
-        )
-    except StoreFailure:
-        for i in accepted:
-            outcomes[i] = _unknown(lost, None)
-        return False
-    for i, appointment in zip(accepted, landed, strict=True):
-        if appointment is None:
-            outcomes[i] = _unknown(lost, "Nothing was stored (checked): ask again.")
-            continue
-        try:
-            bundle = replay_bundle(store, appointment)
-        except StoreFailure:
-            # It is stored: say so with what is already known (the Appointment, whose ``slot``
-            # names its Slots), not with an error that reads "nothing happened".
-            bundle = _bundle_of([appointment])
-        outcomes[i] = BookingResult(201, bundle, hold_expiry(appointment))
-    return any(appointment is not None for appointment in landed)
+    """The transaction's answer was lost: each accepted member's outcome as ``settle_lost``
+    establishes it (for a group, one fence for all: it landed for every member or for none).
+    Whether it landed."""
+    settled = settle_lost(store, locks, [members[i].marker for i in accepted], clock, lost)
+    for i, outcome in zip(accepted, settled, strict=True):
+        outcomes[i] = outcome
+    return any(isinstance(outcome, BookingResult) for outcome in settled)
 
 
 def _counted(outcome: Outcome | None, attempts: int, group: int) -> Outcome:
@@ -382,38 +359,6 @@ def _counted(outcome: Outcome | None, attempts: int, group: int) -> Outcome:
     if isinstance(outcome, BookingResult):
         return BookingResult(outcome.status, outcome.bundle, outcome.expires, attempts, group)
     return outcome
-
-
-def _unknown(lost: OutcomeUnknown, resolution: str | None) -> OutcomeUnknown:
-    """Each member its own exception object (they are raised in different threads)."""
-    own = OutcomeUnknown(lost.cause)
-    own.resolution = resolution
-    return own
-
-
-def existing_booking(store: FhirStore, request: BookingRequest) -> BookingResult | None:
-    """An Appointment already written for one of the caller's identifiers (idempotent retry)."""
-    for system, value in request.identifiers:
-        token = f"{system}|{value}" if system else value
-        # A cancelled one (by $cancel or a lapsed hold) no longer answers for the identifier:
-        # asking again books anew, which is what a client retrying after a lapse wants.
-        found = [
-            a
-            for a in store.search("Appointment", [("identifier", token)])
-            if a.get("status") not in ENDED_STATUSES
-        ]
-        if found:
-            return BookingResult(200, replay_bundle(store, found[0]), hold_expiry(found[0]))
-    return None
-
-
-def _look_up(store: FhirStore, request: BookingRequest) -> Callable[[], BookingResult | None]:
-    return lambda: existing_booking(store, request)
-
-
-def _landed_booking(store: FhirStore, marker: str) -> Resource | None:
-    found = store.search("Appointment", [("_tag", f"{BOOKING_REQUEST_SYSTEM}|{marker}")])
-    return found[0] if found else None
 
 
 def _taken_locks(store: FhirStore, plan: LockPlan, speculated: Locks | None, together: Together) -> Locks:

@@ -8,6 +8,7 @@ both commit (docs/consistency.md). Shared with ``$cancel``: ``operations/appoint
 from __future__ import annotations
 
 from operations.appointment_change import LostWrite, change_appointment
+from operations.booking_lookup import NOTHING_STORED
 from operations.decision import slot_footprints
 from operations.errors import OutcomeUnknown, Unprocessable
 from operations.fhir_values import format_instant, transaction_bundle
@@ -65,7 +66,7 @@ def confirm(
         if lost.error is not None and status == "booked":
             return OperationResult(200, replay_bundle(store, appointment))  # the lost write landed
         if lost.error is not None and lost.fenced:
-            lost.error.resolution = "Nothing was stored (checked): ask again."
+            lost.error.resolution = NOTHING_STORED
             raise lost.error
         if status not in ("pending", "proposed"):
             raise Unprocessable(

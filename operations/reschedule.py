@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from operations.appointment_change import LostWrite, read_appointment
+from operations.booking_lookup import NOTHING_STORED
 from operations.decision import (
     decide,
     deciding_spans,
@@ -125,7 +126,7 @@ def reschedule(
         if lost.error is not None and _moved(appointment, request):
             return BookingResult(200, replay_bundle(store, appointment))  # the lost write landed
         if lost.error is not None and lost.fenced:
-            lost.error.resolution = "Nothing was stored (checked): ask again."
+            lost.error.resolution = NOTHING_STORED
             raise lost.error
         _check_movable(appointment, appointment_id, current, legs, request)
         old_plan = lock_plan(current.footprints())
