@@ -156,12 +156,19 @@ class RawStore:
         self, resource_type: str, params: Sequence[tuple[str, str]], *, limit: int | None = None
     ) -> list[Resource]:
         url: str | None = f"{self.fhir_base}/{resource_type}"
-        query: list[tuple[str, str]] | None = [*params, ("_count", "1000")]
+        first: list[tuple[str, str]] = [*params, ("_count", "1000")]
+        query: list[tuple[str, str]] | None = first
+        # The lock search by ids is sent as the sidecar sends it (plugin/transport.py,
+        # _one_page): one page HAPI does not keep, counted. Its lock searches never exceed 100
+        # ids, which HAPI answers whole.
+        cache = "no-cache, no-store" if any(name == "_id" for name, _ in params) else "no-cache"
+        if cache != "no-cache":
+            first.append(("_total", "accurate"))
         found: list[Resource] = []
         while url:
             self.calls += 1
             response = self.session.get(
-                url, params=query, headers={**self._headers(), "Cache-Control": "no-cache"}, timeout=120
+                url, params=query, headers={**self._headers(), "Cache-Control": cache}, timeout=120
             )
             if response.status_code != 200:
                 raise RuntimeError(f"raw search answered {response.status_code}: {response.text[:300]}")

@@ -1,6 +1,7 @@
 """Send the reads the sidecar made for one request straight to HAPI, the same way
 (``bench.upstream_log.replay_plan``): the same URLs, the same headers (``Cache-Control:
-no-cache``, the sidecar's credentials and guard key where it used them, its ``Prefer``), the reads of a round at
+no-cache``, or ``no-cache, no-store`` where the sidecar sent that, the sidecar's credentials and
+guard key where it used them, its ``Prefer``), the reads of a round at
 the same time on kept-alive connections, pages one after another following HAPI's ``next``
 links. The wall time of that is what the sidecar cannot go below: its overhead is the rest.
 """
@@ -22,7 +23,11 @@ LANES = 8
 
 
 def _headers(call: UpstreamCall, request_id: str) -> dict[str, str]:
-    headers = {"Accept": FHIR_JSON, "Cache-Control": "no-cache", "X-Request-ID": request_id}
+    headers = {
+        "Accept": FHIR_JSON,
+        "Cache-Control": call.cache_control or "no-cache",
+        "X-Request-ID": request_id,
+    }
     if call.as_service:
         headers["Authorization"] = SIDECAR_TOKEN
         headers["X-Fanoni-Service-Key"] = GUARD_KEY

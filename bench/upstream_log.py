@@ -52,6 +52,9 @@ class UpstreamCall:
     prefer: str | None = None
     """Its ``Prefer`` header (``handling=strict`` on the sidecar's searches), sent again by the
     replay: a server that checks every parameter does a little more work."""
+    cache_control: str | None = None
+    """Its ``Cache-Control`` header (``no-cache``; ``no-cache, no-store`` on a look-up by ids),
+    sent again by the replay: a search HAPI need not keep costs it less."""
 
     @property
     def start(self) -> float:
@@ -97,6 +100,9 @@ def parse_line(line: str) -> UpstreamCall | AccessRecord | None:
                 duration_ms=float(record["duration_ms"]),
                 as_service=bool(record.get("as_service")),
                 prefer=str(record["upstream_prefer"]) if record.get("upstream_prefer") else None,
+                cache_control=(
+                    str(record["upstream_cache_control"]) if record.get("upstream_cache_control") else None
+                ),
             )
         if "upstream_round_trips" in record and "status" in record:
             attempts = record.get("attempts")
@@ -234,4 +240,5 @@ def describe(call: UpstreamCall) -> dict[str, Any]:
         "duration_ms": call.duration_ms,
         "as_service": call.as_service,
         "prefer": call.prefer,
+        "cache_control": call.cache_control,
     }

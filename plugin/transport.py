@@ -244,6 +244,7 @@ class Transport:
                 # What the server is asked to do besides the URL (``handling=strict``): the
                 # benchmark's replay of these reads sends it too (bench/replay.py).
                 "upstream_prefer": sent_headers.get("Prefer"),
+                "upstream_cache_control": sent_headers.get("Cache-Control"),
             },
         )
         return response
@@ -274,24 +275,64 @@ class Transport:
         query = list(params.items()) if isinstance(params, Mapping) else list(params)
         if not any(name == "_count" for name, _ in query):
             query.append(("_count", str(PAGE_SIZE)))
-        url: str = f"{self._base}/{resource_type}"
-        page_query: list[tuple[str, str]] | None = query
+        first: Resource | None = self._one_page(resource_type, query, headers) if _looks_up(query) else None
         seen: set[str] = set()
-        while True:
-            response = self._send("GET", url, params=page_query, headers=headers)
+        if first is None:
+            response = self._send("GET", f"{self._base}/{resource_type}", params=query, headers=headers)
             raise_for_status(
                 response, own_credentials=self._credentials is not None, request_id=self._request_id
             )
-            bundle = fhir_resource(response, "Bundle")
+            first = fhir_resource(response, "Bundle")
+        bundle = first
+        while True:
             yield bundle
             next_link = _link(bundle, "next")
             if next_link is None:
                 return
-            url = self._paging_url(next_link)
-            page_query = None  # the next link carries its own query
+            url = self._paging_url(next_link)  # the next link carries its own query
             if url in seen:
                 raise UpstreamBadResponse("the upstream FHIR server returned a paging loop")
             seen.add(url)
+            response = self._send("GET", url, headers=headers)
+            raise_for_status(
+                response, own_credentials=self._credentials is not None, request_id=self._request_id
+            )
+            bundle = fhir_resource(response, "Bundle")
+
+    def _one_page(
+        self, resource_type: str, query: list[tuple[str, str]], headers: Mapping[str, str] | None
+    ) -> Resource | None:
+        """A look-up (:func:`_looks_up`) asked as one page the server need not keep for paging:
+        ``Cache-Control: no-store`` spares HAPI storing every search's results (measured on HAPI
+        8.8, warm: a lock search of 20 ids 13.3 -> 8.1 ms of HAPI CPU, the Schedule search with
+        its actor 12.0 -> 8.0). HAPI may cut such a page short without a ``next`` link (it stops
+        at 100 matches), so it is asked with ``_total=accurate`` and counts only when the total,
+        if given, equals its matches (or a ``next`` link says the server pages it after all);
+        otherwise ``None``, and the caller searches again the usual way."""
+        response = self._send(
+            "GET",
+            f"{self._base}/{resource_type}",
+            params=[*query, ("_total", "accurate")],
+            headers={**(headers or {}), "Cache-Control": "no-cache, no-store"},
+        )
+        raise_for_status(response, own_credentials=self._credentials is not None, request_id=self._request_id)
+        bundle = fhir_resource(response, "Bundle")
+        total = bundle.get("total")
+        if _link(bundle, "next") is not None or total is None or total == _matches(bundle, resource_type):
+            # A next link: the server pages it anyway (the caller follows it). No total (a server
+            # that does not count) and no next link: by FHIR's paging rules the whole result;
+            # HAPI, the server known to cut such a page short, counts when asked.
+            return bundle
+        logger.warning(
+            "a look-up did not come back whole as one page; searching it again page by page",
+            extra={
+                "request_id": self._request_id,
+                "resource_type": resource_type,
+                "total": total,
+                "matches": _matches(bundle, resource_type),
+            },
+        )
+        return None
 
     def _paging_url(self, link: str) -> str:
         """Where to fetch a ``next`` page, without ever sending credentials to another host.
@@ -314,6 +355,28 @@ class Transport:
         raise UpstreamBadResponse(
             "the upstream FHIR server returned a paging link outside FHIR_BASE_URL (see the sidecar log)"
         )
+
+
+_LOOK_UPS = frozenset({"_id", "identifier", "_tag"})
+
+
+def _looks_up(query: Params) -> bool:
+    """A search by ids, an identifier or a tag: a handful of matches, never a range of Slots."""
+    return any(name in _LOOK_UPS for name, _ in query)
+
+
+def _matches(bundle: Resource, resource_type: str) -> int:
+    """The entries of a searchset page that are matches (not includes, not outcomes)."""
+    count = 0
+    for entry in bundle.get("entry") or []:
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(resource, dict):
+            continue
+        search = entry.get("search")
+        mode = search.get("mode") if isinstance(search, dict) else None
+        if mode == "match" or (mode is None and resource.get("resourceType") == resource_type):
+            count += 1
+    return count
 
 
 def _link(bundle: Resource, relation: str) -> str | None:

@@ -105,7 +105,10 @@ def test_read_schedules_is_one_search_with_actors_included(
         ("_id", "a,b,missing"),
         ("_include", "Schedule:actor"),
         ("_count", "1000"),
+        ("_total", "accurate"),
     ]
+    # A look-up: one page HAPI need not store for paging (its results are counted instead).
+    assert upstream.calls[0].request.headers["Cache-Control"] == "no-cache, no-store"
 
 
 def test_search_returns_matches_only(upstream: responses.RequestsMock, store: FhirUpstream) -> None:
@@ -570,3 +573,52 @@ def test_a_read_dropped_twice_and_a_write_dropped_once_are_not_sent_again(
     with pytest.raises(OutcomeUnknown):  # a transaction may have landed: settled, never resent
         client.as_caller(None).transaction({"resourceType": "Bundle", "type": "transaction", "entry": []})
     assert len(upstream.calls) == 3
+
+
+def test_a_look_up_cut_short_without_a_next_link_is_searched_again_page_by_page(
+    upstream: responses.RequestsMock, store: FhirUpstream
+) -> None:
+    """HAPI answers a ``no-store`` search with at most 100 matches and no next link: the total
+    it gives when asked says so, and the search is sent again the usual way, paged."""
+    ids = [f"lock-{n}" for n in range(150)]
+    cut = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": 150,
+        "entry": [
+            {"resource": {"resourceType": "Basic", "id": i}, "search": {"mode": "match"}} for i in ids[:100]
+        ],
+    }
+    second_page = f"{BASE}?_getpages=abc&_getpagesoffset=100"
+    paged = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "link": [{"relation": "next", "url": second_page}],
+        "entry": [
+            {"resource": {"resourceType": "Basic", "id": i}, "search": {"mode": "match"}} for i in ids[:100]
+        ],
+    }
+    rest = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [
+            {"resource": {"resourceType": "Basic", "id": i}, "search": {"mode": "match"}} for i in ids[100:]
+        ],
+    }
+    upstream.get(f"{BASE}/Basic", json=cut)
+    upstream.get(f"{BASE}/Basic", json=paged)
+    upstream.get(second_page, json=rest)
+    found = store.search("Basic", [("_id", ",".join(ids))])
+    assert [r["id"] for r in found] == ids
+    headers = [c.request.headers["Cache-Control"] for c in upstream.calls]
+    assert headers == ["no-cache, no-store", "no-cache", "no-cache"]
+    assert ("_total", "accurate") in query(upstream.calls[0])
+    assert ("_total", "accurate") not in query(upstream.calls[1])
+
+
+def test_a_range_search_is_paged_as_before(upstream: responses.RequestsMock, store: FhirUpstream) -> None:
+    """Slot searches by time are not look-ups: their results may run to thousands."""
+    upstream.get(f"{BASE}/Slot", json={"resourceType": "Bundle", "type": "searchset"})
+    store.search("Slot", [("schedule", "Schedule/a"), ("start", "lt2026-12-08")])
+    assert upstream.calls[0].request.headers["Cache-Control"] == "no-cache"
+    assert ("_total", "accurate") not in query(upstream.calls[0])

@@ -29,6 +29,7 @@ def call_line(
     duration_ms: float,
     method: str = "GET",
     prefer: str | None = None,
+    cache_control: str | None = "no-cache",
 ) -> str:
     """A line as plugin/transport.py logs it: written when the answer has arrived."""
     end = T0 + timedelta(milliseconds=start_ms + duration_ms)
@@ -45,6 +46,7 @@ def call_line(
             "duration_ms": duration_ms,
             "as_service": "Slot" in url or "Basic" in url,
             "upstream_prefer": prefer,
+            "upstream_cache_control": cache_control,
         }
     )
 
@@ -91,6 +93,30 @@ def test_the_prefer_header_is_read_and_sent_again_by_the_replay() -> None:
     assert (strict.prefer, plain.prefer) == ("handling=strict", None)
     assert _headers(strict, "r1-replay")["Prefer"] == "handling=strict"
     assert "Prefer" not in _headers(plain, "r1-replay")
+
+
+def test_the_cache_control_of_a_look_up_is_sent_again_by_the_replay() -> None:
+    look_up = parse_line(
+        call_line(
+            "r1",
+            f"{BASE}/Basic?_id=a,b&_total=accurate",
+            start_ms=0,
+            duration_ms=5,
+            cache_control="no-cache, no-store",
+        )
+    )
+    search = parse_line(call_line("r1", f"{BASE}/Slot?schedule=Schedule/a", start_ms=0, duration_ms=5))
+    older = parse_line(
+        call_line("r1", f"{BASE}/Slot?schedule=Schedule/a", start_ms=0, duration_ms=5, cache_control=None)
+    )
+    assert (
+        isinstance(look_up, UpstreamCall)
+        and isinstance(search, UpstreamCall)
+        and isinstance(older, UpstreamCall)
+    )
+    assert _headers(look_up, "r1-replay")["Cache-Control"] == "no-cache, no-store"
+    assert _headers(search, "r1-replay")["Cache-Control"] == "no-cache"
+    assert _headers(older, "r1-replay")["Cache-Control"] == "no-cache"  # logs from before it was logged
 
 
 def test_other_lines_are_ignored() -> None:
