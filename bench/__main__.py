@@ -2,17 +2,20 @@
 
 Starts HAPI FHIR (on its in-memory H2, and on a throwaway PostgreSQL when asked, stopped
 afterwards), registers the sidecar on it, runs the sidecar under gunicorn (2 worker processes,
-4 threads each, DEBUG log), loads its own clinic and measures, side by side:
+16 threads each, DEBUG log), loads its own clinic and measures, side by side:
 
 1. ``$find`` over days x schedules x existing busy Slots against the same upstream reads
    replayed alone straight to HAPI (``bench/find_matrix.py``; H2);
    ... and ``$find`` with every booking rule on against the same ``$find`` without them, 10
    schedules x 31 days, ranges from local midnights and from 09:30 (``bench/find_rules.py``; H2);
+   ... and what the sidecar's look-ups (by ids, identifier) cost HAPI asked as one page it
+   need not keep against paged (``bench/lookups.py``; H2);
 2. ``$book`` against raw HAPI transactions of the same shape: one client, 16 clients on 16
    schedules, 16 and 64 clients on one schedule with capacity 1 and 30 (``bench/book.py``;
    all on H2, the one-schedule modes and the 16-schedule reference on PostgreSQL);
 3. mass booking: 64 clients fill one Schedule of capacity 30, then an independent scan of HAPI
-   (``bench/mass.py``; each database);
+   (``bench/mass.py``; each database; with ``--quick`` or ``--mass-ungrouped`` also with group
+   commit off, side by side);
 4. with ``--soak``: 10,000 contended booking attempts over 2 sidecar processes x 4 workers,
    then the scan (each database);
 5. with ``--profile``: pyinstrument on the sidecar in-process for one ``$find`` and one
@@ -48,7 +51,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import book as book_bench
-from bench import find_matrix, find_rules, mass, plots, report, servers
+from bench import find_matrix, find_rules, lookups, mass, plots, report, servers
 from bench.upstream_log import LogIndex
 from tests.integration.processes import REPO
 
@@ -121,7 +124,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         action="append",
-        choices=("find", "rules", "book", "mass", "soak", "profile"),
+        choices=("find", "rules", "book", "mass", "soak", "profile", "lookups"),
         help="run only these parts (repeatable)",
     )
     args = parser.parse_args(argv)
@@ -148,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     database = args.database or ("h2" if args.quick else "both")
     databases = ["h2", "postgres"] if database == "both" else [database]
-    parts = set(args.only or ("find", "rules", "book", "mass"))
+    parts = set(args.only or ("find", "rules", "lookups", "book", "mass"))
     if not args.only:
         parts |= {"soak"} if args.soak else set()
         parts |= {"profile"} if args.profile else set()
@@ -216,6 +219,10 @@ def _measure(
         if "rules" in parts and db == "h2":
             progress(f"[{db}] $find with every booking rule on vs none")
             results["rules"] = find_rules.run(fhir_base, sidecar.base_url, log, plan["rules"], cpu, progress)
+            save()
+        if "lookups" in parts and db == "h2":
+            progress(f"[{db}] look-ups: paged vs one page not kept")
+            results["lookups"] = lookups.run(fhir_base, up.pids.get("hapi"), lookups.LookupPlan(), progress)
             save()
         if "book" in parts:
             modes = tuple(m.key for m in book_bench.MODES)

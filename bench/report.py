@@ -175,6 +175,30 @@ def book_breakdown(modes: list[dict[str, Any]]) -> list[str]:
     )
 
 
+def lookups_table(rows: dict[str, Any]) -> list[str]:
+    return table(
+        [
+            "look-up",
+            "HAPI CPU ms, paged",
+            "one page",
+            "ratio",
+            "wall ms, paged",
+            "one page",
+        ],
+        [
+            [
+                name,
+                num(row["paged"]["cpu_ms"]),
+                num(row["one page"]["cpu_ms"]),
+                num(row["cpu_ratio"], 2) if row.get("cpu_ratio") is not None else "-",
+                num(row["paged"]["wall_ms"]),
+                num(row["one page"]["wall_ms"]),
+            ]
+            for name, row in rows.items()
+        ],
+    )
+
+
 def mass_table(results: dict[str, Any]) -> list[str]:
     """The mass booking with group commit off and on, side by side, per database."""
     rows = []
@@ -387,6 +411,9 @@ def markdown(results: dict[str, Any]) -> str:
             "",
         ]
         out += [*book_cpu(modes), ""]
+    if results.get("lookups"):
+        out += ["### Look-ups: paged (HAPI keeps the results) vs one page not kept (H2)", ""]
+        out += [*lookups_table(results["lookups"]), ""]
     if results.get("mass"):
         out += ["### Mass booking: 64 clients fill one Schedule", ""]
         out += [*mass_table(results), ""]

@@ -622,3 +622,21 @@ def test_a_range_search_is_paged_as_before(upstream: responses.RequestsMock, sto
     store.search("Slot", [("schedule", "Schedule/a"), ("start", "lt2026-12-08")])
     assert upstream.calls[0].request.headers["Cache-Control"] == "no-cache"
     assert ("_total", "accurate") not in query(upstream.calls[0])
+
+
+def test_a_look_up_that_found_more_than_it_counted_is_whole(
+    upstream: responses.RequestsMock, store: FhirUpstream
+) -> None:
+    """HAPI counts in a query of its own: a lock created between the count and the fetch is
+    found but not counted. A page cut short has fewer matches than the total, not more."""
+    upstream.get(
+        f"{BASE}/Basic",
+        json={
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "total": 0,
+            "entry": [{"resource": {"resourceType": "Basic", "id": "lock-1"}, "search": {"mode": "match"}}],
+        },
+    )
+    assert [r["id"] for r in store.search("Basic", [("_id", "lock-1,lock-2")])] == ["lock-1"]
+    assert len(upstream.calls) == 1
