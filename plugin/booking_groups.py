@@ -1,15 +1,16 @@
 """Group commit in one process: at most one booking group per key -- the time buckets a booking
 takes -- is being written at a time; the bookings of the same buckets that arrive meanwhile wait
-and are written next, together
-(``operations/booking_group.py`` decides and writes a group; docs/consistency.md argues it).
+and are written next, together (``operations/booking_group.py`` decides and writes a group;
+docs/consistency.md argues it).
 
 Leader and followers, with no timer: a booking that finds its buckets idle commits at once,
-alone, as if there were no grouping -- nothing is added at low load. One that finds it busy
+alone, as if there were no grouping -- nothing is added at low load. One that finds them busy
 queues. When a group is written, the thread that wrote it answers its members and hands the
 next group -- everyone queued meanwhile, up to ``max_size`` -- to the first of them, which writes
 it; so each request thread writes at most one group and returns. Groups grow with the load:
-under a burst, a booking waits for at most the group before it, and the upstream does the
-reads and the transaction once per group instead of once per booking and per retry.
+under a burst, a booking waits for the group before it (and more only when over ``max_size``
+bookings queued ahead of it), and the upstream does the reads and the transaction once per
+group instead of once per booking and per retry.
 
 Only this process's bookings are grouped; the version-checked locks still decide between
 processes.
@@ -70,7 +71,7 @@ class BookingGroups:
             outcomes = [exc] * len(group)
         finally:
             # Whatever happened (even a BaseException), the next group must get its writer, or
-            # every later booking of these Schedules would wait forever.
+            # every later booking of this time would wait forever.
             self._hand_over(key, group, outcomes)
         assert ticket.outcome is not None
         return ticket.outcome
@@ -98,6 +99,6 @@ class BookingGroups:
             return key in self._busy
 
     def waiting(self) -> int:
-        """Bookings queued behind a group being written (for ``/metrics``)."""
+        """Bookings queued behind a group being written, in this process (tests, diagnostics)."""
         with self._changed:
             return sum(len(q) for q in self._queued.values())
