@@ -640,3 +640,13 @@ def test_a_look_up_that_found_more_than_it_counted_is_whole(
     )
     assert [r["id"] for r in store.search("Basic", [("_id", "lock-1,lock-2")])] == ["lock-1"]
     assert len(upstream.calls) == 1
+
+
+def test_an_answer_orjson_refuses_is_still_read_when_it_is_json(
+    upstream: responses.RequestsMock, store: FhirUpstream
+) -> None:
+    """Answers are parsed with orjson, which reads UTF-8 only; a UTF-16 one (with its byte order
+    mark) goes to requests' parser, as every answer did before."""
+    body = json.dumps({"resourceType": "HealthcareService", "id": "s"}).encode("utf-16")
+    upstream.get(f"{BASE}/HealthcareService/s", body=body, content_type="application/fhir+json")
+    assert store.read("HealthcareService", "s") == {"resourceType": "HealthcareService", "id": "s"}
