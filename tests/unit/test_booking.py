@@ -38,7 +38,9 @@ class FakeClock:
         return Clock(now=lambda: self.current, monotonic=lambda: 0.0, sleep=self.slept.append)
 
 
-def clinic() -> FakeFhirStore:
+def clinic(**params: Any) -> FakeFhirStore:
+    """Alice, Mondays 09:00-12:00: 30-minute visits with 10 minutes before and 5 after on a
+    15-minute grid; ``params`` adds scheduling parameters (``slotCapacity=2``)."""
     return FakeFhirStore(
         practitioner("alice", "America/New_York"),
         service(
@@ -47,6 +49,7 @@ def clinic() -> FakeFhirStore:
             bufferBefore=10,
             bufferAfter=5,
             alignmentInterval=15,
+            **params,
         ),
         schedule("alice", "Practitioner/alice", ["checkup"]),
     )

@@ -19,9 +19,9 @@ from operations.booking import book
 from operations.errors import ConcurrentChange, Conflict, Unprocessable
 from operations.store import Resource, Stores
 from plugin.booking_groups import BookingGroups
-from tests.unit.builders import hours, patient, practitioner, schedule, service
+from tests.unit.builders import patient
 from tests.unit.fake_store import FakeFhirStore
-from tests.unit.test_booking import TTL, FakeClock, at, of_type
+from tests.unit.test_booking import TTL, FakeClock, at, clinic, of_type
 from tests.unit.test_races import CallerView, request_for
 
 
@@ -92,19 +92,18 @@ def busy_at(store: FakeFhirStore, start: str) -> int:
 
 
 def capacity_clinic(capacity: int) -> FakeFhirStore:
-    """30-minute visits with 10 minutes before and 5 after, ``capacity`` places each."""
-    return FakeFhirStore(
-        practitioner("alice", "America/New_York"),
-        service(
-            hours=[hours("mon", "09:00", "12:00")],
-            duration=30,
-            bufferBefore=10,
-            bufferAfter=5,
-            alignmentInterval=15,
-            slotCapacity=capacity,
-        ),
-        schedule("alice", "Practitioner/alice", ["checkup"]),
-    )
+    """``clinic()`` with ``capacity`` places at each time."""
+    return clinic(slotCapacity=capacity)
+
+
+def another_process_books(store: FakeFhirStore, proposal: Resource) -> Callable[[], None]:
+    """A booking by another process (no grouping with ours), to interleave before a transaction."""
+
+    def books() -> None:
+        taken = book(store, request_for(proposal), hold=False, hold_ttl=TTL, clock=FakeClock().clock())
+        assert taken.status == 201
+
+    return books
 
 
 def test_bookings_queued_behind_a_write_go_together_in_one_transaction() -> None:
@@ -181,14 +180,10 @@ def test_a_group_that_loses_the_version_check_decides_again() -> None:
     calls = Calls(store, BookingGroups(max_size=30))
     time_ = at(store, "10:00")
 
-    def another_process_books_a_place() -> None:
-        taken = book(store, request_for(time_), hold=False, hold_ttl=TTL, clock=FakeClock().clock())
-        assert taken.status == 201
-
     queued(
         calls,
         [("b", time_ | {"comment": "b"}), ("c", time_ | {"comment": "c"}), ("d", time_ | {"comment": "d"})],
-        then=lambda: store.before_transaction.append(another_process_books_a_place),
+        then=lambda: store.before_transaction.append(another_process_books(store, time_)),
     )
     calls.start("a", time_)
     results = calls.finish()
@@ -209,14 +204,10 @@ def test_a_group_that_lost_its_version_check_writes_half_of_its_members_next() -
     calls = Calls(store, BookingGroups(max_size=30))
     time_ = at(store, "09:30")
 
-    def another_process_books_a_place() -> None:
-        taken = book(store, request_for(time_), hold=False, hold_ttl=TTL, clock=FakeClock().clock())
-        assert taken.status == 201
-
     queued(
         calls,
         [(f"q{n}", time_ | {"comment": f"q{n}"}) for n in range(4)],
-        then=lambda: store.before_transaction.append(another_process_books_a_place),
+        then=lambda: store.before_transaction.append(another_process_books(store, time_)),
     )
     calls.start("a", time_)
     results = calls.finish()
