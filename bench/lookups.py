@@ -20,8 +20,9 @@ from typing import Any
 
 import requests
 
+from bench import clinic as bench_clinic
 from bench.servers import CpuMeter
-from tests.integration.trust import GUARD_KEY, SIDECAR_TOKEN
+from tests.integration.trust import SERVICE_HEADERS, SIDECAR_TOKEN
 
 FHIR_JSON = "application/fhir+json"
 WAYS = {
@@ -37,44 +38,33 @@ class LookupPlan:
 
 
 def _headers(cache_control: str) -> dict[str, str]:
+    """The sidecar's own identity, as its look-ups carry it."""
     return {
         "Accept": FHIR_JSON,
-        "Content-Type": FHIR_JSON,
         "Authorization": SIDECAR_TOKEN,
-        "X-Fanoni-Service-Key": GUARD_KEY,
+        **SERVICE_HEADERS,
         "Cache-Control": cache_control,
     }
 
 
-def _load(
-    session: requests.Session, fhir_base: str, prefix: str
-) -> dict[str, tuple[str, list[tuple[str, str]]]]:
+def _load(fhir_base: str, prefix: str) -> dict[str, tuple[str, list[tuple[str, str]]]]:
     """A Practitioner, its Schedule, 20 lock resources and a Patient; the look-ups on them."""
-    entries: list[dict[str, Any]] = [
-        {"resource": {"resourceType": "Practitioner", "id": f"{prefix}-p"}},
-        {"resource": {"resourceType": "Patient", "id": f"{prefix}-pat"}},
-        {
-            "resource": {
+    bench_clinic.load(
+        fhir_base,
+        [
+            {"resourceType": "Practitioner", "id": f"{prefix}-p"},
+            {"resourceType": "Patient", "id": f"{prefix}-pat"},
+            {
                 "resourceType": "Schedule",
                 "id": f"{prefix}-s",
                 "actor": [{"reference": f"Practitioner/{prefix}-p"}],
-            }
-        },
-        *(
-            {"resource": {"resourceType": "Basic", "id": f"{prefix}-l{n}", "code": {"text": "bench lock"}}}
-            for n in range(20)
-        ),
-    ]
-    for entry in entries:
-        resource = entry["resource"]
-        entry["request"] = {"method": "PUT", "url": f"{resource['resourceType']}/{resource['id']}"}
-    response = session.post(
-        fhir_base,
-        json={"resourceType": "Bundle", "type": "transaction", "entry": entries},
-        headers=_headers("no-cache"),
-        timeout=120,
+            },
+            *(
+                {"resourceType": "Basic", "id": f"{prefix}-l{n}", "code": {"text": "bench lock"}}
+                for n in range(20)
+            ),
+        ],
     )
-    response.raise_for_status()
     return {
         "lock search, 20 ids": ("Basic", [("_id", ",".join(f"{prefix}-l{n}" for n in range(20)))]),
         "Schedule with its actor": ("Schedule", [("_id", f"{prefix}-s"), ("_include", "Schedule:actor")]),
@@ -91,7 +81,7 @@ def run(
     meter = CpuMeter({"hapi": hapi_pid} if hapi_pid else {})
     results: dict[str, Any] = {}
     with requests.Session() as session:
-        lookups = _load(session, fhir_base, f"blk{uuid.uuid4().hex[:8]}")
+        lookups = _load(fhir_base, f"blk{uuid.uuid4().hex[:8]}")
         for name, (resource_type, query) in lookups.items():
             per_way: dict[str, dict[str, list[float]]] = {way: {"cpu_ms": [], "wall_ms": []} for way in WAYS}
             for round_ in range(plan.rounds):
