@@ -275,15 +275,10 @@ class Transport:
         query = list(params.items()) if isinstance(params, Mapping) else list(params)
         if not any(name == "_count" for name, _ in query):
             query.append(("_count", str(PAGE_SIZE)))
-        first: Resource | None = self._one_page(resource_type, query, headers) if _looks_up(query) else None
+        bundle = self._one_page(resource_type, query, headers) if _looks_up(query) else None
+        if bundle is None:
+            bundle = self._page(f"{self._base}/{resource_type}", query, headers)
         seen: set[str] = set()
-        if first is None:
-            response = self._send("GET", f"{self._base}/{resource_type}", params=query, headers=headers)
-            raise_for_status(
-                response, own_credentials=self._credentials is not None, request_id=self._request_id
-            )
-            first = fhir_resource(response, "Bundle")
-        bundle = first
         while True:
             yield bundle
             next_link = _link(bundle, "next")
@@ -293,11 +288,12 @@ class Transport:
             if url in seen:
                 raise UpstreamBadResponse("the upstream FHIR server returned a paging loop")
             seen.add(url)
-            response = self._send("GET", url, headers=headers)
-            raise_for_status(
-                response, own_credentials=self._credentials is not None, request_id=self._request_id
-            )
-            bundle = fhir_resource(response, "Bundle")
+            bundle = self._page(url, None, headers)
+
+    def _page(self, url: str, query: Params | None, headers: Mapping[str, str] | None) -> Resource:
+        response = self._send("GET", url, params=query, headers=headers)
+        self._raise_for_status(response)
+        return fhir_resource(response, "Bundle")
 
     def _one_page(
         self, resource_type: str, query: list[tuple[str, str]], headers: Mapping[str, str] | None
@@ -309,14 +305,11 @@ class Transport:
         at 100 matches), so it is asked with ``_total=accurate`` and counts only when the total,
         if given, is not above its matches (or a ``next`` link says the server pages it after all);
         otherwise ``None``, and the caller searches again the usual way."""
-        response = self._send(
-            "GET",
+        bundle = self._page(
             f"{self._base}/{resource_type}",
-            params=[*query, ("_total", "accurate")],
-            headers={**(headers or {}), "Cache-Control": "no-cache, no-store"},
+            [*query, ("_total", "accurate")],
+            {**(headers or {}), "Cache-Control": "no-cache, no-store"},
         )
-        raise_for_status(response, own_credentials=self._credentials is not None, request_id=self._request_id)
-        bundle = fhir_resource(response, "Bundle")
         total = bundle.get("total")
         if _link(bundle, "next") is not None or total is None or total <= _matches(bundle, resource_type):
             # A next link: the server pages it anyway (the caller follows it). No total (a server
