@@ -357,7 +357,7 @@ def _settle(
 def _counted(outcome: Outcome | None, attempts: int, group: int) -> Outcome:
     assert outcome is not None
     if isinstance(outcome, BookingResult):
-        return BookingResult(outcome.status, outcome.bundle, outcome.expires, attempts, group)
+        return replace(outcome, attempts=attempts, group=group)
     return outcome
 
 
