@@ -7,6 +7,7 @@ start and holds disjoint, non-touching intervals.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 from collections.abc import Iterable, Sequence
@@ -41,8 +42,15 @@ def local_days(span: Interval, zone: ZoneInfo) -> list[date]:
 
 def expand_weekly(windows: Iterable[WeeklyWindow], zone: ZoneInfo, span: Interval) -> list[Interval]:
     """The instants of the weekly windows that overlap ``span`` (merged, not clipped)."""
+    return list(_expanded(tuple(windows), zone, span))
+
+
+@functools.lru_cache(maxsize=1024)
+def _expanded(windows: tuple[WeeklyWindow, ...], zone: ZoneInfo, span: Interval) -> tuple[Interval, ...]:
+    """:func:`expand_weekly`, remembered: the Schedules of one request often keep the same hours
+    (10 Schedules x 31 days: one expansion instead of ten), and a request asked again spans the
+    same days. A pure function of its arguments, so a remembered answer is never stale."""
     found: list[Interval] = []
-    windows = tuple(windows)
     for day in local_days(span, zone):
         weekday = day.weekday()
         for window in windows:
@@ -53,7 +61,7 @@ def expand_weekly(windows: Iterable[WeeklyWindow], zone: ZoneInfo, span: Interva
             end = datetime.combine(end_day, window.end, tzinfo=zone).astimezone(UTC)
             if end > start and end > span.start and start < span.end:
                 found.append(Interval(start, end))
-    return merge(found)
+    return tuple(merge(found))
 
 
 def merge(intervals: Iterable[Interval], *, closed: bool = False) -> list[Interval]:
@@ -237,5 +245,6 @@ def joint_windows(per_schedule: Sequence[list[Interval]], duration: timedelta) -
         return []
     result = per_schedule[0]
     for windows in per_schedule[1:]:
-        result = intersect(result, windows)
+        if windows != result:  # Schedules with the same hours and no Slots: nothing to cut
+            result = intersect(result, windows)
     return [w for w in result if w.duration >= duration]
