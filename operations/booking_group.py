@@ -128,7 +128,10 @@ def commit(
     all. A lost version check repeats the three for the members not yet answered -- and halves
     how many of them the next transaction writes (the others go in the next one): a big group's
     transaction, slower to decide and to commit, would otherwise keep losing to the smaller,
-    quicker ones of other processes until the deadline. All within one deadline.
+    quicker ones of other processes until the deadline. Each transaction that lands doubles it
+    again: once the contention has passed, the members still open are not written one by one
+    (measured: a group of 8 that lost three times took 11 attempts without it). All within one
+    deadline.
     """
     policy = policy or RetryPolicy()
     outcomes: list[Outcome | None] = [None] * len(members)
@@ -167,6 +170,7 @@ def commit(
             if landed:  # the places they were refused for are taken now
                 for i, taken_time in provisional.items():
                     outcomes[i] = taken_time
+                writes[0] = min(len(members), writes[0] * 2)
 
     operation = "$hold" if all(m.hold for m in members) else "$book"
     started = clock.monotonic()

@@ -216,6 +216,42 @@ def test_a_group_that_lost_its_version_check_writes_half_of_its_members_next() -
     assert sorted(results[f"q{n}"].attempts for n in range(4)) == [2, 2, 3, 3]  # lost, then two
 
 
+def another_process_books_each_time(
+    store: FakeFhirStore, proposal: Resource, times: int
+) -> Callable[[], None]:
+    """Another process books ``proposal`` before each of our next ``times`` transactions."""
+    left = [times]
+
+    def books() -> None:
+        another_process_books(store, proposal)()
+        left[0] -= 1
+        if left[0]:
+            store.before_transaction.append(books)
+
+    return books
+
+
+def test_a_group_whose_transaction_lands_writes_twice_as_many_members_next() -> None:
+    """After three losses in a row a group of 8 writes one member at a time (8 -> 4 -> 2 -> 1);
+    each transaction that lands doubles that again, so the rest go 2, then 4, not one by one."""
+    store = capacity_clinic(30)
+    calls = Calls(store, BookingGroups(max_size=30))
+    time_ = at(store, "09:30")
+
+    queued(
+        calls,
+        [(f"q{n}", time_ | {"comment": f"q{n}"}) for n in range(8)],
+        then=lambda: store.before_transaction.append(another_process_books_each_time(store, time_, 3)),
+    )
+    calls.start("a", time_)
+    results = calls.finish()
+    assert all(r.status == 201 for r in results.values()), results
+    # "a" alone, the other process's three (each just before one of the group's lost ones), then
+    # the group's four that landed.
+    assert appointments_per_transaction(store) == [1, 1, 1, 1, 1, 2, 4, 1]
+    assert sorted(results[f"q{n}"].attempts for n in range(8)) == [4, 5, 5, 6, 6, 6, 6, 7]
+
+
 def test_each_member_keeps_its_own_answer() -> None:
     """In one group: a twin of a booking already made (200, its replay), one naming a patient
     its caller may not read (422), one that is fine (201)."""
