@@ -8,7 +8,7 @@ afterwards), registers the sidecar on it, runs the sidecar under gunicorn (2 wor
    replayed alone straight to HAPI (``bench/find_matrix.py``; H2);
    ... and ``$find`` with every booking rule on against the same ``$find`` without them, 10
    schedules x 31 days, ranges from local midnights and from 09:30 (``bench/find_rules.py``; H2);
-   ... and what the sidecar's look-ups (by ids, identifier) cost HAPI asked as one page it
+   ... and what the sidecar's searches (by ids, identifier, a day of Slots) cost HAPI asked as one page it
    need not keep against paged (``bench/lookups.py``; H2);
 2. ``$book`` against raw HAPI transactions of the same shape: one client, 16 clients on 16
    schedules, 16 and 64 clients on one schedule with capacity 1 and 30 (``bench/book.py``;

@@ -52,6 +52,7 @@ from operations.retries import RetryPolicy, backoff
 from operations.store import FhirStore
 from operations.writes import BOOKING_REQUEST_SYSTEM
 from plugin.provenance import Attribution, with_provenance
+from plugin.transport import ONE_PAGE
 from tests.integration.trust import GUARD_KEY, SIDECAR_TOKEN
 
 Resource = dict[str, Any]
@@ -156,14 +157,10 @@ class RawStore:
         self, resource_type: str, params: Sequence[tuple[str, str]], *, limit: int | None = None
     ) -> list[Resource]:
         url: str | None = f"{self.fhir_base}/{resource_type}"
-        first: list[tuple[str, str]] = [*params, ("_count", "1000")]
-        query: list[tuple[str, str]] | None = first
-        # The lock search by ids is sent as the sidecar sends it (plugin/transport.py,
-        # _one_page): one page HAPI does not keep, counted. Its lock searches never exceed 100
-        # ids, which HAPI answers whole.
-        cache = "no-cache, no-store" if any(name == "_id" for name, _ in params) else "no-cache"
-        if cache != "no-cache":
-            first.append(("_total", "accurate"))
+        query: list[tuple[str, str]] | None = [*params, ("_count", "1000")]
+        # Sent as the sidecar sends every search (plugin/transport.py, _one_page): one page HAPI
+        # does not keep, of up to 1,000 matches. The raw side's lock searches never come near.
+        cache = ONE_PAGE
         found: list[Resource] = []
         while url:
             self.calls += 1
@@ -179,7 +176,7 @@ class RawStore:
                 if (e.get("search") or {}).get("mode") != "include"
             ]
             url = next((link["url"] for link in bundle.get("link") or [] if link["relation"] == "next"), None)
-            query = None
+            query, cache = None, "no-cache"
         return found
 
     def attributed(self, bundle: Resource) -> Resource:

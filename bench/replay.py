@@ -1,6 +1,6 @@
 """Send the reads the sidecar made for one request straight to HAPI, the same way
 (``bench.upstream_log.replay_plan``): the same URLs, the same headers (``Cache-Control:
-no-cache``, or ``no-cache, no-store`` where the sidecar sent that, the sidecar's credentials and
+no-cache``, or the one-page ``no-cache, no-store, max-results=1000`` where the sidecar sent that, the sidecar's credentials and
 guard key where it used them, its ``Prefer``), the reads of a round at
 the same time on kept-alive connections, pages one after another following HAPI's ``next``
 links. The wall time of that is what the sidecar cannot go below: its overhead is the rest.

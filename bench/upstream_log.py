@@ -53,7 +53,7 @@ class UpstreamCall:
     """Its ``Prefer`` header (``handling=strict`` on the sidecar's searches), sent again by the
     replay: a server that checks every parameter does a little more work."""
     cache_control: str | None = None
-    """Its ``Cache-Control`` header (``no-cache``; ``no-cache, no-store`` on a look-up by ids),
+    """Its ``Cache-Control`` header (``no-cache`` on pages; ``no-cache, no-store, max-results=1000`` on a search asked as one page),
     sent again by the replay: a search HAPI need not keep costs it less."""
 
     @property

@@ -30,6 +30,7 @@ from plugin.upstream_errors import (
     BudgetExhausted,
     UpstreamBadResponse,
     UpstreamError,
+    UpstreamRejected,
     UpstreamTimeout,
     UpstreamUnavailable,
     connection_dropped,
@@ -49,12 +50,16 @@ SERVICE_KEY_HEADER = "X-Fanoni-Service-Key"
 _POOL_SIZE = 32
 PAGE_SIZE = 1000
 """``_count`` asked for on every search; the server may cap it, paging then does the rest."""
+ONE_PAGE = f"no-cache, no-store, max-results={PAGE_SIZE}"
+"""How a search that wants every match is asked first (:meth:`Transport._one_page`)."""
 
 
 class Client(Protocol):
     """What a transport needs of the per-process client (``plugin.upstream.UpstreamClient``)."""
 
     settings: Settings
+    one_page_searches: bool
+    """Whether searches are asked as one page first (:meth:`Transport._one_page`)."""
 
     @property
     def base_url(self) -> str: ...
@@ -275,7 +280,7 @@ class Transport:
         query = list(params.items()) if isinstance(params, Mapping) else list(params)
         if not any(name == "_count" for name, _ in query):
             query.append(("_count", str(PAGE_SIZE)))
-        bundle = self._one_page(resource_type, query, headers) if _looks_up(query) else None
+        bundle = self._one_page(resource_type, query, headers) if _wants_every_match(query) else None
         if bundle is None:
             bundle = self._page(f"{self._base}/{resource_type}", query, headers)
         seen: set[str] = set()
@@ -298,35 +303,41 @@ class Transport:
     def _one_page(
         self, resource_type: str, query: list[tuple[str, str]], headers: Mapping[str, str] | None
     ) -> Resource | None:
-        """A look-up (:func:`_looks_up`) asked as one page the server need not keep for paging:
-        ``Cache-Control: no-store`` spares HAPI storing every search's results (measured on HAPI
-        8.8, warm: a lock search of 20 ids 13.3 -> 8.1 ms of HAPI CPU, the Schedule search with
-        its actor 12.0 -> 8.0). HAPI may cut such a page short without a ``next`` link (it stops
-        at 100 matches), so it is asked with ``_total=accurate`` and counts only when the total,
-        if given, is not above its matches (or a ``next`` link says the server pages it after all);
-        otherwise ``None``, and the caller searches again the usual way."""
-        bundle = self._page(
-            f"{self._base}/{resource_type}",
-            [*query, ("_total", "accurate")],
-            {**(headers or {}), "Cache-Control": "no-cache, no-store"},
-        )
-        total = bundle.get("total")
-        if _link(bundle, "next") is not None or total is None or total <= _matches(bundle, resource_type):
-            # A next link: the server pages it anyway (the caller follows it). No total (a server
-            # that does not count) and no next link: by FHIR's paging rules the whole result;
-            # HAPI, the server known to cut such a page short, counts when asked. A page cut
-            # short has fewer matches than the total; HAPI counts in a query of its own, so a
-            # resource created meanwhile may be found but not counted (measured: total 0 with 2
-            # locks found, under load) -- that page is whole.
+        """A search asked as one page the server need not keep for paging.
+
+        ``Cache-Control: no-store`` spares HAPI storing the search and its result ids for
+        paging, and ``max-results`` (a HAPI directive; other servers ignore it) lets such a
+        page hold up to :data:`PAGE_SIZE` matches (HAPI's default for ``no-store`` is 100).
+        Measured on HAPI 8.8, warm: 900 Slots 159 -> 109 ms of HAPI CPU, a lock search of 20 ids
+        13.3 -> 8.1 ms. ``no-cache`` stays: nothing comes from HAPI's search cache either.
+
+        HAPI cuts such a search at ``max-results`` matches without a ``next`` link, so the page
+        counts as the whole result only when it has fewer matches than that, or a ``next`` link
+        (the server pages it anyway; the caller follows). A full page may have been cut: then
+        ``None``, and the caller searches again the usual way, paged. So does every search of
+        this process once HAPI refuses ``max-results`` (``HAPI-1165``: an administrator set
+        its ``no-store`` limit below :data:`PAGE_SIZE`)."""
+        if not self._client.one_page_searches:
+            return None
+        try:
+            bundle = self._page(
+                f"{self._base}/{resource_type}", query, {**(headers or {}), "Cache-Control": ONE_PAGE}
+            )
+        except UpstreamRejected as refused:
+            if "HAPI-1165" not in str(refused):
+                raise
+            self._client.one_page_searches = False
+            logger.warning(
+                "the upstream refuses Cache-Control max-results=%d; searching page by page from now on",
+                PAGE_SIZE,
+                extra={"request_id": self._request_id, "upstream_diagnostics": str(refused)},
+            )
+            return None
+        if _link(bundle, "next") is not None or _matches(bundle, resource_type) < PAGE_SIZE:
             return bundle
-        logger.warning(
-            "a look-up did not come back whole as one page; searching it again page by page",
-            extra={
-                "request_id": self._request_id,
-                "resource_type": resource_type,
-                "total": total,
-                "matches": _matches(bundle, resource_type),
-            },
+        logger.info(
+            "a search filled one page; searching it again page by page",
+            extra={"request_id": self._request_id, "resource_type": resource_type},
         )
         return None
 
@@ -353,12 +364,10 @@ class Transport:
         )
 
 
-_LOOK_UPS = frozenset({"_id", "identifier", "_tag"})
-
-
-def _looks_up(query: Params) -> bool:
-    """A search by ids, an identifier or a tag: a handful of matches, never a range of Slots."""
-    return any(name in _LOOK_UPS for name, _ in query)
+def _wants_every_match(query: Params) -> bool:
+    """A search asking for full pages (:data:`PAGE_SIZE`): it wants every match. One that asks
+    for fewer wants the first few (a listing, a batch of housekeeping) and is paged as asked."""
+    return any(name == "_count" and value == str(PAGE_SIZE) for name, value in query)
 
 
 def _matches(bundle: Resource, resource_type: str) -> int:

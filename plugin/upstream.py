@@ -68,7 +68,7 @@ _ACTOR_TYPES = frozenset({"Practitioner", "PractitionerRole", "Location", "Devic
 
 class UpstreamClient:
     """Per-process state shared by all requests: the session, the sidecar's credentials and
-    what is known of the Slot ``end`` search parameter."""
+    what is known of the upstream (the Slot ``end`` search parameter, one-page searches)."""
 
     def __init__(
         self,
@@ -85,6 +85,8 @@ class UpstreamClient:
         self._session: requests.Session | None = None
         self._session_pid: int | None = None
         self.slot_end = SlotEndIndex(settings.slot_end_search, clock)
+        self.one_page_searches = True
+        """Until the upstream refuses ``Cache-Control: max-results`` (``transport._one_page``)."""
         self.credentials: ServiceCredentials = (
             credentials if credentials is not None else credentials_from_settings(settings, self.session)
         )

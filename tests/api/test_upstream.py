@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from http.client import RemoteDisconnected
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
@@ -105,10 +107,9 @@ def test_read_schedules_is_one_search_with_actors_included(
         ("_id", "a,b,missing"),
         ("_include", "Schedule:actor"),
         ("_count", "1000"),
-        ("_total", "accurate"),
     ]
-    # A look-up: one page HAPI need not store for paging (its results are counted instead).
-    assert upstream.calls[0].request.headers["Cache-Control"] == "no-cache, no-store"
+    # One page HAPI need not store for paging, of up to 1,000 matches.
+    assert upstream.calls[0].request.headers["Cache-Control"] == "no-cache, no-store, max-results=1000"
 
 
 def test_search_returns_matches_only(upstream: responses.RequestsMock, store: FhirUpstream) -> None:
@@ -236,8 +237,13 @@ def test_search_follows_next_links_to_the_end_without_a_1000_slot_limit(
     assert [s["id"] for s in slots] == [f"s{n}" for n in range(2005)]
     assert store.round_trips == 3
     assert [call.request.url for call in upstream.calls][1:] == [page2, page3]
+    # Asked as one page not kept; a server that pages it anyway is followed.
+    assert [call.request.headers["Cache-Control"] for call in upstream.calls] == [
+        "no-cache, no-store, max-results=1000",
+        "no-cache",
+        "no-cache",
+    ]
     for call in upstream.calls:  # every page, not just the first, is uncached and authorised
-        assert call.request.headers["Cache-Control"] == "no-cache"
         assert call.request.headers["Authorization"] == "Bearer caller-token"
 
 
@@ -575,70 +581,87 @@ def test_a_read_dropped_twice_and_a_write_dropped_once_are_not_sent_again(
     assert len(upstream.calls) == 3
 
 
-def test_a_look_up_cut_short_without_a_next_link_is_searched_again_page_by_page(
+def _slots_page(ids: Sequence[str], next_url: str | None = None) -> dict[str, Any]:
+    page: dict[str, Any] = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [{"resource": {"resourceType": "Slot", "id": i}, "search": {"mode": "match"}} for i in ids],
+    }
+    if next_url:
+        page["link"] = [{"relation": "next", "url": next_url}]
+    return page
+
+
+def test_a_full_page_without_a_next_link_is_searched_again_page_by_page(
     upstream: responses.RequestsMock, store: FhirUpstream
 ) -> None:
-    """HAPI answers a ``no-store`` search with at most 100 matches and no next link: the total
-    it gives when asked says so, and the search is sent again the usual way, paged."""
-    ids = [f"lock-{n}" for n in range(150)]
-    cut = {
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "total": 150,
-        "entry": [
-            {"resource": {"resourceType": "Basic", "id": i}, "search": {"mode": "match"}} for i in ids[:100]
-        ],
-    }
-    second_page = f"{BASE}?_getpages=abc&_getpagesoffset=100"
-    paged = {
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "link": [{"relation": "next", "url": second_page}],
-        "entry": [
-            {"resource": {"resourceType": "Basic", "id": i}, "search": {"mode": "match"}} for i in ids[:100]
-        ],
-    }
-    rest = {
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "entry": [
-            {"resource": {"resourceType": "Basic", "id": i}, "search": {"mode": "match"}} for i in ids[100:]
-        ],
-    }
-    upstream.get(f"{BASE}/Basic", json=cut)
-    upstream.get(f"{BASE}/Basic", json=paged)
-    upstream.get(second_page, json=rest)
-    found = store.search("Basic", [("_id", ",".join(ids))])
+    """HAPI stops a ``no-store`` search at ``max-results`` matches and gives no next link: a page
+    that full may have been cut, so the search is sent again the usual way, paged."""
+    ids = [f"s{n}" for n in range(1500)]
+    second_page = f"{BASE}?_getpages=abc&_getpagesoffset=1000"
+    upstream.get(f"{BASE}/Slot", json=_slots_page(ids[:1000]))
+    upstream.get(f"{BASE}/Slot", json=_slots_page(ids[:1000], next_url=second_page))
+    upstream.get(second_page, json=_slots_page(ids[1000:]))
+    found = store.search("Slot", [("schedule", "Schedule/a")])
     assert [r["id"] for r in found] == ids
     headers = [c.request.headers["Cache-Control"] for c in upstream.calls]
-    assert headers == ["no-cache, no-store", "no-cache", "no-cache"]
-    assert ("_total", "accurate") in query(upstream.calls[0])
-    assert ("_total", "accurate") not in query(upstream.calls[1])
+    assert headers == ["no-cache, no-store, max-results=1000", "no-cache", "no-cache"]
+    assert all(("_total", "accurate") not in query(c) for c in upstream.calls)
 
 
-def test_a_range_search_is_paged_as_before(upstream: responses.RequestsMock, store: FhirUpstream) -> None:
-    """Slot searches by time are not look-ups: their results may run to thousands."""
-    upstream.get(f"{BASE}/Slot", json={"resourceType": "Bundle", "type": "searchset"})
-    store.search("Slot", [("schedule", "Schedule/a"), ("start", "lt2026-12-08")])
-    assert upstream.calls[0].request.headers["Cache-Control"] == "no-cache"
-    assert ("_total", "accurate") not in query(upstream.calls[0])
-
-
-def test_a_look_up_that_found_more_than_it_counted_is_whole(
+def test_a_page_of_fewer_matches_than_the_limit_is_the_whole_result(
     upstream: responses.RequestsMock, store: FhirUpstream
 ) -> None:
-    """HAPI counts in a query of its own: a lock created between the count and the fetch is
-    found but not counted. A page cut short has fewer matches than the total, not more."""
+    upstream.get(f"{BASE}/Slot", json=_slots_page([f"s{n}" for n in range(999)]))
+    assert len(store.search("Slot", [("schedule", "Schedule/a")])) == 999
+    assert len(upstream.calls) == 1
+
+
+def test_a_search_for_the_first_few_is_paged_as_asked(
+    upstream: responses.RequestsMock, store: FhirUpstream
+) -> None:
+    """A listing that wants the first 50 asks for pages of 50: it is not a search for every match."""
+    upstream.get(f"{BASE}/Schedule", json={"resourceType": "Bundle", "type": "searchset"})
+    store.search("Schedule", [("_sort", "_id")], limit=50)
+    assert upstream.calls[0].request.headers["Cache-Control"] == "no-cache"
+    assert ("_count", "50") in query(upstream.calls[0])
+
+
+def test_an_upstream_refusing_max_results_is_searched_page_by_page_from_then_on(
+    upstream: responses.RequestsMock, store: FhirUpstream, client: UpstreamClient
+) -> None:
+    """An administrator may set HAPI's ``no-store`` limit below 1,000 (HAPI-1165): the search is
+    sent again paged, and the process stops asking for one page."""
+    refused = {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {
+                "severity": "error",
+                "code": "processing",
+                "diagnostics": "HAPI-1165: Cache-Control header max-results value must not exceed 500",
+            }
+        ],
+    }
+    upstream.get(f"{BASE}/Slot", json=refused, status=400)
+    upstream.get(f"{BASE}/Slot", json=_slots_page(["s1"]))
+    upstream.get(f"{BASE}/Basic", json={"resourceType": "Bundle", "type": "searchset"})
+    assert [r["id"] for r in store.search("Slot", [("schedule", "Schedule/a")])] == ["s1"]
+    store.search("Basic", [("_id", "lock-1")])
+    headers = [c.request.headers["Cache-Control"] for c in upstream.calls]
+    assert headers == ["no-cache, no-store, max-results=1000", "no-cache", "no-cache"]
+    assert client.one_page_searches is False
+
+
+def test_another_400_to_a_one_page_search_is_the_callers_answer(
+    upstream: responses.RequestsMock, store: FhirUpstream
+) -> None:
     upstream.get(
-        f"{BASE}/Basic",
-        json={
-            "resourceType": "Bundle",
-            "type": "searchset",
-            "total": 0,
-            "entry": [{"resource": {"resourceType": "Basic", "id": "lock-1"}, "search": {"mode": "match"}}],
-        },
+        f"{BASE}/Slot",
+        json={"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "invalid"}]},
+        status=400,
     )
-    assert [r["id"] for r in store.search("Basic", [("_id", "lock-1,lock-2")])] == ["lock-1"]
+    with pytest.raises(UpstreamRejected):
+        store.search("Slot", [("schedule", "Schedule/a")])
     assert len(upstream.calls) == 1
 
 
