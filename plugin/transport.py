@@ -13,7 +13,8 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from typing import Protocol
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
@@ -58,13 +59,57 @@ class Client(Protocol):
     """What a transport needs of the per-process client (``plugin.upstream.UpstreamClient``)."""
 
     settings: Settings
-    one_page_searches: bool
-    """Whether searches are asked as one page first (:meth:`Transport._one_page`)."""
+    one_page: OnePageSearches
 
     @property
     def base_url(self) -> str: ...
 
     def session(self) -> requests.Session: ...
+
+
+FULL_SEARCH_MEMORY = 1024
+"""Searches remembered per process as having filled one page (the least recently used go)."""
+FULL_SEARCH_SECONDS = 600.0
+"""How long such a search is asked paged straight away."""
+
+
+class OnePageSearches:
+    """What a process knows about asking searches as one page (:meth:`Transport._one_page`):
+    whether the upstream takes ``max-results`` at all, and which searches filled such a page
+    lately. The same search again -- the day's ``$find`` of a busy Schedule, asked by every
+    patient -- would fill it again, and that first answer would be thrown away, so it is asked
+    paged straight away for :data:`FULL_SEARCH_SECONDS`. Only which way a search is sent
+    depends on it, never what it finds. Thread-safe."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._full: OrderedDict[Hashable, float] = OrderedDict()
+        self.refused = False
+
+    def worth_asking(self, search: Hashable) -> bool:
+        with self._lock:
+            if self.refused:
+                return False
+            filled = self._full.get(search)
+            if filled is None:
+                return True
+            if self._clock() - filled < FULL_SEARCH_SECONDS:
+                self._full.move_to_end(search)
+                return False
+            del self._full[search]
+            return True
+
+    def filled(self, search: Hashable) -> None:
+        with self._lock:
+            self._full[search] = self._clock()
+            self._full.move_to_end(search)
+            while len(self._full) > FULL_SEARCH_MEMORY:
+                self._full.popitem(last=False)
+
+    def refuse(self) -> None:
+        with self._lock:
+            self.refused = True
 
 
 class _NoNetrcAuth(requests.auth.AuthBase):
@@ -316,8 +361,10 @@ class Transport:
         (the server pages it anyway; the caller follows). A full page may have been cut: then
         ``None``, and the caller searches again the usual way, paged. So does every search of
         this process once HAPI refuses ``max-results`` (``HAPI-1165``: an administrator set
-        its ``no-store`` limit below :data:`PAGE_SIZE`)."""
-        if not self._client.one_page_searches:
+        its ``no-store`` limit below :data:`PAGE_SIZE`), and the same search again for a while
+        (:class:`OnePageSearches`)."""
+        search = (resource_type, tuple(query))
+        if not self._client.one_page.worth_asking(search):
             return None
         try:
             bundle = self._page(
@@ -326,7 +373,7 @@ class Transport:
         except UpstreamRejected as refused:
             if "HAPI-1165" not in str(refused):
                 raise
-            self._client.one_page_searches = False
+            self._client.one_page.refuse()
             logger.warning(
                 "the upstream refuses Cache-Control max-results=%d; searching page by page from now on",
                 PAGE_SIZE,
@@ -335,6 +382,7 @@ class Transport:
             return None
         if _link(bundle, "next") is not None or _matches(bundle, resource_type) < PAGE_SIZE:
             return bundle
+        self._client.one_page.filled(search)
         logger.info(
             "a search filled one page; searching it again page by page",
             extra={"request_id": self._request_id, "resource_type": resource_type},

@@ -41,7 +41,7 @@ from plugin.config import Settings
 from plugin.provenance import Attribution, carries_provenance, with_provenance
 from plugin.service_credentials import ServiceCredentials, credentials_from_settings
 from plugin.slot_index import SlotEndIndex
-from plugin.transport import PAGE_SIZE, Params, Transport, new_session
+from plugin.transport import PAGE_SIZE, OnePageSearches, Params, Transport, new_session
 from plugin.upstream_errors import (
     UpstreamBadResponse,
     UpstreamRejected,
@@ -85,8 +85,7 @@ class UpstreamClient:
         self._session: requests.Session | None = None
         self._session_pid: int | None = None
         self.slot_end = SlotEndIndex(settings.slot_end_search, clock)
-        self.one_page_searches = True
-        """Until the upstream refuses ``Cache-Control: max-results`` (``transport._one_page``)."""
+        self.one_page = OnePageSearches(clock)
         self.credentials: ServiceCredentials = (
             credentials if credentials is not None else credentials_from_settings(settings, self.session)
         )

@@ -649,7 +649,39 @@ def test_an_upstream_refusing_max_results_is_searched_page_by_page_from_then_on(
     store.search("Basic", [("_id", "lock-1")])
     headers = [c.request.headers["Cache-Control"] for c in upstream.calls]
     assert headers == ["no-cache, no-store, max-results=1000", "no-cache", "no-cache"]
-    assert client.one_page_searches is False
+    assert client.one_page.refused
+
+
+def test_a_search_that_filled_a_page_is_asked_paged_straight_away_for_a_while(
+    upstream: responses.RequestsMock, client: UpstreamClient, clock: Clock
+) -> None:
+    """The day's ``$find`` of a busy Schedule, asked again and again: once it has filled a page,
+    its first answer would only be thrown away again, so for ten minutes it goes paged at once."""
+    ids = [f"s{n}" for n in range(1200)]
+    second_page = f"{BASE}?_getpages=abc&_getpagesoffset=1000"
+
+    def answers(times: int) -> None:
+        for _ in range(times):
+            upstream.get(f"{BASE}/Slot", json=_slots_page(ids[:1000], next_url=second_page))
+            upstream.get(second_page, json=_slots_page(ids[1000:]))
+
+    def sent(store: FhirUpstream) -> list[str]:
+        assert len(store.search("Slot", [("schedule", "Schedule/a")])) == 1200
+        return [c.request.headers["Cache-Control"] for c in upstream.calls[-store.round_trips :]]
+
+    upstream.get(f"{BASE}/Slot", json=_slots_page(ids[:1000]))  # the first ask: cut
+    answers(1)
+    assert sent(client.as_caller(None)) == ["no-cache, no-store, max-results=1000", "no-cache", "no-cache"]
+    answers(1)
+    assert sent(client.as_caller(None)) == ["no-cache", "no-cache"]  # paged at once
+    other = client.as_caller(None)  # another search still goes as one page
+    upstream.get(f"{BASE}/Slot", json=_slots_page(["x"]))
+    assert len(other.search("Slot", [("schedule", "Schedule/b")])) == 1
+    assert upstream.calls[-1].request.headers["Cache-Control"] == "no-cache, no-store, max-results=1000"
+    clock.now += 601
+    upstream.get(f"{BASE}/Slot", json=_slots_page(ids[:1000]))
+    answers(1)
+    assert sent(client.as_caller(None))[0] == "no-cache, no-store, max-results=1000"  # asked again
 
 
 def test_another_400_to_a_one_page_search_is_the_callers_answer(
