@@ -12,6 +12,14 @@ under a burst, a booking waits for the group before it (and more only when over 
 bookings queued ahead of it), and the upstream does the reads and the transaction once per
 group instead of once per booking and per retry.
 
+Bookings of *neighbouring* times -- other keys that share a bucket, such as 10-minute visits at
+09:00 and 09:10 in the 09:00 bucket -- are not grouped (a group of mixed times would collide
+with other processes far more often), but they do not race each other either: a group is
+written only while no other group of this process holds one of its buckets, and waits
+otherwise (at most :data:`BUCKET_WAIT_SECONDS`, then it goes ahead and lets the locks decide).
+Without that, the later one read the shared lock before the earlier one's transaction moved it,
+and lost its version check: a lock read, a Slot search and a refused transaction for nothing.
+
 Only this process's bookings are grouped; the version-checked locks still decide between
 processes.
 """
@@ -20,12 +28,18 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections import Counter
 from collections.abc import Hashable
 from dataclasses import dataclass
 
 from operations.booking_group import Commit, Outcome, Prepared
 
 logger = logging.getLogger(__name__)
+
+BUCKET_WAIT_SECONDS = 5.0
+"""How long a group waits for a bucket another group of this process holds before it goes
+ahead anyway (the locks still decide; this only spares lost version checks)."""
 
 
 @dataclass
@@ -46,6 +60,9 @@ class BookingGroups:
         self._changed = threading.Condition()
         self._busy: set[Hashable] = set()
         self._queued: dict[Hashable, list[_Ticket]] = {}
+        self._held: Counter[Hashable] = Counter()
+        """The buckets of the groups being written (a key is the tuple of its buckets)."""
+        self._bucket_waits = 0
 
     def __call__(self, key: Hashable, member: Prepared, commit: Commit) -> Outcome:
         ticket = _Ticket(member)
@@ -65,6 +82,7 @@ class BookingGroups:
         assert group is not None
         outcomes: list[Outcome] = []
         try:
+            waited = self._take_buckets(key) or waited
             outcomes = commit([t.member for t in group], waited)
         except Exception as exc:  # commit answers each member; this is a defect's safety net
             logger.exception("a booking group failed as a whole", extra={"members": len(group)})
@@ -76,8 +94,33 @@ class BookingGroups:
         assert ticket.outcome is not None
         return ticket.outcome
 
+    def _take_buckets(self, key: Hashable) -> bool:
+        """Wait until no other group of this process holds one of ``key``'s buckets, then hold
+        them; whether it waited (its speculative lock read is stale then)."""
+        buckets = _buckets(key)
+        deadline = time.monotonic() + BUCKET_WAIT_SECONDS
+        waited = False
+        with self._changed:
+            while any(self._held[b] for b in buckets):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    logger.info(
+                        "a booking group stopped waiting for a bucket", extra={"buckets": len(buckets)}
+                    )
+                    break
+                if not waited:
+                    waited = True
+                    self._bucket_waits += 1
+                self._changed.wait(left)
+            if waited:
+                self._bucket_waits -= 1
+            self._held.update(buckets)
+        return waited
+
     def _hand_over(self, key: Hashable, group: list[_Ticket], outcomes: list[Outcome]) -> None:
         with self._changed:
+            self._held.subtract(_buckets(key))
+            self._held = +self._held  # drop the zeros
             for n, t in enumerate(group):
                 t.outcome = (
                     outcomes[n] if n < len(outcomes) else RuntimeError("the booking group was interrupted")
@@ -95,10 +138,18 @@ class BookingGroups:
             self._changed.notify_all()
 
     def busy(self, key: Hashable) -> bool:
+        """Whether a booking of ``key`` would wait: for a group of its time, or for a bucket."""
         with self._changed:
-            return key in self._busy
+            return key in self._busy or any(self._held[b] for b in _buckets(key))
 
     def waiting(self) -> int:
-        """Bookings queued behind a group being written, in this process (tests, diagnostics)."""
+        """Bookings queued behind a group being written, or waiting for a bucket, in this
+        process (tests, diagnostics)."""
         with self._changed:
-            return sum(len(q) for q in self._queued.values())
+            return sum(len(q) for q in self._queued.values()) + self._bucket_waits
+
+
+def _buckets(key: Hashable) -> tuple[Hashable, ...]:
+    """The buckets of a key (``operations.booking_group.group_key``: the sorted tuple of the
+    lock ids a booking takes); any other key is a bucket of its own."""
+    return key if isinstance(key, tuple) else (key,)

@@ -172,6 +172,25 @@ def test_a_booking_of_another_time_does_not_wait_for_the_group() -> None:
     assert results["same time"].group == 1  # alone in its group, but it waited for A's
 
 
+def test_a_booking_of_a_neighbouring_time_waits_for_the_bucket_they_share() -> None:
+    """09:15 and 09:30 (30-minute visits) are two times, two groups, but share the 09:30 bucket.
+    While A (09:15) is inside its transaction, B (09:30) waits instead of reading the lock A is
+    about to move: B lands at its first attempt rather than losing its version check."""
+    store = capacity_clinic(2)
+    calls = Calls(store, BookingGroups(max_size=30))
+
+    def hold_a() -> None:
+        calls.start("b", at(store, "09:30"))
+        until(lambda: calls.groups.waiting() == 1, "B waits for the bucket it shares with A")
+
+    store.before_transaction.append(hold_a)
+    calls.start("a", at(store, "09:15"))
+    results = calls.finish()
+    assert results["a"].status == results["b"].status == 201
+    assert results["a"].attempts == results["b"].attempts == 1
+    assert results["b"].group == 1  # not grouped with A: another time
+
+
 def test_a_group_that_loses_the_version_check_decides_again() -> None:
     """Another process takes a place of the group's time between the group's lock read and its
     transaction: the transaction fails its version check, and the group decides again: of
