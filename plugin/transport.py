@@ -363,7 +363,7 @@ class Transport:
         this process once HAPI refuses ``max-results`` (``HAPI-1165``: an administrator set
         its ``no-store`` limit below :data:`PAGE_SIZE`), and the same search again for a while
         (:class:`OnePageSearches`)."""
-        search = (resource_type, tuple(query))
+        search = _search_key(resource_type, query)
         if not self._client.one_page.worth_asking(search):
             return None
         try:
@@ -389,6 +389,11 @@ class Transport:
         )
         return None
 
+    def fills_one_page(self, resource_type: str, query: Params) -> bool:
+        """Whether this search filled one page lately (:class:`OnePageSearches`): the caller
+        may ask it in pieces instead."""
+        return not self._client.one_page.worth_asking(_search_key(resource_type, query))
+
     def _paging_url(self, link: str) -> str:
         """Where to fetch a ``next`` page, without ever sending credentials to another host.
 
@@ -410,6 +415,15 @@ class Transport:
         raise UpstreamBadResponse(
             "the upstream FHIR server returned a paging link outside FHIR_BASE_URL (see the sidecar log)"
         )
+
+
+def _search_key(resource_type: str, query: Params) -> Hashable:
+    """How :class:`OnePageSearches` knows a search again: its type and its exact query (with
+    the ``_count`` :meth:`Transport._search_pages` adds)."""
+    full = list(query)
+    if not any(name == "_count" for name, _ in full):
+        full.append(("_count", str(PAGE_SIZE)))
+    return (resource_type, tuple(full))
 
 
 def _wants_every_match(query: Params) -> bool:

@@ -57,6 +57,9 @@ from plugin.upstream_errors import (
 logger = logging.getLogger(__name__)
 
 _STRICT = {"Prefer": "handling=strict"}
+SLOT_SEARCH_SPLITS = 4
+"""How many times a Slot search that fills one page may be halved by start (at most 16 pieces):
+beyond that the pieces go paged (``FhirUpstream._slots_by_start``)."""
 """Ask the server to refuse parameters it does not know rather than ignore them: an ignored
 ``end`` would silently turn a Slot query into "every Slot ever"."""
 _ACTOR_TYPES = frozenset({"Practitioner", "PractitionerRole", "Location", "Device", "HealthcareService"})
@@ -267,13 +270,47 @@ class FhirUpstream(Transport):
             # ``gt`` compares against the end of the stated second; one second earlier keeps a
             # Slot ending a fraction of a second after ``start`` (more is fine, fewer is not).
             lower = _search_instant(start - timedelta(seconds=1), round_up=False)
-            return self.search("Slot", [*common, ("end", "gt" + lower)], headers=_STRICT)
+            schedules = common[0]
+            return self._slots_by_start(schedules, ("end", "gt" + lower), start, end, SLOT_SEARCH_SPLITS)
         lookback = start - timedelta(days=settings.slot_lookback_days)
         return self.search(
             "Slot",
             [*common, ("start", "ge" + _search_instant(lookback, round_up=False))],
             headers=_STRICT,
         )
+
+    def _slots_by_start(
+        self,
+        schedules: tuple[str, str],
+        ends_after: tuple[str, str],
+        start: datetime,
+        end: datetime,
+        splits: int,
+        *,
+        first: bool = True,
+    ) -> list[Resource]:
+        """The Slots of ``schedules`` ending after the range's start (``ends_after``) whose start
+        is before ``end`` -- and, unless ``first``, at or after ``start``.
+
+        One search, asked as one page HAPI does not keep (``transport._one_page``). A search
+        that filled such a page lately (1,000 Slots: the day of a busy Schedule, asked by every
+        patient's ``$find``) is asked in two halves by start instead, each again one page, down
+        to ``splits`` times: HAPI's cost is per Slot it loads, and one page not kept costs it
+        less than the pages it keeps (measured: 900 Slots 109 against 159 ms of CPU). The halves
+        split the Slots by their start, so none is found twice and none is missed; the first
+        keeps every Slot that began before the range (a long block)."""
+        query = [schedules, ("start", "lt" + _search_instant(end, round_up=True)), ends_after]
+        if not first:
+            query.insert(2, ("start", "ge" + _search_instant(start, round_up=True)))
+        whole = [*query, ("_count", str(PAGE_SIZE))]
+        middle = start + (end - start) / 2
+        if splits > 0 and middle - start >= timedelta(minutes=1) and self.fills_one_page("Slot", whole):
+            middle = middle.replace(microsecond=0)
+            return [
+                *self._slots_by_start(schedules, ends_after, start, middle, splits - 1, first=first),
+                *self._slots_by_start(schedules, ends_after, middle, end, splits - 1, first=False),
+            ]
+        return self.search("Slot", query, headers=_STRICT)
 
     def _count(self, resource_type: str, params: Params) -> int:
         response = self._send(

@@ -684,6 +684,42 @@ def test_a_search_that_filled_a_page_is_asked_paged_straight_away_for_a_while(
     assert sent(client.as_caller(None))[0] == "no-cache, no-store, max-results=1000"  # asked again
 
 
+def test_a_slot_search_that_filled_a_page_is_asked_in_halves_by_start(
+    upstream: responses.RequestsMock, store: FhirUpstream, client: UpstreamClient
+) -> None:
+    """The day of a busy Schedule, asked again: two one-page searches, split by the Slots'
+    start (the first keeps whatever began before the range), rather than HAPI's stored pages."""
+    ids = [f"s{n}" for n in range(1500)]
+    second_page = f"{BASE}?_getpages=abc&_getpagesoffset=1000"
+    upstream.get(f"{BASE}/Slot", json=_slots_page(ids[:1000]))  # cut: the search filled a page
+    upstream.get(f"{BASE}/Slot", json=_slots_page(ids[:1000], next_url=second_page))
+    upstream.get(second_page, json=_slots_page(ids[1000:]))
+    assert len(store.search_slots(["a"], START, END)) == 1500
+    upstream.get(f"{BASE}/Slot", json=_slots_page(ids[:700]))
+    upstream.get(f"{BASE}/Slot", json=_slots_page(ids[700:]))
+    again = client.as_caller("Bearer caller-token", "req-43")
+    assert [s["id"] for s in again.search_slots(["a"], START, END)] == ids
+    halves = [query(c) for c in upstream.calls[-2:]]
+    middle = "2026-12-04T21:00:00Z"  # halfway between START and END
+    assert halves[0] == [
+        ("schedule", "Schedule/a"),
+        ("start", "lt" + middle),
+        ("end", "gt2026-12-01T08:59:59Z"),
+        ("_count", "1000"),
+    ]
+    assert halves[1] == [
+        ("schedule", "Schedule/a"),
+        ("start", "lt2026-12-08T09:00:00Z"),
+        ("start", "ge" + middle),
+        ("end", "gt2026-12-01T08:59:59Z"),
+        ("_count", "1000"),
+    ]
+    assert all(
+        c.request.headers["Cache-Control"] == "no-cache, no-store, max-results=1000"
+        for c in upstream.calls[-2:]
+    )
+
+
 def test_another_400_to_a_one_page_search_is_the_callers_answer(
     upstream: responses.RequestsMock, store: FhirUpstream
 ) -> None:

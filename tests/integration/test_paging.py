@@ -4,6 +4,8 @@ transport's rule relies on, so it is checked here, not only against mocks."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import requests
 
 from plugin.config import Settings
@@ -67,3 +69,42 @@ def test_the_store_reads_a_search_of_more_than_a_page_whole(registered: str) -> 
     assert len(store.search("Slot", [("schedule", f"Schedule/{small}")])) == 40
     assert store.round_trips == 1
     assert not client.one_page.refused
+
+
+def test_a_busy_day_asked_again_comes_in_halves_and_whole(registered: str) -> None:
+    """1,150 Slots in a range and a block that began the day before: the first search fills a
+    page and is read paged; asked again, it goes in two one-page halves by start -- the same
+    Slots, none twice, the long block in the first half."""
+    prefix = new_prefix()
+    schedule_id = f"{prefix}-s"
+    day = datetime(2031, 4, 7, tzinfo=UTC)
+    slots = [
+        {
+            "resourceType": "Slot",
+            "id": f"{prefix}-{n}",
+            "schedule": {"reference": f"Schedule/{schedule_id}"},
+            "status": "busy-unavailable",
+            "start": (day + timedelta(minutes=n)).isoformat(),
+            "end": (day + timedelta(minutes=n, seconds=50)).isoformat(),
+        }
+        for n in range(1150)
+    ]
+    block = {
+        "resourceType": "Slot",
+        "id": f"{prefix}-block",
+        "schedule": {"reference": f"Schedule/{schedule_id}"},
+        "status": "busy-unavailable",
+        "start": (day - timedelta(days=1)).isoformat(),
+        "end": (day + timedelta(hours=2)).isoformat(),
+    }
+    load(registered, {"resourceType": "Schedule", "id": schedule_id, "active": True}, *slots, block)
+    client = UpstreamClient(Settings(fhir_base_url=registered, slot_end_search="on"))
+    wanted = {str(s["id"]) for s in [*slots, block]}
+    first = client.as_caller(SIDECAR_TOKEN, "busy-day-1")
+    found = first.search_slots([schedule_id], day, day + timedelta(days=1))
+    assert sorted(s["id"] for s in found) == sorted(wanted)
+    assert first.round_trips == 3  # the full page, then the paged search's two pages
+    again = client.as_caller(SIDECAR_TOKEN, "busy-day-2")
+    found = again.search_slots([schedule_id], day, day + timedelta(days=1))
+    assert sorted(s["id"] for s in found) == sorted(wanted)  # none twice, none missed
+    assert again.round_trips == 2  # two halves, each one page
