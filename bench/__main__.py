@@ -228,8 +228,6 @@ def _measure(
             modes = tuple(m.key for m in book_bench.MODES)
             if db != "h2":
                 modes = ("dist16", *book_bench.ONE_SCHEDULE)
-            if args.quick:  # the slowest mode (about 5 bookings/s on 2 cores): the full run has it
-                modes = tuple(m for m in modes if m != "one64c30")
             progress(f"[{db}] $book vs raw transactions, {plan['bookings']} bookings x {plan['reps']} reps")
             book_plan = book_bench.BookPlan(
                 modes=modes, bookings=plan["bookings"], reps=plan["reps"], warmup=16 if args.quick else 32
