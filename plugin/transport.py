@@ -88,17 +88,20 @@ class OnePageSearches:
         self.refused = False
 
     def worth_asking(self, search: Hashable) -> bool:
+        """Whether to ask ``search`` as one page: the upstream takes it, and it did not fill one
+        lately."""
+        return not self.refused and not self.filled_lately(search)
+
+    def filled_lately(self, search: Hashable) -> bool:
         with self._lock:
-            if self.refused:
-                return False
             filled = self._full.get(search)
             if filled is None:
-                return True
+                return False
             if self._clock() - filled < FULL_SEARCH_SECONDS:
                 self._full.move_to_end(search)
-                return False
+                return True
             del self._full[search]
-            return True
+            return False
 
     def filled(self, search: Hashable) -> None:
         with self._lock:
@@ -391,8 +394,10 @@ class Transport:
 
     def fills_one_page(self, resource_type: str, query: Params) -> bool:
         """Whether this search filled one page lately (:class:`OnePageSearches`): the caller
-        may ask it in pieces instead."""
-        return not self._client.one_page.worth_asking(_search_key(resource_type, query))
+        may ask it in pieces instead -- unless the upstream refuses one-page searches, when
+        pieces would only be more pages."""
+        one_page = self._client.one_page
+        return not one_page.refused and one_page.filled_lately(_search_key(resource_type, query))
 
     def _paging_url(self, link: str) -> str:
         """Where to fetch a ``next`` page, without ever sending credentials to another host.

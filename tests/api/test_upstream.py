@@ -720,6 +720,22 @@ def test_a_slot_search_that_filled_a_page_is_asked_in_halves_by_start(
     )
 
 
+def test_a_slot_search_is_not_split_when_the_upstream_refuses_one_page_searches(
+    upstream: responses.RequestsMock, store: FhirUpstream, client: UpstreamClient
+) -> None:
+    """Halves only pay as pages HAPI does not keep: paged, they would be more pages."""
+    client.one_page.filled(("Slot", ()))  # something filled once; then HAPI refused max-results
+    client.one_page.refuse()
+    upstream.get(f"{BASE}/Slot", json=_slots_page(["s1"]))
+    store.search_slots(["a"], START, END)
+    client.one_page.filled(("Slot", tuple(query(upstream.calls[0]))))
+    upstream.get(f"{BASE}/Slot", json=_slots_page(["s1"]))
+    again = client.as_caller(None)
+    assert [s["id"] for s in again.search_slots(["a"], START, END)] == ["s1"]
+    assert again.round_trips == 1
+    assert upstream.calls[-1].request.headers["Cache-Control"] == "no-cache"
+
+
 def test_another_400_to_a_one_page_search_is_the_callers_answer(
     upstream: responses.RequestsMock, store: FhirUpstream
 ) -> None:
