@@ -57,11 +57,11 @@ from plugin.upstream_errors import (
 logger = logging.getLogger(__name__)
 
 _STRICT = {"Prefer": "handling=strict"}
+"""Ask the server to refuse parameters it does not know rather than ignore them: an ignored
+``end`` would silently turn a Slot query into "every Slot ever"."""
 SLOT_SEARCH_SPLITS = 4
 """How many times a Slot search that fills one page may be halved by start (at most 16 pieces):
 beyond that the pieces go paged (``FhirUpstream._slots_by_start``)."""
-"""Ask the server to refuse parameters it does not know rather than ignore them: an ignored
-``end`` would silently turn a Slot query into "every Slot ever"."""
 _ACTOR_TYPES = frozenset({"Practitioner", "PractitionerRole", "Location", "Device", "HealthcareService"})
 
 
