@@ -695,12 +695,18 @@ def test_a_slot_search_that_filled_a_page_is_asked_in_halves_by_start(
     upstream.get(f"{BASE}/Slot", json=_slots_page(ids[:1000], next_url=second_page))
     upstream.get(second_page, json=_slots_page(ids[1000:]))
     assert len(store.search_slots(["a"], START, END)) == 1500
-    upstream.get(f"{BASE}/Slot", json=_slots_page(ids[:700]))
-    upstream.get(f"{BASE}/Slot", json=_slots_page(ids[700:]))
-    again = client.as_caller("Bearer caller-token", "req-43")
-    assert [s["id"] for s in again.search_slots(["a"], START, END)] == ids
-    halves = [query(c) for c in upstream.calls[-2:]]
     middle = "2026-12-04T21:00:00Z"  # halfway between START and END
+    # The halves are read at the same time: each answer goes to its own query.
+    before = matchers.query_param_matcher({"start": "lt" + middle}, strict_match=False)
+    after = matchers.query_param_matcher(
+        {"start": ["lt2026-12-08T09:00:00Z", "ge" + middle]}, strict_match=False
+    )
+    upstream.get(f"{BASE}/Slot", json=_slots_page(ids[:700]), match=[before])
+    upstream.get(f"{BASE}/Slot", json=_slots_page(ids[700:]), match=[after])
+    again = client.as_caller("Bearer caller-token", "req-43")
+    assert sorted(s["id"] for s in again.search_slots(["a"], START, END)) == sorted(ids)
+    assert again.round_trips == 2
+    halves = sorted((query(c) for c in upstream.calls[-2:]), key=len)
     assert halves[0] == [
         ("schedule", "Schedule/a"),
         ("start", "lt" + middle),
