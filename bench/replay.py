@@ -18,8 +18,8 @@ from bench.upstream_log import Chain, Round, UpstreamCall
 from tests.integration.trust import GUARD_KEY, SIDECAR_TOKEN
 
 FHIR_JSON = "application/fhir+json"
-LANES = 8
-"""Concurrent reads at most (a round of ``$find`` has three)."""
+LANES = 32
+"""Concurrent reads at most (a round of ``$find`` has three, and up to 16 pieces of a split Slot search)."""
 
 
 def _headers(call: UpstreamCall, request_id: str) -> dict[str, str]:
