@@ -214,27 +214,6 @@ def test_a_group_that_loses_the_version_check_decides_again() -> None:
     assert busy_at(store, "2026-12-07T10:00:00-05:00") == 4
 
 
-def test_a_group_that_lost_its_version_check_writes_half_of_its_members_next() -> None:
-    """A big group's transaction is slower to decide and commit than a small one of another
-    process, and could keep losing to them until the deadline (measured: groups losing 20 to
-    46 times in a row in the full mass booking). After a loss, the next transaction writes half
-    of the members still open, the rest follow in the next one: here 4 -> 2 + 2."""
-    store = capacity_clinic(6)
-    calls = Calls(store, BookingGroups(max_size=30))
-    time_ = at(store, "09:30")
-
-    queued(
-        calls,
-        [(f"q{n}", time_ | {"comment": f"q{n}"}) for n in range(4)],
-        then=lambda: store.before_transaction.append(another_process_books(store, time_)),
-    )
-    calls.start("a", time_)
-    results = calls.finish()
-    assert all(r.status == 201 for r in results.values()), results
-    assert appointments_per_transaction(store) == [1, 1, 2, 2]
-    assert sorted(results[f"q{n}"].attempts for n in range(4)) == [2, 2, 3, 3]  # lost, then two
-
-
 def another_process_books_each_time(
     store: FakeFhirStore, proposal: Resource, times: int
 ) -> Callable[[], None]:
@@ -250,20 +229,37 @@ def another_process_books_each_time(
     return books
 
 
+def group_losing(*, capacity: int, members: int, losses: int) -> tuple[FakeFhirStore, dict[str, Any]]:
+    """ "a" books 09:30 and is held in its transaction until ``members`` bookings of that time
+    (``q0``...) queue behind it; then another process books 09:30 just before each of the next
+    ``losses`` transactions, so the group loses its version check that many times in a row."""
+    store = capacity_clinic(capacity)
+    calls = Calls(store, BookingGroups(max_size=30))
+    time_ = at(store, "09:30")
+    queued(
+        calls,
+        [(f"q{n}", time_ | {"comment": f"q{n}"}) for n in range(members)],
+        then=lambda: store.before_transaction.append(another_process_books_each_time(store, time_, losses)),
+    )
+    calls.start("a", time_)
+    return store, calls.finish()
+
+
+def test_a_group_that_lost_its_version_check_writes_half_of_its_members_next() -> None:
+    """A big group's transaction is slower to decide and commit than a small one of another
+    process, and could keep losing to them until the deadline (measured: groups losing 20 to
+    46 times in a row in the full mass booking). After a loss, the next transaction writes half
+    of the members still open, the rest follow in the next one: here 4 -> 2 + 2."""
+    store, results = group_losing(capacity=6, members=4, losses=1)
+    assert all(r.status == 201 for r in results.values()), results
+    assert appointments_per_transaction(store) == [1, 1, 2, 2]
+    assert sorted(results[f"q{n}"].attempts for n in range(4)) == [2, 2, 3, 3]  # lost, then two
+
+
 def test_a_group_whose_transaction_lands_writes_twice_as_many_members_next() -> None:
     """After three losses in a row a group of 8 writes one member at a time (8 -> 4 -> 2 -> 1);
     each transaction that lands doubles that again, so the rest go 2, then 4, not one by one."""
-    store = capacity_clinic(30)
-    calls = Calls(store, BookingGroups(max_size=30))
-    time_ = at(store, "09:30")
-
-    queued(
-        calls,
-        [(f"q{n}", time_ | {"comment": f"q{n}"}) for n in range(8)],
-        then=lambda: store.before_transaction.append(another_process_books_each_time(store, time_, 3)),
-    )
-    calls.start("a", time_)
-    results = calls.finish()
+    store, results = group_losing(capacity=30, members=8, losses=3)
     assert all(r.status == 201 for r in results.values()), results
     # "a" alone, the other process's three (each just before one of the group's lost ones), then
     # the group's four that landed.
