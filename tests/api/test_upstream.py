@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from http.client import RemoteDisconnected
@@ -20,6 +21,7 @@ from urllib3.exceptions import ProtocolError
 from operations.errors import ConcurrentChange, OutcomeUnknown
 from operations.store import FhirStore
 from plugin.config import Settings
+from plugin.parallel import Parallel
 from plugin.slot_index import SLOT_END_CACHE_SECONDS, SLOT_END_NOT_READY_RECHECK_SECONDS
 from plugin.upstream import FhirUpstream, UpstreamClient
 from plugin.upstream_errors import (
@@ -724,6 +726,33 @@ def test_a_slot_search_that_filled_a_page_is_asked_in_halves_by_start(
         c.request.headers["Cache-Control"] == "no-cache, no-store, max-results=1000"
         for c in upstream.calls[-2:]
     )
+
+
+def test_split_slot_searches_on_a_full_read_pool_still_finish(
+    upstream: responses.RequestsMock, client: UpstreamClient
+) -> None:
+    """``$find`` runs its Slot search on the read pool; a split search then waits there for its
+    pieces. The pieces have a pool of their own, so searches holding every read thread while
+    they wait still finish (on one shared pool each would wait for a thread another holds)."""
+    full = [
+        ("schedule", "Schedule/a"),
+        ("start", "lt2026-12-08T09:00:00Z"),
+        ("end", "gt2026-12-01T08:59:59Z"),
+        ("_count", "1000"),
+    ]
+    client.one_page.filled(("Slot", tuple(full)))  # the next search of that range is split
+    upstream.get(f"{BASE}/Slot", json=_slots_page(["s1"]))
+    read_pool = Parallel(2)
+    searches = [lambda: client.as_caller(None).search_slots(["a"], START, END) for _ in range(2)]
+    finished = threading.Event()
+
+    def run() -> None:
+        read_pool(*searches)
+        finished.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    assert finished.wait(5), "split Slot searches waited for threads their own waiting held"
+    assert len(upstream.calls) == 4  # two searches, two halves each
 
 
 def test_a_slot_search_is_not_split_when_the_upstream_refuses_one_page_searches(
