@@ -252,6 +252,10 @@ def test_repr_shows_neither_key_nor_token(
 
 
 def test_settings_choose_smart_or_the_static_header(token_server: TokenServer, rsa_pair: KeyPair) -> None:
+    # Settings give the credentials the real clock, so the token server must read it too: with
+    # the fixture's frozen clock, an assertion signed a second after the fixture was built is
+    # "issued in the future" (CI failed on that once).
+    token_server.clock = time.time
     static = credentials_from_settings(Settings(fhir_base_url=AUDIENCE, upstream_authorization="Bearer dev"))
     assert static == StaticCredentials("Bearer dev")
     assert credentials_from_settings(Settings(fhir_base_url=AUDIENCE)) == StaticCredentials(None)
