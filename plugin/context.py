@@ -63,7 +63,9 @@ def request_stores(operation: str, *, writes: bool = True) -> Stores:
     caller_store = state.upstream.as_caller(authorization, request_id, deadline=deadline)
     caller = state.verifier.identify(authorization) if writes else None
     attribution = Attribution(operation, request_id, state.settings.service_name, caller)
-    service_store = state.upstream.as_service(attribution, deadline=deadline)
+    # An operation that writes nothing may share its Slot searches with identical ones sent
+    # after it arrived (plugin/shared_reads.py); deciding reads never are.
+    service_store = state.upstream.as_service(attribution, deadline=deadline, shares_reads=not writes)
     g.stores = [*g.get("stores", []), caller_store, service_store]
     return Stores(caller=caller_store, service=service_store, together=state.parallel, hints=state.read_hints)
 

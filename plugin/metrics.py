@@ -123,6 +123,13 @@ class _Instruments:
             buckets=(1, 2, 4, 8, 16, 30),
             registry=registry,
         )
+        self.shared_reads = Counter(
+            "fanoni_shared_reads",
+            "Slot searches of read-only operations (``$find``): sent (went to the upstream) and joined "
+            "(answered by an identical search sent after the request arrived; plugin/shared_reads.py).",
+            ["kind"],
+            registry=registry,
+        )
         self.conflicts = Counter(
             "fanoni_booking_conflicts",
             "409 answers (the time was taken, or concurrent changes did not settle), by operation.",
@@ -174,6 +181,12 @@ def record_upstream_call(identity: str, method: str, status: str, seconds: float
     if (instruments := _instruments) is not None:
         instruments.upstream.labels(identity, method, status).inc()
         instruments.upstream_seconds.labels(identity, method).observe(seconds)
+
+
+def record_shared_read(kind: str, count: int = 1) -> None:
+    """Slot searches sent, or joined by ``count`` more requests (``plugin/shared_reads.py``)."""
+    if (instruments := _instruments) is not None:
+        instruments.shared_reads.labels(kind).inc(count)
 
 
 def record_holds_swept(cancelled: int) -> None:

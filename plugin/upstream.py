@@ -42,6 +42,7 @@ from plugin.config import Settings
 from plugin.parallel import Parallel
 from plugin.provenance import Attribution, carries_provenance, with_provenance
 from plugin.service_credentials import ServiceCredentials, credentials_from_settings
+from plugin.shared_reads import SharedReads
 from plugin.slot_index import SlotEndIndex
 from plugin.transport import PAGE_SIZE, OnePageSearches, Params, Transport, new_session
 from plugin.upstream_errors import (
@@ -99,6 +100,7 @@ class UpstreamClient:
         self.slot_end = SlotEndIndex(settings.slot_end_search, clock)
         self.one_page = OnePageSearches(clock)
         self.slot_pieces = Parallel(SLOT_PIECE_THREADS)
+        self.shared_reads = SharedReads()
         self.credentials: ServiceCredentials = (
             credentials if credentials is not None else credentials_from_settings(settings, self.session)
         )
@@ -124,15 +126,19 @@ class UpstreamClient:
         permission (SPEC §5.1). It never writes."""
         return FhirUpstream(self, authorization=authorization, request_id=request_id, deadline=deadline)
 
-    def as_service(self, attribution: Attribution, *, deadline: float | None = None) -> FhirUpstream:
+    def as_service(
+        self, attribution: Attribution, *, deadline: float | None = None, shares_reads: bool = False
+    ) -> FhirUpstream:
         """A store acting as the sidecar itself: its credentials, its guard key, and a
-        Provenance (``attribution``) on every transaction."""
+        Provenance (``attribution``) on every transaction. With ``shares_reads`` (operations
+        that write nothing) its Slot searches go through :class:`plugin.shared_reads.SharedReads`."""
         return FhirUpstream(
             self,
             credentials=self.credentials,
             request_id=attribution.request_id,
             attribution=attribution,
             deadline=deadline,
+            shares_reads=shares_reads,
         )
 
     def background(self, request_id: str | None = None, operation: str = "maintenance") -> FhirUpstream:
@@ -170,6 +176,7 @@ class FhirUpstream(Transport):
         request_id: str | None = None,
         attribution: Attribution | None = None,
         deadline: float | None = None,
+        shares_reads: bool = False,
     ) -> None:
         super().__init__(
             client,
@@ -180,6 +187,12 @@ class FhirUpstream(Transport):
         )
         self._client: UpstreamClient = client
         self._attribution = attribution
+        self._shares_reads = shares_reads
+
+    @property
+    def shares_reads(self) -> bool:
+        """Whether its Slot searches may be shared (:meth:`search_slots`)."""
+        return self._shares_reads
 
     # ---- SchedulingStore -------------------------------------------------------------------
 
@@ -267,10 +280,23 @@ class FhirUpstream(Transport):
         look-back. Whether the index is complete is found out by counting (see
         :class:`plugin.slot_index.SlotEndIndex`), so no decision rests on ``end=`` while the upstream
         is still indexing Slots stored before the parameter existed.
+
+        A store that ``shares_reads`` sends an identical search asked at the same time in this
+        process once (:class:`plugin.shared_reads.SharedReads`: never an answer sent before the
+        call began).
         """
         wanted = _valid_ids(schedule_ids)
         if not wanted:
             return []
+        if self._shares_reads:
+            identity = "service" if self._credentials is not None else self._authorization
+            key = ("Slot", identity, tuple(sorted(wanted)), start, end)
+            return self._client.shared_reads.read(
+                key, functools.partial(self._search_slots, wanted, start, end), self._deadline
+            )
+        return self._search_slots(wanted, start, end)
+
+    def _search_slots(self, wanted: list[str], start: datetime, end: datetime) -> list[Resource]:
         common = [
             ("schedule", ",".join(f"Schedule/{i}" for i in wanted)),
             ("start", "lt" + _search_instant(end, round_up=True)),

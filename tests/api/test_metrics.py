@@ -9,8 +9,10 @@ after with a scrape before. The use cases are substituted where a test is about 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import Any
 
@@ -274,6 +276,29 @@ def test_booking_retries_and_conflicts(web: FlaskClient, monkeypatch: pytest.Mon
 
 
 # ---- the hold sweep ----------------------------------------------------------------------------
+
+
+def test_shared_slot_searches_count_sent_and_joined(sidecar: Flask, web: FlaskClient) -> None:
+    upstream: UpstreamClient = sidecar.extensions["fanoni"].upstream
+    release, answered = threading.Event(), threading.Event()
+
+    def held() -> list[Any]:
+        answered.set()
+        assert release.wait(5)
+        return []
+
+    before = Scrape(web)
+    with ThreadPoolExecutor(3) as pool:
+        first = pool.submit(upstream.shared_reads.read, "day", held)
+        assert answered.wait(5)
+        riders = [pool.submit(upstream.shared_reads.read, "day", list) for _ in range(2)]
+        while upstream.shared_reads.waiting("day") < 2:
+            time.sleep(0.001)
+        release.set()
+        assert first.result(5) == [] and [r.result(5) for r in riders] == [[], []]
+    after = Scrape(web)
+    assert moved(before, after, "fanoni_shared_reads_total", kind="sent") == 2
+    assert moved(before, after, "fanoni_shared_reads_total", kind="joined") == 1
 
 
 def test_the_sweep_counts_holds_cancelled_slots_freed_and_passes(

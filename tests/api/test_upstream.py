@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from http.client import RemoteDisconnected
@@ -15,12 +16,14 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 import requests
 import responses
+from flask import Flask, g
 from responses import matchers
 from urllib3.exceptions import ProtocolError
 
 from operations.errors import ConcurrentChange, OutcomeUnknown
 from operations.store import FhirStore
 from plugin.config import Settings
+from plugin.context import request_stores
 from plugin.parallel import Parallel
 from plugin.slot_index import SLOT_END_CACHE_SECONDS, SLOT_END_NOT_READY_RECHECK_SECONDS
 from plugin.upstream import FhirUpstream, UpstreamClient
@@ -792,3 +795,15 @@ def test_an_answer_orjson_refuses_is_still_read_when_it_is_json(
     body = json.dumps({"resourceType": "HealthcareService", "id": "s"}).encode("utf-16")
     upstream.get(f"{BASE}/HealthcareService/s", body=body, content_type="application/fhir+json")
     assert store.read("HealthcareService", "s") == {"resourceType": "HealthcareService", "id": "s"}
+
+
+def test_only_operations_that_write_nothing_share_their_slot_searches(app: Flask) -> None:
+    """``$find`` may share a Slot search sent after it arrived (plugin/shared_reads.py); a
+    booking's deciding search is always its own."""
+    with app.test_request_context("/Appointment/$find"):
+        g.started = time.monotonic()
+        find_stores = request_stores("find", writes=False)
+        book_stores = request_stores("book")
+    assert isinstance(find_stores.service, FhirUpstream) and find_stores.service.shares_reads
+    assert isinstance(book_stores.service, FhirUpstream) and not book_stores.service.shares_reads
+    assert isinstance(find_stores.caller, FhirUpstream) and not find_stores.caller.shares_reads
