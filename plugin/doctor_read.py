@@ -19,6 +19,7 @@ from operations.model import SERVICE_TYPE_REFERENCE_URL, Coding, Interval
 from operations.parameters import service_references
 from operations.store import Resource
 from operations.writes import HOLD_TAG, booking_marker, slot_ids
+from plugin.fhir_rest import STRICT
 from plugin.service_credentials import ServiceCredentials
 from plugin.transport import Params
 from plugin.upstream import FhirUpstream, UpstreamClient
@@ -30,10 +31,9 @@ CHUNK = 50
 TOKEN_BUDGET = 3000
 """Characters of ``system|code`` tokens per ``service-type`` search (besides at most
 :data:`CHUNK` of them): a code system is a URI of any length, so the count alone would not
-bound the request line; 3000 characters stay under 8 KiB even once percent-encoded."""
-
-_STRICT = {"Prefer": "handling=strict"}
-"""A server that ignored ``service-type`` would answer with every HealthcareService."""
+bound the request line; 3000 characters stay under 8 KiB even once percent-encoded. The
+searches are strict (``STRICT``): a server that ignored ``service-type`` would answer with every
+HealthcareService."""
 
 PageReport = Callable[[str, int, int | None], None]
 """``(resource type, entries on this page, total of the search if the server counted it)``."""
@@ -221,7 +221,7 @@ def services_of_types(store: FhirUpstream, schedules: Iterable[Resource]) -> dic
     return {
         str(r.get("id")): r
         for chunk in _token_chunks(tokens)
-        for r in store.search("HealthcareService", [("service-type", ",".join(chunk))], headers=_STRICT)
+        for r in store.search("HealthcareService", [("service-type", ",".join(chunk))], headers=STRICT)
     }
 
 

@@ -9,7 +9,9 @@ Two levels:
   :meth:`UpstreamClient.as_caller` carries that caller's ``Authorization`` (permission reads);
   :meth:`UpstreamClient.as_service` carries the sidecar's own credentials and guard key, and adds
   a Provenance to every transaction (deciding reads, every write). Both count their round
-  trips and share the request's time budget. They implement ``operations.store.FhirStore``.
+  trips and share the request's time budget. They implement ``operations.store.FhirStore``:
+  the scheduling searches here, the generic reads, searches and transactions in
+  :class:`plugin.fhir_rest.FhirRest`, the HTTP in :class:`plugin.transport.Transport`.
 
 ``fhirclient`` is not used here: its ``FHIRServer`` keeps one authorisation per server object and
 has no hook for per-call headers, timeouts or paging across ``next`` links, which is exactly
@@ -30,38 +32,19 @@ import requests
 import requests.adapters
 import requests.auth
 
-from operations.errors import (
-    ConcurrentChange,
-    OutcomeUnknown,
-    ReferencedElsewhere,
-    Unprocessable,
-)
 from operations.fhir_values import is_fhir_id, is_relative_reference
 from operations.store import Resource
 from plugin.config import Settings
+from plugin.fhir_rest import STRICT, FhirRest
 from plugin.parallel import Parallel
-from plugin.provenance import Attribution, carries_provenance, with_provenance
+from plugin.provenance import Attribution
 from plugin.service_credentials import ServiceCredentials, credentials_from_settings
 from plugin.shared_reads import SharedReads
 from plugin.slot_index import SlotEndIndex
-from plugin.transport import PAGE_SIZE, OnePageSearches, Params, Transport, new_session
-from plugin.upstream_errors import (
-    UpstreamBadResponse,
-    UpstreamRejected,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-    fhir_json,
-    fhir_resource,
-    is_delete_conflict,
-    outcome_or_none,
-    outcome_text,
-)
+from plugin.transport import PAGE_SIZE, OnePageSearches, Params, new_session
 
 logger = logging.getLogger(__name__)
 
-_STRICT = {"Prefer": "handling=strict"}
-"""Ask the server to refuse parameters it does not know rather than ignore them: an ignored
-``end`` would silently turn a Slot query into "every Slot ever"."""
 SLOT_SEARCH_SPLITS = 4
 """How many times a Slot search that fills one page may be halved by start (at most 16 pieces):
 beyond that the pieces go paged (``FhirUpstream._slot_pieces``)."""
@@ -159,10 +142,11 @@ class UpstreamClient:
 # The per-request part.
 
 
-class FhirUpstream(Transport):
-    """The ``FhirStore`` over FHIR REST, acting for one identity in one request: reads, paged
-    searches, the Slot query, transactions (with the Provenance of ``attribution`` when it acts
-    as the sidecar). The HTTP underneath is :class:`plugin.transport.Transport`.
+class FhirUpstream(FhirRest):
+    """The ``FhirStore`` over FHIR REST, acting for one identity in one request: the scheduling
+    searches (Schedules with their actors, services, the Slot query) on top of the generic
+    reads, searches and transactions of :class:`plugin.fhir_rest.FhirRest` (with the Provenance
+    of ``attribution`` when it acts as the sidecar).
 
     Not thread-safe by design: one instance serves one incoming request.
     """
@@ -183,10 +167,10 @@ class FhirUpstream(Transport):
             authorization=authorization,
             credentials=credentials,
             request_id=request_id,
+            attribution=attribution,
             deadline=deadline,
         )
         self._client: UpstreamClient = client
-        self._attribution = attribution
         self._shares_reads = shares_reads
 
     @property
@@ -217,7 +201,7 @@ class FhirUpstream(Transport):
         if not wanted:
             return [], {}
         name = "actor:PractitionerRole.practitioner" if via_role else "actor"
-        by_id, actors = self._schedules_with_actors([(name, ",".join(wanted))], headers=_STRICT)
+        by_id, actors = self._schedules_with_actors([(name, ",".join(wanted))], headers=STRICT)
         schedules = [by_id[i] for i in sorted(by_id)]
         self._read_missing_actors(schedules, actors)
         return schedules, actors
@@ -247,7 +231,7 @@ class FhirUpstream(Transport):
         tokens = [t for t in dict.fromkeys(service_types) if t]
         if not tokens:
             return []
-        return self.search("HealthcareService", [("service-type", ",".join(tokens))], headers=_STRICT)
+        return self.search("HealthcareService", [("service-type", ",".join(tokens))], headers=STRICT)
 
     def _read_missing_actors(self, schedules: list[Resource], actors: dict[str, Resource]) -> None:
         """Servers that do not support ``_include=Schedule:actor`` (or ignore it) leave actors out;
@@ -308,16 +292,16 @@ class FhirUpstream(Transport):
             lower = _search_instant(start - timedelta(seconds=1), round_up=False)
             pieces = self._slot_pieces(common[0], ("end", "gt" + lower), start, end, SLOT_SEARCH_SPLITS)
             if len(pieces) == 1:
-                return self.search("Slot", pieces[0], headers=_STRICT)
+                return self.search("Slot", pieces[0], headers=STRICT)
             found = self._client.slot_pieces(
-                *[functools.partial(self.search, "Slot", piece, headers=_STRICT) for piece in pieces]
+                *[functools.partial(self.search, "Slot", piece, headers=STRICT) for piece in pieces]
             )
             return [slot for piece in found for slot in piece]
         lookback = start - timedelta(days=settings.slot_lookback_days)
         return self.search(
             "Slot",
             [*common, ("start", "ge" + _search_instant(lookback, round_up=False))],
-            headers=_STRICT,
+            headers=STRICT,
         )
 
     def _slot_pieces(
@@ -354,165 +338,6 @@ class FhirUpstream(Transport):
                 *self._slot_pieces(schedules, ends_after, middle, end, splits - 1, first=False),
             ]
         return [query]
-
-    def _count(self, resource_type: str, params: Params) -> int:
-        response = self._send(
-            "GET",
-            f"{self._base}/{resource_type}",
-            params=[*params, ("_summary", "count")],
-            headers=_STRICT,
-        )
-        self._raise_for_status(response)
-        total = fhir_resource(response, "Bundle").get("total")
-        if not isinstance(total, int):
-            raise UpstreamBadResponse("the upstream FHIR server did not count the search (_summary=count)")
-        return total
-
-    # ---- generic FHIR REST ------------------------------------------------------------------
-
-    def read(self, resource_type: str, resource_id: str) -> Resource | None:
-        """``GET [base]/Type/id``; ``None`` when it does not exist (404, or 410 once deleted)."""
-        if not is_fhir_id(resource_id):
-            return None  # no resource can have that id; asking would only build a bad URL
-        response = self._send("GET", f"{self._base}/{resource_type}/{resource_id}")
-        if response.status_code in (404, 410):
-            return None
-        self._raise_for_status(response)
-        return fhir_resource(response, resource_type)
-
-    def search(
-        self,
-        resource_type: str,
-        params: Params | Mapping[str, str],
-        *,
-        headers: Mapping[str, str] | None = None,
-        limit: int | None = None,
-    ) -> list[Resource]:
-        """Every match of the search across all pages (included resources left out); with
-        ``limit``, the first ``limit`` matches, asking for no more pages than that needs."""
-        return [
-            resource
-            for resource, mode in self._search_all(resource_type, params, headers=headers, limit=limit)
-            if mode == "match"
-        ][:limit]
-
-    def search_including(
-        self, resource_type: str, params: Params | Mapping[str, str]
-    ) -> tuple[list[Resource], list[Resource]]:
-        """The matches of the search and, apart, what its ``_include`` brought, across all pages."""
-        found = self._search_all(resource_type, params, headers=_STRICT)
-        return [r for r, mode in found if mode == "match"], [r for r, mode in found if mode == "include"]
-
-    def _search_all(
-        self,
-        resource_type: str,
-        params: Params | Mapping[str, str],
-        *,
-        headers: Mapping[str, str] | None = None,
-        limit: int | None = None,
-    ) -> list[tuple[Resource, str]]:
-        """Every resource across all pages with its search mode, ``match`` or ``include``
-        (inferred from the resource type when the server omits it); outcomes dropped."""
-        found: list[tuple[Resource, str]] = []
-        matches = 0
-        query = list(params.items()) if isinstance(params, Mapping) else list(params)
-        if limit is not None and not any(name == "_count" for name, _ in query):
-            query.append(("_count", str(min(limit, PAGE_SIZE))))
-        for bundle in self._search_pages(resource_type, query, headers=headers):
-            for entry in bundle.get("entry") or []:
-                resource = entry.get("resource") if isinstance(entry, dict) else None
-                if not isinstance(resource, dict) or resource.get("resourceType") == "OperationOutcome":
-                    continue
-                search = entry.get("search")
-                mode = search.get("mode") if isinstance(search, dict) else None
-                if mode not in ("match", "include"):
-                    if mode is not None:
-                        continue  # "outcome": the server talking about the search, not a result
-                    mode = "match" if resource.get("resourceType") == resource_type else "include"
-                found.append((resource, mode))
-                matches += mode == "match"
-            if limit is not None and matches >= limit:
-                break
-        return found
-
-    def attributed(self, bundle: Resource) -> Resource:
-        """``bundle`` with this store's Provenance (``plugin/provenance.py``); as it is for a
-        store that writes on nobody's behalf."""
-        return bundle if self._attribution is None else with_provenance(bundle, self._attribution)
-
-    def transaction(self, bundle: Resource) -> Resource:
-        """``POST [base]`` a transaction Bundle; the ``transaction-response`` Bundle back.
-
-        The service store adds the Provenance (``plugin/provenance.py``), unless the bundle
-        carries its own (a group of bookings: one per booking, attributed by its own request). Failures, as the
-        ``FhirStore`` contract says: a 409/412 version conflict raises ``ConcurrentChange`` (the
-        use cases re-read and decide again); a 409 refusing a delete raises
-        ``ReferencedElsewhere``; a 400/422 is the caller's content (422). When the request may
-        have reached the upstream but no usable answer came back -- a read timeout, a
-        connection cut after sending, a 5xx, an unreadable 2xx -- ``OutcomeUnknown``: the write
-        may have landed, and the use case finds out. A connection that was never made, or a
-        429, is a plain ``UpstreamError``: nothing was sent or processed.
-        """
-        if not carries_provenance(bundle):
-            bundle = self.attributed(bundle)
-        try:
-            response = self._send(
-                "POST",
-                self._base,
-                body=bundle,
-                headers={"Prefer": "return=representation"},
-            )
-        except (UpstreamTimeout, UpstreamUnavailable, UpstreamBadResponse) as exc:
-            if exc.never_sent:  # no connection, no credentials, or the time budget was spent
-                raise
-            raise OutcomeUnknown(exc) from exc
-        try:
-            self._raise_for_status(response)
-        except UpstreamRejected as exc:
-            if exc.upstream_status not in (400, 422):
-                raise
-            # The server refused what would be stored (e.g. a participant referencing a Patient
-            # that does not exist): the caller's content, not our query, so 422, not 502.
-            raise Unprocessable(
-                f"The FHIR server refused to store the change: {outcome_text(exc.outcome) or exc.diagnostics}",
-                code="processing",
-            ) from exc
-        except ConcurrentChange as exc:
-            deletes = any(
-                (e.get("request") or {}).get("method") == "DELETE" for e in bundle.get("entry") or []
-            )
-            if deletes and response.status_code == 409 and is_delete_conflict(outcome_or_none(response)):
-                raise ReferencedElsewhere(str(exc)) from None
-            raise
-        except UpstreamBadResponse as exc:
-            if exc.upstream_status is not None and exc.upstream_status >= 500:
-                raise OutcomeUnknown(exc) from exc
-            raise  # a redirect: not processed (a 429 is UpstreamUnavailable: not processed either)
-        try:
-            return fhir_resource(response, "Bundle")
-        except UpstreamBadResponse as exc:
-            raise OutcomeUnknown(exc) from exc
-
-    def update(self, resource: Resource) -> tuple[Resource, bool]:
-        """``PUT [base]/Type/id``; the stored resource and whether it was created (201)."""
-        url = f"{self._base}/{resource['resourceType']}/{resource['id']}"
-        response = self._send("PUT", url, body=resource)
-        self._raise_for_status(response)
-        return fhir_resource(response, resource["resourceType"]), response.status_code == 201
-
-    def operation(
-        self, path: str, parameters: Resource, *, headers: Mapping[str, str] | None = None
-    ) -> Resource | None:
-        """``POST [base]/{path}`` (e.g. ``$reindex``) with a Parameters body."""
-        response = self._send("POST", f"{self._base}/{path}", body=parameters, headers=headers)
-        self._raise_for_status(response)
-        return fhir_json(response) if response.content else None
-
-    def capabilities(self, *, read_timeout: float | None = None) -> Resource:
-        """``GET [base]/metadata``: the readiness check, and proof the base URL is a FHIR server."""
-        response = self._send("GET", f"{self._base}/metadata", read_timeout=read_timeout)
-        self._raise_for_status(response)
-        return fhir_resource(response, "CapabilityStatement")
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import Any
 
@@ -291,7 +291,9 @@ def test_shared_slot_searches_count_sent_and_joined(sidecar: Flask, web: FlaskCl
     with ThreadPoolExecutor(3) as pool:
         first = pool.submit(upstream.shared_reads.read, "day", held)
         assert answered.wait(5)
-        riders = [pool.submit(upstream.shared_reads.read, "day", list) for _ in range(2)]
+        riders: list[Future[list[Any]]] = [
+            pool.submit(upstream.shared_reads.read, "day", list) for _ in range(2)
+        ]
         while upstream.shared_reads.waiting("day") < 2:
             time.sleep(0.001)
         release.set()
