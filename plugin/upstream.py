@@ -36,12 +36,13 @@ from operations.fhir_values import is_fhir_id, is_relative_reference
 from operations.store import Resource
 from plugin.config import Settings
 from plugin.fhir_rest import STRICT, FhirRest
+from plugin.one_page import OnePageSearches
 from plugin.parallel import Parallel
 from plugin.provenance import Attribution
 from plugin.service_credentials import ServiceCredentials, credentials_from_settings
 from plugin.shared_reads import SharedReads
 from plugin.slot_index import SlotEndIndex
-from plugin.transport import PAGE_SIZE, OnePageSearches, Params, new_session
+from plugin.transport import PAGE_SIZE, Params, new_session
 
 logger = logging.getLogger(__name__)
 
