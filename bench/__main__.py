@@ -13,6 +13,8 @@ afterwards), registers the sidecar on it, runs the sidecar under gunicorn (2 wor
 2. ``$book`` against raw HAPI transactions of the same shape: one client, 16 clients on 16
    schedules, 16 and 64 clients on one schedule with capacity 1 and 30 (``bench/book.py``;
    all on H2, the one-schedule modes and the 16-schedule reference on PostgreSQL);
+   ... and what each upstream call of a ``$book`` costs HAPI, one booking at a time: the bound
+   the SPEC's reads put on ``$book`` / raw (``bench/call_costs.py``; H2);
 3. mass booking: 64 clients fill one Schedule of capacity 30, then an independent scan of HAPI
    (``bench/mass.py``; each database; with ``--quick`` or ``--mass-ungrouped`` also with group
    commit off, side by side);
@@ -124,7 +126,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         action="append",
-        choices=("find", "rules", "book", "mass", "soak", "profile", "lookups"),
+        choices=("find", "rules", "book", "mass", "soak", "profile", "lookups", "costs"),
         help="run only these parts (repeatable)",
     )
     args = parser.parse_args(argv)
@@ -151,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     database = args.database or ("h2" if args.quick else "both")
     databases = ["h2", "postgres"] if database == "both" else [database]
-    parts = set(args.only or ("find", "rules", "lookups", "book", "mass"))
+    parts = set(args.only or ("find", "rules", "lookups", "book", "costs", "mass"))
     if not args.only:
         parts |= {"soak"} if args.soak else set()
         parts |= {"profile"} if args.profile else set()
@@ -219,6 +221,14 @@ def _measure(
         if "rules" in parts and db == "h2":
             progress(f"[{db}] $find with every booking rule on vs none")
             results["rules"] = find_rules.run(fhir_base, sidecar.base_url, log, plan["rules"], cpu, progress)
+            save()
+        if "costs" in parts and db == "h2":
+            from bench import call_costs
+
+            progress(f"[{db}] what each call of a $book costs HAPI")
+            results["costs"] = call_costs.run(
+                fhir_base, up.pids.get("hapi"), progress, bookings=90 if args.quick else call_costs.BOOKINGS
+            )
             save()
         if "lookups" in parts and db == "h2":
             progress(f"[{db}] look-ups: paged vs one page not kept")

@@ -175,6 +175,41 @@ def book_breakdown(modes: list[dict[str, Any]]) -> list[str]:
     )
 
 
+def costs_table(costs: dict[str, Any]) -> list[str]:
+    """``bench/call_costs.py``: HAPI CPU per call of a sequential ``$book``, by kind."""
+    rows = [
+        [
+            kind,
+            "yes" if kind in ("locks", "transaction") else "no",
+            num(row["calls_per_booking"], 2),
+            num(row["cpu_ms"]),
+            num(row["cpu_ms"] * row["calls_per_booking"]),
+            num(row["wall_ms"]),
+        ]
+        for kind, row in costs["kinds"].items()
+    ]
+    rows.append(["per booking", "", "", "", num(costs["hapi_cpu_ms_per_booking"]), ""])
+    return [
+        *table(
+            [
+                "call",
+                "raw sends it",
+                "calls per booking",
+                "HAPI CPU ms per call",
+                "per booking",
+                "wall p50 ms",
+            ],
+            rows,
+        ),
+        "",
+        f"Of {num(costs['hapi_cpu_ms_per_booking'])} ms of HAPI CPU per booking, raw HAPI sends the calls of "
+        f"{num(costs['raw_share_cpu_ms'])} ms: while HAPI's CPU bounds throughput, `$book` reaches at most "
+        f"{num(costs['bound'], 2)}x raw, however little the sidecar itself costs. One booking at a time, "
+        f"where latency bounds it: raw waits {num(costs['raw_wall_ms'])} ms of upstream calls, the sidecar's three "
+        f"rounds {num(costs['rounds_wall_ms'])} ms, so at most {num(costs['latency_bound'], 2)}x.",
+    ]
+
+
 def lookups_table(rows: dict[str, Any]) -> list[str]:
     return table(
         [
@@ -411,6 +446,9 @@ def markdown(results: dict[str, Any]) -> str:
             "",
         ]
         out += [*book_cpu(modes), ""]
+    if results.get("costs"):
+        out += ["### What each call of a `$book` costs HAPI (H2, one booking at a time)", ""]
+        out += [*costs_table(results["costs"]), ""]
     if results.get("lookups"):
         out += ["### Look-ups: paged (HAPI keeps the results) vs one page not kept (H2)", ""]
         out += [*lookups_table(results["lookups"]), ""]
