@@ -131,8 +131,9 @@ class SharedReads:
         if flight.failure is None:
             answer: T = copy.copy(flight.answer)  # a list of its own: the resources are only read
             return answer
-        if isinstance(flight.failure, BudgetExhausted):
-            # The request that sent it ran out of time; this one may still have some.
+        if isinstance(flight.failure, BudgetExhausted) or not isinstance(flight.failure, Exception):
+            # The request that sent it ran out of time, or its thread is being stopped
+            # (SystemExit, KeyboardInterrupt: never raised in another thread): this one reads.
             return self.read(key, fetch, deadline)
         raise _copied(flight.failure)
 

@@ -163,6 +163,25 @@ def test_a_rider_reads_again_when_the_sender_ran_out_of_time(pool: ThreadPoolExe
     assert rider.result(WAIT) == [1] and store.sent == 2  # its own read, after the sender's failed
 
 
+def test_a_sender_thread_being_stopped_is_not_raised_in_its_riders(pool: ThreadPoolExecutor) -> None:
+    shared, store = SharedReads(), Store()
+    release_a = store.pause(1)
+
+    def stopped() -> list[int]:
+        raise SystemExit(1)  # gunicorn stopping the worker while the read was in the air
+
+    pool.submit(shared.read, KEY, store.fetch)
+    until(store.in_air[1].is_set)
+    sender = pool.submit(shared.read, KEY, stopped)
+    until(lambda: shared.waiting(KEY) == 1)
+    rider = pool.submit(shared.read, KEY, store.fetch)
+    until(lambda: shared.waiting(KEY) == 2)
+    release_a.set()
+    with pytest.raises(SystemExit):
+        sender.result(WAIT)
+    assert rider.result(WAIT) == [1] and store.sent == 2
+
+
 def test_a_rider_waits_no_longer_than_its_own_budget(pool: ThreadPoolExecutor) -> None:
     shared, store = SharedReads(), Store()
     release_a = store.pause(1)
