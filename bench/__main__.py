@@ -256,15 +256,17 @@ def _measure(
             )
             try:
                 progress(f"[{db}] mass booking, group commit off")
+                assert ungrouped.process is not None
+                ungrouped_cpu = servers.CpuMeter({"sidecar": ungrouped.process.pid, **up.pids})
                 results.setdefault("mass_ungrouped", {})[db] = mass.mass_booking(
-                    fhir_base, [ungrouped.base_url], progress=progress, **plan["mass"]
+                    fhir_base, [ungrouped.base_url], progress=progress, cpu=ungrouped_cpu, **plan["mass"]
                 )
             finally:
                 ungrouped.stop()
         if "mass" in parts:
             progress(f"[{db}] mass booking")
             results.setdefault("mass", {})[db] = mass.mass_booking(
-                fhir_base, [sidecar.base_url], progress=progress, **plan["mass"]
+                fhir_base, [sidecar.base_url], progress=progress, cpu=cpu, **plan["mass"]
             )
             save()
         if "profile" in parts and first:

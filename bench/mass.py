@@ -33,6 +33,7 @@ import requests
 
 from bench import clinic as bench_clinic
 from bench.book import Outcome, book_via_sidecar
+from bench.servers import CpuMeter
 from bench.stats import latency
 from tests.reliability.scan import ScanReport, scan
 
@@ -92,7 +93,10 @@ def mass_booking(
     closes: str,
     seed: int = 20261208,
     progress: Callable[[str], None] = print,
+    cpu: CpuMeter | None = None,
 ) -> dict[str, Any]:
+    """``cpu`` (the sidecar's and the upstream's process trees): their CPU per booking over the
+    run, clients excluded."""
     clinic = bench_clinic.BenchClinic(fhir_base, "mass")
     service = clinic.service("group", duration=10, grid=10, opens=opens, closes=closes, capacity=capacity)
     (schedule,) = clinic.schedules("room", 1, [service])
@@ -132,7 +136,9 @@ def mass_booking(
             outcomes.extend(mine)
             finds.extend(find_ms)
 
+    cpu_before = cpu.read() if cpu is not None else {}
     wall = _run_together(clients, client, start, "bench-mass")
+    cpu_used = CpuMeter.used(cpu_before, cpu.read()) if cpu is not None else {}
     report = scan(fhir_base, [schedule])
     check = checked(report, outcomes)
     ok = [o for o in outcomes if o.status == 201]
@@ -156,6 +162,7 @@ def mass_booking(
         "group_mean": sum(o.group for o in ok) / len(ok) if ok else 0.0,
         "group_max": max((o.group for o in ok), default=0),
         "every_place_filled": filled and len(ok) == places,
+        "cpu_ms_per_booking": {name: used * 1000 / len(ok) for name, used in cpu_used.items()} if ok else {},
         **check,
     }
     progress(

@@ -234,6 +234,14 @@ def lookups_table(rows: dict[str, Any]) -> list[str]:
     )
 
 
+def _cpu_text(per_booking: dict[str, float]) -> str:
+    """Sidecar / upstream (HAPI, and PostgreSQL when it runs) CPU ms per booking."""
+    if not per_booking:
+        return "-"
+    upstream = sum(v for name, v in per_booking.items() if name != "sidecar")
+    return f"{num(per_booking.get('sidecar', math.nan))} / {num(upstream)}"
+
+
 def mass_table(results: dict[str, Any]) -> list[str]:
     """The mass booking with group commit off and on, side by side, per database."""
     rows = []
@@ -261,6 +269,7 @@ def mass_table(results: dict[str, Any]) -> list[str]:
                 str(m["server_errors_5xx"]),
                 _scan_text(m),
                 "yes" if m["every_place_filled"] else "**no**",
+                _cpu_text(m.get("cpu_ms_per_booking") or {}),
             ]
         )
     return table(
@@ -280,6 +289,7 @@ def mass_table(results: dict[str, Any]) -> list[str]:
             "5xx",
             "scan",
             "every place filled",
+            "CPU ms per booking (sidecar / upstream)",
         ],
         rows,
     )
