@@ -25,6 +25,7 @@ from plugin.context import EXTENSION_KEY, Sidecar, round_trips
 from plugin.definitions import operation_definitions
 from plugin.fhir_http import fhir_response, operation_outcome
 from plugin.holds import start_sweeper
+from plugin.host_buckets import host_buckets
 from plugin.logs import configure_logging
 from plugin.metrics import install as install_metrics
 from plugin.notifications import notifications
@@ -76,7 +77,11 @@ def create_app(
         clock=clock if clock is not None else (lambda: datetime.now(UTC)),
         verifier=verifier_from_settings(settings, client.session),
         parallel=Parallel(),
-        booking_groups=BookingGroups(settings.booking_group_max) if settings.booking_group_max else None,
+        booking_groups=(
+            BookingGroups(settings.booking_group_max, host_buckets(settings))
+            if settings.booking_group_max
+            else None
+        ),
     )
     app.register_blueprint(fhir, url_prefix=settings.base_path or None)
     app.register_blueprint(publishing, url_prefix=settings.base_path or None)

@@ -34,6 +34,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 
 from operations.booking_group import Commit, Outcome, Prepared
+from plugin.host_buckets import Held, HostBuckets
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +54,12 @@ class _Ticket:
 class BookingGroups:
     """``operations.booking_group.Grouping`` on threads (module docstring)."""
 
-    def __init__(self, max_size: int) -> None:
+    def __init__(self, max_size: int, host: HostBuckets | None = None) -> None:
         if max_size < 1:
             raise ValueError("a group has at least one member")
         self.max_size = max_size
+        self._host = host if host is not None else HostBuckets(None)
+        """The same wait between the worker processes of the host (``plugin/host_buckets.py``)."""
         self._changed = threading.Condition()
         self._busy: set[Hashable] = set()
         self._queued: dict[Hashable, list[_Ticket]] = {}
@@ -81,13 +84,19 @@ class BookingGroups:
         group = ticket.group
         assert group is not None
         outcomes: list[Outcome] = []
+        held = Held(None)
         try:
+            began = time.monotonic()
             waited = self._take_buckets(key) or waited
-            outcomes = commit([t.member for t in group], waited)
+            # The same wait between processes, within what is left of the one bound.
+            left = max(0.0, BUCKET_WAIT_SECONDS - (time.monotonic() - began))
+            held, waited_for_host = self._host.take(_buckets(key), left)
+            outcomes = commit([t.member for t in group], waited or waited_for_host)
         except Exception as exc:  # commit answers each member; this is a defect's safety net
             logger.exception("a booking group failed as a whole", extra={"members": len(group)})
             outcomes = [exc] * len(group)
         finally:
+            held.release()
             # Whatever happened (even a BaseException), the next group must get its writer, or
             # every later booking of this time would wait forever.
             self._hand_over(key, group, outcomes)
@@ -143,10 +152,11 @@ class BookingGroups:
             return key in self._busy or any(self._held[b] for b in _buckets(key))
 
     def waiting(self) -> int:
-        """Bookings queued behind a group being written, or waiting for a bucket, in this
-        process (tests, diagnostics)."""
+        """Bookings queued behind a group being written, or waiting for a bucket (held in this
+        process or, through the host's bucket file, in another), in this process (tests,
+        diagnostics)."""
         with self._changed:
-            return sum(len(q) for q in self._queued.values()) + self._bucket_waits
+            return sum(len(q) for q in self._queued.values()) + self._bucket_waits + self._host.waiting
 
 
 def _buckets(key: Hashable) -> tuple[Hashable, ...]:

@@ -59,6 +59,10 @@ class Settings:
     booking_group_max: int = 30
     """Most bookings of one time a process writes in one transaction (group commit,
     ``plugin/booking_groups.py``); ``0`` turns grouping off."""
+    bucket_lock_file: str | None = None
+    """The file the worker processes of one host share to write one booking group per time
+    bucket at a time (``plugin/host_buckets.py``); ``None``: one per upstream in ``/dev/shm``
+    (or the temporary directory); ``off``: none."""
     max_series: int = 12
     """Most occurrences a recurring series may have (``recurrence.repeat.count``, SPEC §7.4)."""
     guard_key: str | None = field(default=None, repr=False)
@@ -234,6 +238,7 @@ class Settings:
             max_schedules=typed("MAX_SCHEDULES", int, 20, "a whole number"),
             max_series=typed("MAX_SERIES", int, 12, "a whole number"),
             booking_group_max=typed("BOOKING_GROUP_MAX", int, 30, "a whole number"),
+            bucket_lock_file=get("BUCKET_LOCK_FILE"),
             guard_key=get("GUARD_KEY"),
             service_name=get("SERVICE_NAME") or "fanoni-scheduling",
             notification_url=get("NOTIFICATION_URL"),
