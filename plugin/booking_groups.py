@@ -20,8 +20,9 @@ otherwise (at most :data:`BUCKET_WAIT_SECONDS`, then it goes ahead and lets the 
 Without that, the later one read the shared lock before the earlier one's transaction moved it,
 and lost its version check: a lock read, a Slot search and a refused transaction for nothing.
 
-Only this process's bookings are grouped; the version-checked locks still decide between
-processes.
+The worker processes of one host wait for each other's groups the same way, through a file
+they share (``plugin/host_buckets.py``), within the same bound. Only this process's bookings
+are grouped, and the version-checked locks still decide between processes.
 """
 
 from __future__ import annotations
