@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -16,6 +15,7 @@ import pytest
 
 from plugin.shared_reads import SharedReads
 from plugin.upstream_errors import BudgetExhausted, UpstreamUnavailable
+from tests.unit.test_booking_groups import until
 
 KEY = ("Slot", "service", ("s1",), "2031-01-06", "2031-01-07")
 WAIT = 5.0
@@ -47,13 +47,6 @@ class Store:
         return [seen]
 
 
-def until(condition: Callable[[], bool]) -> None:
-    limit = time.monotonic() + WAIT
-    while not condition():
-        assert time.monotonic() < limit, "the interleaving did not happen"
-        time.sleep(0.001)
-
-
 @pytest.fixture
 def pool() -> Any:
     with ThreadPoolExecutor(8) as executor:
@@ -74,11 +67,11 @@ def test_a_request_never_rides_a_read_sent_before_it_arrived(pool: ThreadPoolExe
     shared, store = SharedReads(), Store()
     release_a = store.pause(1)
     a = pool.submit(shared.read, KEY, store.fetch)
-    until(store.in_air[1].is_set)
+    until(store.in_air[1].is_set, "read 1 is in the air")
     store.version = 2  # a booking landed after A's read was sent
     b = pool.submit(shared.read, KEY, store.fetch)
     c = pool.submit(shared.read, KEY, store.fetch)
-    until(lambda: shared.waiting(KEY) == 2)
+    until(lambda: shared.waiting(KEY) == 2, "2 waiting for the next read")
     assert store.sent == 1, "nothing more goes out while A's read is in the air"
     release_a.set()
     assert a.result(WAIT) == [1]
@@ -93,14 +86,14 @@ def test_arrivals_during_the_boarding_read_wait_for_the_one_after_it(pool: Threa
     shared, store = SharedReads(), Store()
     release_a, release_b = store.pause(1), store.pause(2)
     a = pool.submit(shared.read, KEY, store.fetch)
-    until(store.in_air[1].is_set)
+    until(store.in_air[1].is_set, "read 1 is in the air")
     b = pool.submit(shared.read, KEY, store.fetch)
-    until(lambda: shared.waiting(KEY) == 1)
+    until(lambda: shared.waiting(KEY) == 1, "1 waiting for the next read")
     release_a.set()
-    until(store.in_air[2].is_set)
+    until(store.in_air[2].is_set, "read 2 is in the air")
     store.version = 3
     d = pool.submit(shared.read, KEY, store.fetch)
-    until(lambda: shared.waiting(KEY) == 1)
+    until(lambda: shared.waiting(KEY) == 1, "1 waiting for the next read")
     release_b.set()
     assert (a.result(WAIT), b.result(WAIT), d.result(WAIT)) == ([1], [1], [3])
     assert store.sent == 3
@@ -110,9 +103,9 @@ def test_each_rider_gets_a_list_of_its_own(pool: ThreadPoolExecutor) -> None:
     shared, store = SharedReads(), Store()
     release_a = store.pause(1)
     pool.submit(shared.read, KEY, store.fetch)
-    until(store.in_air[1].is_set)
+    until(store.in_air[1].is_set, "read 1 is in the air")
     riders = [pool.submit(shared.read, KEY, store.fetch) for _ in range(3)]
-    until(lambda: shared.waiting(KEY) == 3)
+    until(lambda: shared.waiting(KEY) == 3, "3 waiting for the next read")
     release_a.set()
     answers = [r.result(WAIT) for r in riders]
     assert answers == [[1], [1], [1]]
@@ -131,10 +124,10 @@ def test_a_failed_read_fails_every_request_that_rode_it(pool: ThreadPoolExecutor
         raise UpstreamUnavailable("HAPI is down")
 
     a = pool.submit(shared.read, KEY, store.fetch)
-    until(store.in_air[1].is_set)
+    until(store.in_air[1].is_set, "read 1 is in the air")
     b = pool.submit(shared.read, KEY, failing)
     c = pool.submit(shared.read, KEY, failing)
-    until(lambda: shared.waiting(KEY) == 2)
+    until(lambda: shared.waiting(KEY) == 2, "2 waiting for the next read")
     release_a.set()
     assert a.result(WAIT) == [1]
     for rider in (b, c):
@@ -144,52 +137,43 @@ def test_a_failed_read_fails_every_request_that_rode_it(pool: ThreadPoolExecutor
     assert shared.out() == 0
 
 
-def test_a_rider_reads_again_when_the_sender_ran_out_of_time(pool: ThreadPoolExecutor) -> None:
+@pytest.mark.parametrize(
+    "failure",
+    [
+        BudgetExhausted("the sender's budget is spent"),
+        SystemExit(1),  # gunicorn stopping the worker while the read was in the air
+    ],
+    ids=["sender out of time", "sender thread stopped"],
+)
+def test_a_rider_reads_itself_when_the_sender_failed_for_its_own_reasons(
+    pool: ThreadPoolExecutor, failure: BaseException
+) -> None:
     shared, store = SharedReads(), Store()
     release_a = store.pause(1)
 
-    def out_of_time() -> list[int]:
-        raise BudgetExhausted("the sender's budget is spent")
+    def failing() -> list[int]:
+        raise failure
 
     pool.submit(shared.read, KEY, store.fetch)
-    until(store.in_air[1].is_set)
-    sender = pool.submit(shared.read, KEY, out_of_time)
-    until(lambda: shared.waiting(KEY) == 1)
+    until(store.in_air[1].is_set, "read 1 is in the air")
+    sender = pool.submit(shared.read, KEY, failing)
+    until(lambda: shared.waiting(KEY) == 1, "1 waiting for the next read")
     rider = pool.submit(shared.read, KEY, store.fetch)
-    until(lambda: shared.waiting(KEY) == 2)
+    until(lambda: shared.waiting(KEY) == 2, "2 waiting for the next read")
     release_a.set()
-    with pytest.raises(BudgetExhausted):
+    with pytest.raises(type(failure)):
         sender.result(WAIT)
     assert rider.result(WAIT) == [1] and store.sent == 2  # its own read, after the sender's failed
-
-
-def test_a_sender_thread_being_stopped_is_not_raised_in_its_riders(pool: ThreadPoolExecutor) -> None:
-    shared, store = SharedReads(), Store()
-    release_a = store.pause(1)
-
-    def stopped() -> list[int]:
-        raise SystemExit(1)  # gunicorn stopping the worker while the read was in the air
-
-    pool.submit(shared.read, KEY, store.fetch)
-    until(store.in_air[1].is_set)
-    sender = pool.submit(shared.read, KEY, stopped)
-    until(lambda: shared.waiting(KEY) == 1)
-    rider = pool.submit(shared.read, KEY, store.fetch)
-    until(lambda: shared.waiting(KEY) == 2)
-    release_a.set()
-    with pytest.raises(SystemExit):
-        sender.result(WAIT)
-    assert rider.result(WAIT) == [1] and store.sent == 2
 
 
 def test_a_rider_waits_no_longer_than_its_own_budget(pool: ThreadPoolExecutor) -> None:
     shared, store = SharedReads(), Store()
     release_a = store.pause(1)
     a = pool.submit(shared.read, KEY, store.fetch)
-    until(store.in_air[1].is_set)
+    until(store.in_air[1].is_set, "read 1 is in the air")
     release_b = store.pause(2)
     b = pool.submit(shared.read, KEY, store.fetch)
-    until(lambda: shared.waiting(KEY) == 1)
+    until(lambda: shared.waiting(KEY) == 1, "1 waiting for the next read")
     began = time.monotonic()
     late: Future[list[int]] = pool.submit(shared.read, KEY, store.fetch, time.monotonic() + 0.2)
     with pytest.raises(BudgetExhausted):
@@ -205,7 +189,7 @@ def test_different_keys_never_wait_for_each_other(pool: ThreadPoolExecutor) -> N
     shared, store = SharedReads(), Store()
     release_a = store.pause(1)
     a = pool.submit(shared.read, KEY, store.fetch)
-    until(store.in_air[1].is_set)
+    until(store.in_air[1].is_set, "read 1 is in the air")
     other = ("Slot", "service", ("s2",), "2031-01-06", "2031-01-07")
     assert shared.read(other, store.fetch) == [1] and store.sent == 2
     release_a.set()
